@@ -1,0 +1,3 @@
+from tokenfuse.cli import main
+
+raise SystemExit(main())
