@@ -1,0 +1,425 @@
+"""The one validated configuration model, loaded from YAML.
+
+``${VAR}`` and ``${VAR:-default}`` are substituted from the environment before
+parsing. Every error names the file, the key path and how to fix it, and is
+raised as :class:`ConfigError` so the CLI can print one line and exit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TOKEN_LIMIT_CLASSES = ("input_uncached", "cache_read", "cache_write", "output", "total")
+CALENDAR_WINDOWS = ("minute", "hour", "day", "week", "month", "total")
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already phrased for the user."""
+
+
+def parse_duration(text: str) -> int:
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"30d"``, ``"2w"`` -> seconds."""
+    m = _DURATION.match(str(text))
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"{text!r} is not a duration; write a positive number and a unit, e.g. 90s, 15m, 1h, 30d, 2w")
+    return int(m.group(1)) * _DURATION_SECONDS[m.group(2)]
+
+
+def _decimal(value: Any, what: str) -> Decimal:
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a number, not a boolean")
+    try:
+        # str() first: Decimal(0.1) would carry the float's binary error.
+        d = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ValueError(f"{what} must be a number (e.g. 12.50), got {value!r}") from None
+    if not d.is_finite() or d < 0:
+        raise ValueError(f"{what} must be a finite, non-negative number, got {value!r}")
+    return d
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSConfig(_Model):
+    cert: str
+    key: str
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8787, ge=0, le=65535)
+    tls: TLSConfig | None = None
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    admin_token: str | None = None
+    upstream_timeout_s: float = Field(600.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class UpstreamConfig(_Model):
+    name: str
+    protocol: Literal["openai", "anthropic", "bedrock"]
+    base_url: str
+    api_key: str | None = None
+    # bedrock: sigv4 (botocore signer, credentials from the fields below or the
+    # default AWS chain), api_key (Bedrock API key as a bearer token), none.
+    auth: Literal["none", "sigv4", "api_key", "bearer", "x-api-key"] | None = None
+    region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    models: list[str] | None = None  # globs; first upstream whose globs match wins
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth(self) -> UpstreamConfig:
+        if self.auth is None:
+            default = {"openai": "bearer", "anthropic": "x-api-key", "bedrock": "sigv4"}[self.protocol]
+            object.__setattr__(self, "auth", default)
+        if self.protocol == "bedrock" and not self.region:
+            raise ValueError("a bedrock upstream needs `region` (e.g. region: us-east-1)")
+        return self
+
+
+class SessionCaps(_Model):
+    max_requests: int | None = Field(None, gt=0)
+    max_usd: Decimal | None = None
+    idle_expiry: str = "1h"
+
+    @field_validator("max_usd", mode="before")
+    @classmethod
+    def _usd(cls, v: Any) -> Decimal | None:
+        return None if v is None else _decimal(v, "max_usd")
+
+    @field_validator("idle_expiry")
+    @classmethod
+    def _idle(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @property
+    def idle_expiry_s(self) -> int:
+        return parse_duration(self.idle_expiry)
+
+
+class SessionsConfig(SessionCaps):
+    # Per-workflow overrides; a key's own `sessions:` wins over both.
+    workflows: dict[str, SessionCaps] = Field(default_factory=dict)
+
+
+class KeyConfig(_Model):
+    name: str
+    key: str | None = None
+    key_sha256: str | None = None
+    principal: str
+    workflow: str = "default"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    sessions: SessionCaps | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> KeyConfig:
+        if not self.key and not self.key_sha256 and not self.aws_access_key_id:
+            raise ValueError(
+                "a key needs `key` (e.g. key: ${TF_KEY_ALICE}), `key_sha256` (hex SHA-256 of the key) "
+                "or an aws_access_key_id/aws_secret_access_key pair; if `key` is an unset ${VAR}, export it"
+            )
+        if self.key_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.key_sha256):
+            raise ValueError("key_sha256 must be 64 hex characters (sha256sum of the key)")
+        if bool(self.aws_access_key_id) != bool(self.aws_secret_access_key):
+            raise ValueError(
+                "aws_access_key_id and aws_secret_access_key go together; set both or neither "
+                "(if the secret is an unset ${VAR}, export it)"
+            )
+        return self
+
+    def digest(self) -> str | None:
+        if self.key_sha256:
+            return self.key_sha256.lower()
+        if self.key:
+            return hashlib.sha256(self.key.encode()).hexdigest()
+        return None
+
+
+class PriceOverride(_Model):
+    input: Decimal
+    output: Decimal
+    cache_read: Decimal | None = None
+    cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+
+    @field_validator("input", "output", "cache_read", "cache_write", "cache_write_1h", mode="before")
+    @classmethod
+    def _money(cls, v: Any) -> Decimal | None:
+        return None if v is None else _decimal(v, "a price (USD per million tokens)")
+
+
+class PricingConfig(_Model):
+    file: str | None = None  # LiteLLM-format model_prices_and_context_window.json
+    allow_unpriced: bool = False
+
+
+class BudgetMatch(_Model):
+    key: str | None = None
+    principal: str | None = None
+    workflow: str | None = None
+    session: str | None = None
+    model: str | None = None  # glob
+    protocol: Literal["openai", "anthropic", "bedrock"] | None = None
+
+
+class BudgetLimit(_Model):
+    usd: Decimal | None = None
+    requests: int | None = Field(None, gt=0)
+    tokens: dict[str, int] | None = None
+
+    @field_validator("usd", mode="before")
+    @classmethod
+    def _usd(cls, v: Any) -> Decimal | None:
+        return None if v is None else _decimal(v, "limit.usd")
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        for k, n in (v or {}).items():
+            if k not in TOKEN_LIMIT_CLASSES:
+                raise ValueError(f"unknown token class {k!r}; use one of {', '.join(TOKEN_LIMIT_CLASSES)}")
+            if n <= 0:
+                raise ValueError(f"tokens.{k} must be a positive integer")
+        return v
+
+    @model_validator(mode="after")
+    def _some(self) -> BudgetLimit:
+        if self.usd is None and self.requests is None and not self.tokens:
+            raise ValueError("a limit needs at least one of usd, requests or tokens (e.g. limit: {usd: 200})")
+        return self
+
+
+class RollingWindow(_Model):
+    rolling: str
+
+    @field_validator("rolling")
+    @classmethod
+    def _d(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+
+class BudgetConfig(_Model):
+    name: str
+    match: BudgetMatch = Field(default_factory=BudgetMatch)
+    window: Literal["minute", "hour", "day", "week", "month", "total"] | RollingWindow = "month"
+    limit: BudgetLimit
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, v: Any) -> Any:
+        # Accept "rolling: 1h" written as a string too.
+        if isinstance(v, str) and v.startswith("rolling"):
+            return {"rolling": v.split(":", 1)[-1].strip() if ":" in v else v[len("rolling") :].strip()}
+        return v
+
+    @property
+    def rolling_seconds(self) -> int | None:
+        return parse_duration(self.window.rolling) if isinstance(self.window, RollingWindow) else None
+
+
+class DefaultsConfig(_Model):
+    max_tokens: int = Field(4096, gt=0)
+    max_tokens_cap: int = Field(32000, gt=0)
+    on_cap: Literal["clamp", "refuse"] = "clamp"
+
+
+class WebhookConfig(_Model):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class AlertsConfig(_Model):
+    thresholds: list[float] = Field(default_factory=lambda: [0.2, 0.5, 0.75, 1.0])
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    rate_check: bool = True  # warn when the last hour's rate would exhaust a budget before its window ends
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _urls(cls, v: Any) -> Any:
+        return [{"url": w} if isinstance(w, str) else w for w in (v or [])]
+
+    @field_validator("thresholds")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        for t in v:
+            if not 0 < t <= 1:
+                raise ValueError(f"threshold {t} must be a fraction in (0, 1], e.g. 0.75 for 75%")
+        return sorted(v)
+
+
+class LedgerConfig(_Model):
+    batch_interval_ms: int = Field(200, gt=0)
+    batch_size: int = Field(1000, gt=0)
+
+
+class Config(_Model):
+    server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
+    store: str = "sqlite:///tokenfuse.db"
+    counters: str = "memory"
+    on_counter_failure: Literal["closed", "open"] = "closed"
+    reservation_ttl_s: int = Field(900, gt=0)
+    kill_poll_ms: int = Field(250, gt=0)
+    upstreams: list[UpstreamConfig] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)
+    prices: dict[str, PriceOverride] = Field(default_factory=dict)
+    pricing: PricingConfig = Field(default_factory=PricingConfig)
+    budgets: list[BudgetConfig] = Field(default_factory=list)
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)  # type: ignore[arg-type]
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)  # type: ignore[arg-type]
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)  # type: ignore[arg-type]
+    # Where the file was loaded from, for messages; not a YAML key.
+    source: Annotated[str, Field(exclude=True)] = "<config>"
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        if not v.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("store must be sqlite:///path.db or postgresql://user@host:5432/db")
+        return v
+
+    @field_validator("counters")
+    @classmethod
+    def _counters(cls, v: str) -> str:
+        if v != "memory" and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("counters must be `memory` or a redis URL such as redis://127.0.0.1:6379/0")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        seen: set[str] = set()
+        for u in self.upstreams:
+            if u.name in seen:
+                raise ValueError(f"two upstreams are named {u.name!r}; names must be unique")
+            seen.add(u.name)
+        names: set[str] = set()
+        digests: set[str] = set()
+        access_ids: set[str] = set()
+        for k in self.keys:
+            if k.name in names:
+                raise ValueError(f"two keys are named {k.name!r}; names must be unique")
+            names.add(k.name)
+            d = k.digest()
+            if d is not None:
+                if d in digests:
+                    raise ValueError(f"key {k.name!r} has the same secret as another key; give each key its own")
+                digests.add(d)
+            if k.aws_access_key_id:
+                if k.aws_access_key_id in access_ids:
+                    raise ValueError(f"key {k.name!r} reuses aws_access_key_id {k.aws_access_key_id}")
+                access_ids.add(k.aws_access_key_id)
+        bnames: set[str] = set()
+        for b in self.budgets:
+            if b.name in bnames:
+                raise ValueError(f"two budgets are named {b.name!r}; names must be unique")
+            bnames.add(b.name)
+        if self.defaults.max_tokens > self.defaults.max_tokens_cap:
+            raise ValueError("defaults.max_tokens must not exceed defaults.max_tokens_cap")
+        return self
+
+    def session_caps(self, key: KeyConfig | None, workflow: str) -> SessionCaps:
+        if key is not None and key.sessions is not None:
+            return key.sessions
+        return self.sessions.workflows.get(workflow, self.sessions)
+
+
+def substitute_env(text: str, env: dict[str, str] | None = None) -> str:
+    environ = os.environ if env is None else env
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        value = environ.get(name)
+        if value is None or (value == "" and default is not None):
+            return default if default is not None else ""
+        return value
+
+    return _ENV_REF.sub(repl, text)
+
+
+def _path(loc: tuple[Any, ...], data: Any) -> str:
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        # pydantic puts union-branch and validator names in loc; keep only real keys.
+        if isinstance(item, int):
+            label = ""
+            if isinstance(node, list) and 0 <= item < len(node) and isinstance(node[item], dict):
+                nm = node[item].get("name")
+                label = f" (name: {nm})" if nm else ""
+            parts.append(f"[{item}]{label}")
+            node = node[item] if isinstance(node, list) and 0 <= item < len(node) else None
+        elif isinstance(node, dict) and item in node:
+            parts.append(f".{item}" if parts else str(item))
+            node = node[item]
+        elif not isinstance(item, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", item):
+            continue  # a union branch or validator tag, not a key the user wrote
+        elif isinstance(node, dict) or node is None:
+            # A missing key, named by pydantic.
+            parts.append(f".{item}" if parts else str(item))
+            node = None
+    return "".join(parts) or "(top level)"
+
+
+def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
+    try:
+        data = yaml.safe_load(substitute_env(text, env))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections (server:, upstreams:, keys:, ...)")
+    try:
+        cfg = Config.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors()[:5]:
+            where = _path(tuple(err["loc"]), data)
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; check its spelling against docs/configuration.md"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            lines.append(f"{source}: {where}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file; pass --config path/to/tokenfuse.yaml") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text; save the config as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    return parse_config(text, str(p), env)
