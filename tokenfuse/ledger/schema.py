@@ -91,30 +91,132 @@ class StoreURL:
         )
 
 
+class SchemaError(RuntimeError):
+    """The store's schema cannot be used by this version of tokenfuse."""
+
+
+# Schema versions are migrations. A fresh store is created from the current DDL
+# and stamped SCHEMA_VERSION; an older store is brought forward by running, in
+# order, the statements of every version above its own. Version 1 is the base
+# DDL, so the table starts empty. To change the schema: bump SCHEMA_VERSION, add
+# MIGRATIONS[new_version] = (sqlite statements, postgresql statements), and keep
+# REQUEST_COLUMNS describing the end state.
+Migration = tuple[tuple[str, ...], tuple[str, ...]]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def _scalar(conn: Any, sql: str) -> Any:
+    cur = conn.execute(sql)
+    row = cur.fetchone()
+    return None if row is None else row[0]
+
+
+def migrate(
+    conn: Any, dialect: str, target: int = SCHEMA_VERSION, migrations: dict[int, Migration] | None = None
+) -> int:
+    """Create or upgrade the schema on an open connection; return the version it ends at.
+
+    The caller serialises concurrent callers (see :func:`connect`).
+    """
+    steps = MIGRATIONS if migrations is None else migrations
+    ddl = SQLITE_DDL if dialect == "sqlite" else POSTGRES_DDL
+    p = placeholder(dialect)
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    raw = _scalar(conn, "SELECT value FROM meta WHERE key = 'schema_version'")
+    if raw is None:
+        if dialect == "sqlite":
+            existed = _scalar(conn, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'requests'")
+        else:
+            existed = _scalar(conn, "SELECT to_regclass('requests')")
+        # A requests table without a stamp predates the meta table: version 1.
+        current = 1 if existed is not None else target
+        if existed is None:
+            for stmt in ddl:
+                conn.execute(stmt)
+        conn.execute(f"INSERT INTO meta (key, value) VALUES ('schema_version', {p})", (str(current),))
+    else:
+        current = int(raw)
+    if current > target:
+        raise SchemaError(
+            f"the store is at schema version {current} but this tokenfuse knows only up to {target}; "
+            "upgrade tokenfuse (every replica sharing a store must run the same or a newer version)"
+        )
+    for version in range(current + 1, target + 1):
+        sqlite_stmts, pg_stmts = steps[version]
+        for stmt in sqlite_stmts if dialect == "sqlite" else pg_stmts:
+            conn.execute(stmt)
+        conn.execute(f"UPDATE meta SET value = {p} WHERE key = 'schema_version'", (str(version),))
+    # New tables and indexes are idempotent; creating them last covers stores
+    # that were stamped before they were added.
+    for stmt in ddl:
+        conn.execute(stmt)
+    return target
+
+
+def schema_version(conn: Any) -> int | None:
+    raw = _scalar(conn, "SELECT value FROM meta WHERE key = 'schema_version'")
+    return None if raw is None else int(raw)
+
+
 def connect(url: str) -> Any:
-    """Open a DB-API connection to the store and make sure the schema exists."""
+    """Open a DB-API connection to the store and make sure the schema exists and is current."""
     store = StoreURL.parse(url)
     if store.dialect == "sqlite":
         conn = sqlite3.connect(store.target, timeout=30, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        for stmt in SQLITE_DDL:
-            conn.execute(stmt)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            # IMMEDIATE takes the write lock up front, so two processes starting
+            # at once migrate one after the other.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                migrate(conn, "sqlite")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
         return conn
     import psycopg
 
     pg = psycopg.connect(store.target, autocommit=True)
-    with pg.cursor() as cur:
+    try:
         # Several replicas may start at once; serialise the DDL.
-        cur.execute("SELECT pg_advisory_lock(7482193)")
+        pg.execute("SELECT pg_advisory_lock(7482193)")
         try:
-            for stmt in POSTGRES_DDL:
-                cur.execute(stmt)
+            with pg.transaction():
+                migrate(pg, "postgresql")
         finally:
-            cur.execute("SELECT pg_advisory_unlock(7482193)")
+            pg.execute("SELECT pg_advisory_unlock(7482193)")
+    except BaseException:
+        pg.close()
+        raise
     return pg
 
 
 def placeholder(dialect: str) -> str:
     return "?" if dialect == "sqlite" else "%s"
+
+
+def redact(url: str) -> str:
+    """The store URL as it may appear in a log line or error: any password replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("://", 1)[0] + "://***"
+    if parts.password is None and "password=" not in parts.query:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    if parts.username is not None:
+        netloc = f"{parts.username}:***@{netloc}"
+    query = "&".join(
+        "password=***" if kv.startswith("password=") else kv for kv in parts.query.split("&") if kv
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -1,0 +1,367 @@
+"""The ledger writer: request code appends rows to a queue; one thread commits them.
+
+Datasette's pattern: a single writer fed by a queue, so request handling never
+waits on the database. Rows are committed in batches, one transaction per
+batch, every ``batch_interval_ms`` or every ``batch_size`` rows, whichever comes
+first. When the store is unavailable (PostgreSQL restarting, SQLite locked by
+another process) the rows stay in memory, in order, and the batch is retried
+with back-off; nothing is dropped. What a kill can lose is documented in
+docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from tokenfuse.ledger.record import LedgerRow
+from tokenfuse.ledger.schema import COLUMN_NAMES, StoreURL, connect, placeholder, redact
+
+log = logging.getLogger("tokenfuse.ledger")
+
+_COLUMNS = ", ".join(COLUMN_NAMES)
+
+
+class LedgerStoreError(RuntimeError):
+    """The ledger store could not be opened; the message is safe to show (no password)."""
+
+
+class LedgerWriter:
+    def __init__(
+        self,
+        url: str,
+        batch_interval_ms: int = 200,
+        batch_size: int = 1000,
+        *,
+        retry_initial_s: float = 0.1,
+        retry_max_s: float = 5.0,
+        sqlite_busy_timeout_ms: int = 5000,
+        pending_warn_rows: int = 1_000_000,
+        pg_method: Literal["copy", "executemany"] = "copy",
+        spill_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if batch_interval_ms <= 0 or batch_size <= 0:
+            raise ValueError("batch_interval_ms and batch_size must be positive")
+        self._url = url
+        self._store = StoreURL.parse(url)
+        self._interval = batch_interval_ms / 1000
+        self._batch_size = batch_size
+        self._retry_initial = retry_initial_s
+        self._retry_max = retry_max_s
+        self._busy_ms = sqlite_busy_timeout_ms
+        self._next_warn = pending_warn_rows
+        self._pg_method = pg_method
+        self._spill_dir = Path(spill_dir) if spill_dir is not None else None
+        self._insert_sql = f"INSERT INTO requests ({_COLUMNS}) VALUES ({', '.join([placeholder(self._store.dialect)] * len(COLUMN_NAMES))})"
+
+        self._queue: deque[LedgerRow] = deque()
+        self._inflight: list[LedgerRow] = []
+        self._lock = threading.Lock()  # guards _accepted and the append
+        self._wake = threading.Event()
+        self._done = threading.Condition()  # guards _written; notified after each commit
+        self._accepted = 0
+        self._written = 0
+        self._errors = 0
+        self._batches = 0
+        self._flush_upto = 0
+        self._stopping = False
+        self._closed = False
+        self._close_deadline = 0.0
+        self._warned_after_close = False
+        self._conn: Any = None
+        self._thread: threading.Thread | None = None
+        self.spilled_to: Path | None = None
+
+    # -- the hot path -------------------------------------------------------
+
+    def write(self, row: LedgerRow) -> None:
+        """Queue one row. O(1); never touches the database, never raises on store trouble."""
+        with self._lock:
+            self._queue.append(row)
+            self._accepted += 1
+            n = len(self._queue)
+        if n >= self._batch_size:
+            self._wake.set()
+        if n >= self._next_warn:
+            self._next_warn *= 2
+            log.warning(
+                "ledger: %d rows are waiting for the store %s and are held in memory; "
+                "nothing is dropped, but memory grows until the store accepts writes again",
+                n,
+                redact(self._url),
+            )
+        if self._closed and not self._warned_after_close:
+            self._warned_after_close = True
+            log.error(
+                "ledger: a row was written after close(); it will not be committed (close the writer last)"
+            )
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the store (creating or migrating the schema) and start the writer thread."""
+        if self._thread is not None:
+            return
+        self._conn = self._open()
+        self._thread = threading.Thread(target=self._run, name="tokenfuse-ledger-writer", daemon=True)
+        self._thread.start()
+        # A safety net for a process that exits without calling close().
+        atexit.register(self.close)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Block until every row written before this call is committed; False on timeout."""
+        with self._lock:
+            target = self._accepted
+        deadline = time.monotonic() + timeout
+        with self._done:
+            if self._written >= target:
+                return True
+            self._flush_upto = max(self._flush_upto, target)
+        self._wake.set()
+        with self._done:
+            while self._written < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None or not self._thread.is_alive():
+                    return self._written >= target
+                self._done.wait(min(remaining, 0.5))
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Commit everything queued and stop the thread.
+
+        If the store stays unavailable for ``timeout`` seconds, the rows still
+        held are written to a JSON-lines spill file (see :func:`load_spill`) and
+        its path is logged, rather than being lost when the process exits.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        thread = self._thread
+        if thread is None:
+            if self._queue:
+                self._spill(list(self._queue))
+                self._queue.clear()
+            return
+        self._close_deadline = time.monotonic() + timeout
+        self._stopping = True
+        self._wake.set()
+        # Grace beyond the deadline for a commit that is already under way.
+        thread.join(timeout + max(5.0, self._busy_ms / 1000 + 1))
+        if thread.is_alive():
+            log.error(
+                "ledger: the writer did not finish within %.0fs; %d rows are not committed",
+                timeout,
+                self.pending,
+            )
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + len(self._inflight)
+
+    @property
+    def rows_written(self) -> int:
+        return self._written
+
+    @property
+    def errors(self) -> int:
+        return self._errors
+
+    @property
+    def batches_committed(self) -> int:
+        return self._batches
+
+    # -- the writer thread --------------------------------------------------
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self._interval
+        try:
+            while True:
+                stopping = self._stopping
+                now = time.monotonic()
+                if not stopping and self._flush_upto <= self._written and len(self._queue) < self._batch_size:
+                    self._wake.wait(max(0.0, deadline - now))
+                self._wake.clear()
+                now = time.monotonic()
+                everything = stopping or now >= deadline or self._flush_upto > self._written
+                if everything:
+                    deadline = now + self._interval
+                if self._drain(everything):
+                    if stopping and not self._queue:
+                        return
+                    continue
+                if stopping and time.monotonic() >= self._close_deadline:
+                    self._spill([*self._inflight, *self._queue])
+                    self._inflight = []
+                    self._queue.clear()
+                    return
+        finally:
+            self._disconnect()
+
+    def _drain(self, everything: bool) -> bool:
+        """Commit full batches (or everything); False after a failed commit and its back-off."""
+        backoff = self._retry_initial
+        failures = 0
+        while True:
+            if not self._inflight:
+                n = len(self._queue)
+                if n == 0 or (not everything and n < self._batch_size):
+                    return True
+                batch = [self._queue.popleft() for _ in range(min(n, self._batch_size))]
+                self._inflight = batch
+            try:
+                self._commit(self._inflight)
+            except Exception as exc:
+                failures += 1
+                self._errors += 1
+                self._on_failure(exc, backoff)
+                pause = backoff
+                if self._stopping:
+                    pause = min(pause, max(0.0, self._close_deadline - time.monotonic()))
+                time.sleep(pause)
+                backoff = min(backoff * 2, self._retry_max)
+                if self._stopping and time.monotonic() >= self._close_deadline:
+                    return False
+                continue
+            if failures:
+                log.warning(
+                    "ledger: the store %s accepts writes again after %d failed attempts",
+                    redact(self._url),
+                    failures,
+                )
+                failures = 0
+                backoff = self._retry_initial
+            with self._done:
+                self._written += len(self._inflight)
+                self._batches += 1
+                self._inflight = []
+                self._done.notify_all()
+
+    def _commit(self, batch: list[LedgerRow]) -> None:
+        if self._conn is None:
+            self._conn = self._open()
+        if self._store.dialect == "sqlite":
+            conn: sqlite3.Connection = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(self._insert_sql, [r.as_tuple("sqlite") for r in batch])
+                conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            return
+        with self._conn.transaction():
+            with self._conn.cursor() as cur:
+                if self._pg_method == "copy":
+                    with cur.copy(f"COPY requests ({_COLUMNS}) FROM STDIN") as copy:
+                        for r in batch:
+                            copy.write_row(r.as_tuple("postgresql"))
+                else:
+                    cur.executemany(self._insert_sql, [r.as_tuple("postgresql") for r in batch])
+
+    def _on_failure(self, exc: Exception, backoff: float) -> None:
+        log.error(
+            "ledger: cannot commit %d rows to %s (%s: %s); keeping %d rows in memory, retrying in %.1fs",
+            len(self._inflight),
+            redact(self._url),
+            type(exc).__name__,
+            self._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else ""),
+            self.pending,
+            backoff,
+        )
+        if self._store.dialect == "postgresql":
+            # The connection may be dead (server restarted); open a fresh one next time.
+            self._disconnect()
+
+    def _open(self) -> Any:
+        try:
+            conn = connect(self._url)
+        except Exception as exc:
+            raise LedgerStoreError(
+                f"cannot open the ledger store {redact(self._url)}: {self._scrub(str(exc).strip())}"
+            ) from None
+        if self._store.dialect == "sqlite":
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_ms)}")
+        return conn
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _scrub(self, text: str) -> str:
+        try:
+            password = urlsplit(self._url).password
+        except ValueError:
+            password = None
+        return text.replace(password, "***") if password else text
+
+    def _spill(self, rows: list[LedgerRow]) -> None:
+        if not rows:
+            return
+        if self._spill_dir is not None:
+            folder = self._spill_dir
+        elif self._store.dialect == "sqlite" and self._store.target != ":memory:":
+            folder = Path(self._store.target).resolve().parent
+        else:
+            folder = Path.cwd()
+        path = folder / f"tokenfuse-ledger-unsaved-{os.getpid()}-{int(time.time())}.jsonl"
+        try:
+            with path.open("w", encoding="utf-8") as f:
+                for r in rows:
+                    f.write(json.dumps(_row_json(r)) + "\n")
+        except OSError as exc:
+            log.critical(
+                "ledger: the store %s stayed unavailable and the spill file %s could not be written (%s); "
+                "%d rows are lost",
+                redact(self._url),
+                path,
+                exc.strerror,
+                len(rows),
+            )
+            return
+        self.spilled_to = path
+        log.critical(
+            "ledger: the store %s stayed unavailable until shutdown; %d uncommitted rows were saved to %s "
+            "(load them later with tokenfuse.ledger.writer.load_spill)",
+            redact(self._url),
+            len(rows),
+            path,
+        )
+
+
+def _row_json(row: LedgerRow) -> list[Any]:
+    # The SQLite form is already JSON-safe: cost as exact decimal text, estimated as 0/1.
+    return list(row.as_tuple("sqlite"))
+
+
+def load_spill(url: str, path: str | os.PathLike[str]) -> int:
+    """Commit the rows of a spill file to the store in one transaction; return how many."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(LedgerRow.from_tuple(json.loads(line)))
+    writer = LedgerWriter(url, batch_size=max(1, len(rows)))
+    writer._conn = writer._open()
+    try:
+        if rows:
+            writer._commit(rows)
+    finally:
+        writer._disconnect()
+    return len(rows)
