@@ -1,0 +1,532 @@
+"""The gateway's ASGI application: authenticate, bound, reserve, forward, meter, settle, record.
+
+Protocol knowledge lives in :mod:`tokenfuse.protocols`, limits in
+:mod:`tokenfuse.limits`, the ledger in :mod:`tokenfuse.ledger`; this module only
+moves bytes between them in the right order. Every outcome, including refusals
+and errors, ends in exactly one ledger row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from decimal import Decimal
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+
+from tokenfuse.config import Config, KeyConfig
+from tokenfuse.gateway import routes
+from tokenfuse.gateway.identity import AuthError, KeyRing
+from tokenfuse.gateway.upstream import DROP_REQUEST_HEADERS, DROP_RESPONSE_HEADERS, NoUpstream, Router, Upstream
+from tokenfuse.gateway.upstream import bedrock_path
+from tokenfuse.ledger.record import LedgerRow
+from tokenfuse.ledger.writer import LedgerWriter
+from tokenfuse.limits.bounds import compute_bound
+from tokenfuse.limits.context import RequestContext
+from tokenfuse.limits.limiter import Admission, Limiter
+from tokenfuse.pricing import Price, PriceBook
+from tokenfuse.protocols import anthropic as p_anthropic
+from tokenfuse.protocols import bedrock as p_bedrock
+from tokenfuse.protocols import openai as p_openai
+from tokenfuse.protocols.base import ProtocolError, RequestInfo
+from tokenfuse.protocols.errors import refusal
+from tokenfuse.usage import Usage
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("tokenfuse.gateway")
+
+PROTOCOLS: dict[str, ModuleType] = {"openai": p_openai, "anthropic": p_anthropic, "bedrock": p_bedrock}
+ADMIN_PREFIX = "/_tokenfuse/admin"
+ZERO_COST_ROUTES = frozenset({"count_tokens"})
+_ZERO = Decimal(0)
+
+
+class _Refused(Exception):
+    """Answer now in the caller's protocol, record the row, never forward."""
+
+    def __init__(self, kind: str, message: str, outcome: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.message, self.outcome, self.reason = kind, message, outcome, reason or message
+
+
+class _Request:
+    """Everything known about one request, filled in as it goes; becomes its ledger row."""
+
+    __slots__ = (
+        "admission", "body", "cost", "ctx", "headers", "id", "info", "key", "outcome", "price", "protocol",
+        "raw_path", "reason", "route", "session", "started", "status", "upstream", "upstream_ms", "usage",
+    )
+
+    def __init__(self, request_id: str, raw_path: str, headers: dict[str, str]) -> None:
+        self.id = request_id
+        self.raw_path = raw_path
+        self.headers = headers
+        self.started = time.perf_counter()
+        self.protocol = "openai"
+        self.route: routes.Route | None = None
+        self.key: KeyConfig | None = None
+        self.session: str | None = headers.get("x-tokenfuse-session") or None
+        self.info: RequestInfo | None = None
+        self.body = b""
+        self.price: Price | None = None
+        self.ctx: RequestContext | None = None
+        self.admission: Admission | None = None
+        self.upstream: Upstream | None = None
+        self.upstream_ms = 0.0
+        self.usage = Usage()
+        self.cost = _ZERO
+        self.status = 0
+        self.outcome = "ok"
+        self.reason: str | None = None
+
+
+class Gateway:
+    def __init__(self, config: Config, *, prices: PriceBook | None = None) -> None:
+        self.config = config
+        self.keys = KeyRing(config)
+        self.router = Router(config)
+        self.prices = prices or PriceBook.build(
+            {m: p.model_dump(exclude_none=True) for m, p in config.prices.items()}, config.pricing.file
+        )
+        self.ledger = LedgerWriter(
+            config.store, batch_interval_ms=config.ledger.batch_interval_ms, batch_size=config.ledger.batch_size
+        )
+        self.limiter: Limiter | None = None
+        self.kills: Any = None
+        self.watcher: Any = None
+        self.alerts: Any = None
+        self.admin: Any = None
+        self.http: aiohttp.ClientSession | None = None
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(4).hex()
+        self._max_body = config.server.max_body_bytes
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def startup(self) -> None:
+        from tokenfuse.limits.admin import AdminApp
+        from tokenfuse.limits.alerts import AlertManager
+        from tokenfuse.limits.killswitch import KillSwitches, KillSwitchStore
+        from tokenfuse.limits.runtime import ControlWatcher, RuntimeBudgetStore
+
+        self.ledger.start()
+        redis_url = self.config.counters if self.config.counters != "memory" else None
+        self.alerts = AlertManager(self.config.alerts, self.config.store, redis_url)
+        self.limiter = await Limiter.create(self.config, on_settle=self.alerts.observe)
+        self.kills = KillSwitches()
+        self.watcher = ControlWatcher(self.config.store, self.kills, self.limiter, self.config.kill_poll_ms)
+        await self.watcher.start()
+        await self.alerts.start()
+        self.admin = AdminApp(
+            self.config.server.admin_token,
+            KillSwitchStore(self.config.store),
+            self.watcher,
+            self.limiter,
+            RuntimeBudgetStore(self.config.store),
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=self.config.server.connect_timeout_s, sock_read=self.config.server.upstream_timeout_s
+        )
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+        )
+
+    async def shutdown(self) -> None:
+        for closer in (
+            self.watcher.stop() if self.watcher else None,
+            self.alerts.stop() if self.alerts else None,
+            self.http.close() if self.http else None,
+            self.limiter.close() if self.limiter else None,
+        ):
+            if closer is not None:
+                try:
+                    await closer
+                except Exception:  # shutdown must reach the ledger flush below
+                    log.exception("error during shutdown")
+        # Blocking, on purpose: SIGTERM must not lose a row.
+        await asyncio.to_thread(self.ledger.close)
+
+    # -- ASGI ----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            raw_path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+            if raw_path.startswith(ADMIN_PREFIX):
+                await self.admin(scope, receive, send)
+                return
+            await self._handle(scope, receive, send, raw_path)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.error("tokenfuse failed to start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- the request pipeline ------------------------------------------------------
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, raw_path: str) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        req = _Request(f"tf-{self._id_prefix}-{next(self._ids)}", raw_path, headers)
+        try:
+            await self._pipeline(req, scope, receive, send)
+        except _Refused as r:
+            req.outcome, req.reason = r.outcome, r.reason
+            status, hdrs, body = refusal(req.protocol, r.kind, r.message)
+            req.status = status
+            if req.outcome not in ("not_found", "bad_request", "unauthorized"):
+                log.info("refused %s %s: %s", req.id, req.key.name if req.key else "-", r.reason)
+            await self._send_whole(send, req, status, hdrs, body)
+            if req.admission is not None and self.limiter is not None:
+                await self.limiter.release(req.admission)
+        finally:
+            self._record(req)
+
+    async def _pipeline(self, req: _Request, scope: Scope, receive: Receive, send: Send) -> None:
+        route = routes.match(req.raw_path)
+        if route is None or scope["method"] != "POST":
+            req.protocol = routes.guess_protocol(req.raw_path, req.headers)
+            what = "no such route" if route is None else f"{scope['method']} is not allowed here; use POST"
+            raise _Refused("not_found", f"{what}: {scope['method']} {scope['path']}. tokenfuse serves only metered "
+                           "routes (see docs/gateway.md)", "not_found")
+        req.route = route
+        req.protocol = route.protocol
+        body = await self._read_body(receive, req)
+        req.body = body
+        url = self._public_url(scope, req.raw_path)
+        try:
+            req.key = self.keys.authenticate(req.headers, "POST", url, body)
+        except AuthError as exc:
+            raise _Refused("unauthorized", exc.message, "unauthorized") from None
+        proto = PROTOCOLS[route.protocol]
+        try:
+            info: RequestInfo = proto.parse_request(route.route, body, route.model_from_path)
+        except ProtocolError as exc:
+            raise _Refused("bad_request", exc.message, "bad_request") from None
+        req.info = info
+        price = self.prices.lookup(info.model)
+        if price is None and not self.config.pricing.allow_unpriced:
+            raise _Refused(
+                "unpriced_model",
+                f"model {info.model!r} has no known price, so its spend cannot be metered or capped; add it under "
+                "`prices:` in the gateway config (USD per million tokens) or set pricing.allow_unpriced: true",
+                "refused",
+            )
+        req.price = price
+        key = req.key
+        ctx = RequestContext(key.name, key.principal, key.workflow, req.session, info.model, route.protocol)
+        req.ctx = ctx
+        killed = self.kills.check(ctx) if self.kills is not None else None
+        if killed is not None:
+            scope_desc = "all traffic" if killed.scope == "all" else f"{killed.scope} {killed.value!r}"
+            raise _Refused(
+                "killed",
+                f"tokenfuse kill switch: {scope_desc} is stopped"
+                + (f" ({killed.reason})" if killed.reason else "")
+                + ". Do not retry; an operator must run `tokenfuse revive`.",
+                "killed",
+                f"kill switch {killed.scope}={killed.value}: {killed.reason or ''}".strip(),
+            )
+        changed = self._enforce_max_tokens(proto, info)
+        if info.stream and route.protocol == "openai":
+            before = info.wants_usage_chunk
+            proto.request_usage_in_stream(info)
+            changed = changed or before != info.wants_usage_chunk
+        if changed:
+            body = proto.encode_body(info)
+        if self.limiter is not None and price is not None and route.route not in ZERO_COST_ROUTES:
+            bound = compute_bound(info, price)
+            admission = await self.limiter.reserve(
+                ctx, bound, session_caps=self.config.session_caps(key, key.workflow)
+            )
+            if not admission.ok:
+                ref = admission.refusal
+                assert ref is not None
+                raise _Refused(ref.kind, ref.message, "refused", f"{ref.kind} {ref.budget}")
+            req.admission = admission
+        upstream = self.router.pick(route.protocol, info.model)
+        if upstream is None:
+            raise _Refused(
+                "not_found",
+                f"no upstream is configured for {route.protocol} model {info.model!r}; add one under `upstreams:`",
+                "refused",
+            )
+        req.upstream = upstream
+        await self._forward(req, upstream, body, send, receive)
+
+    def _enforce_max_tokens(self, proto: ModuleType, info: RequestInfo) -> bool:
+        if info.route in ("embeddings", "count_tokens"):
+            return False
+        d = self.config.defaults
+        if info.max_tokens is None:
+            proto.set_max_tokens(info, d.max_tokens)
+            return True
+        if info.max_tokens > d.max_tokens_cap:
+            if d.on_cap == "refuse":
+                raise _Refused(
+                    "bad_request",
+                    f"max_tokens {info.max_tokens} is above this gateway's cap of {d.max_tokens_cap}; "
+                    f"ask for at most {d.max_tokens_cap}",
+                    "bad_request",
+                )
+            proto.set_max_tokens(info, d.max_tokens_cap)
+            return True
+        return False
+
+    async def _read_body(self, receive: Receive, req: _Request) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                req.outcome = "client_abort"
+                raise _Refused("bad_request", "client disconnected before sending the body", "client_abort")
+            part = message.get("body", b"")
+            size += len(part)
+            if size > self._max_body:
+                raise _Refused(
+                    "too_large",
+                    f"request body is larger than the gateway's limit of {self._max_body} bytes "
+                    "(server.max_body_bytes)",
+                    "bad_request",
+                )
+            chunks.append(part)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    @staticmethod
+    def _public_url(scope: Scope, raw_path: str) -> str:
+        # SigV4 signs the URL the client used: scheme, Host header and encoded path.
+        host = ""
+        for k, v in scope["headers"]:
+            if k == b"host":
+                host = v.decode("latin-1")
+                break
+        query = scope.get("query_string", b"").decode("latin-1")
+        return f"{scope.get('scheme', 'http')}://{host}{raw_path}" + (f"?{query}" if query and "?" not in raw_path else "")
+
+    # -- forwarding ----------------------------------------------------------------
+
+    def _upstream_request(self, req: _Request, upstream: Upstream, body: bytes) -> tuple[str, dict[str, str]]:
+        route = req.route
+        assert route is not None and req.info is not None
+        if route.protocol == "bedrock":
+            path = bedrock_path(req.info.model, route.bedrock_action or "converse")
+        else:
+            path = route.upstream_path
+        url = upstream.url(path)
+        headers = {k: v for k, v in req.headers.items() if k not in DROP_REQUEST_HEADERS}
+        headers["accept-encoding"] = "identity"
+        headers.update(upstream.config.headers)
+        headers = upstream.auth_headers("POST", url, headers, body)
+        return url, headers
+
+    async def _forward(self, req: _Request, upstream: Upstream, body: bytes, send: Send, receive: Receive) -> None:
+        assert self.http is not None and req.info is not None
+        try:
+            url, headers = self._upstream_request(req, upstream, body)
+        except NoUpstream as exc:
+            raise _Refused("upstream_unavailable", str(exc), "upstream_error") from None
+        t0 = time.perf_counter()
+        try:
+            resp = await self.http.post(url, data=body, headers=headers)
+        except asyncio.TimeoutError:
+            raise _Refused(
+                "upstream_timeout", f"upstream {upstream.name!r} did not answer in time", "upstream_error"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise _Refused(
+                "upstream_unavailable",
+                f"upstream {upstream.name!r} is unreachable ({type(exc).__name__}); try again later",
+                "upstream_error",
+            ) from None
+        try:
+            if req.info.stream and resp.status == 200:
+                await self._relay_stream(req, resp, t0, send, receive)
+            else:
+                await self._relay_whole(req, resp, t0, send)
+        finally:
+            resp.release()
+
+    def _response_headers(self, req: _Request, resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+        out = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in resp.headers.items()
+            if k.lower() not in DROP_RESPONSE_HEADERS
+        ]
+        out.append((b"x-tokenfuse-request-id", req.id.encode()))
+        return out
+
+    async def _relay_whole(self, req: _Request, resp: aiohttp.ClientResponse, t0: float, send: Send) -> None:
+        assert req.info is not None and req.route is not None
+        try:
+            data = await resp.read()
+        except asyncio.TimeoutError:
+            raise _Refused("upstream_timeout", "upstream timed out sending the response", "upstream_error") from None
+        except aiohttp.ClientError:
+            raise _Refused(
+                "upstream_unavailable", "upstream broke the connection mid-response", "upstream_error"
+            ) from None
+        req.upstream_ms = (time.perf_counter() - t0) * 1000
+        req.status = resp.status
+        usage = None
+        if resp.status < 400:
+            lower = {k.lower(): v for k, v in resp.headers.items()}
+            usage = PROTOCOLS[req.route.protocol].usage_from_response(req.route.route, data, lower)
+        if resp.status >= 400:
+            req.outcome = "upstream_error"
+            req.reason = f"upstream status {resp.status}"
+        elif usage is None and req.route.route not in ZERO_COST_ROUTES:
+            # A 2xx without usage cannot be priced exactly: settle at the bound.
+            req.outcome = "ok"
+            req.reason = "upstream reported no usage; recorded the upper bound"
+            usage = self._bound_usage(req)
+        if usage is not None:
+            req.usage = usage
+            await self._settle(req)
+        elif req.admission is not None and self.limiter is not None:
+            await self.limiter.release(req.admission)
+            req.admission = None
+        headers = self._response_headers(req, resp)
+        headers.append((b"x-tokenfuse-cost-usd", str(req.cost).encode()))
+        headers.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    def _bound_usage(self, req: _Request) -> Usage:
+        info = req.info
+        assert info is not None
+        return Usage(input_uncached=info.prompt_bytes, output=info.max_tokens or 0, estimated=True)
+
+    async def _settle(self, req: _Request) -> None:
+        if req.price is not None and req.route is not None and req.route.route not in ZERO_COST_ROUTES:
+            req.cost = req.price.cost(req.usage)
+        if req.admission is not None and self.limiter is not None:
+            await self.limiter.settle(req.admission, req.usage, req.cost)
+            req.admission = None
+
+    async def _relay_stream(
+        self, req: _Request, resp: aiohttp.ClientResponse, t0: float, send: Send, receive: Receive
+    ) -> None:
+        assert req.info is not None and req.route is not None
+        meter = PROTOCOLS[req.route.protocol].StreamMeter(req.info)
+        req.status = resp.status
+        await send({"type": "http.response.start", "status": resp.status, "headers": self._response_headers(req, resp)})
+        disconnected = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected.set()
+
+        watcher = asyncio.ensure_future(watch())
+        complete = False
+        broke: str | None = None
+        try:
+            async for chunk in resp.content.iter_any():
+                out = meter.feed(chunk)
+                if disconnected.is_set():
+                    broke = "client_abort"
+                    break
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            else:
+                complete = True
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            broke = f"upstream stream broke ({type(exc).__name__})"
+        except OSError:
+            broke = "client_abort"
+        finally:
+            watcher.cancel()
+        req.upstream_ms = (time.perf_counter() - t0) * 1000
+        req.usage = meter.usage(complete and broke is None)
+        await self._settle(req)
+        if broke == "client_abort":
+            req.outcome, req.reason = "client_abort", "client disconnected mid-stream"
+            return
+        if broke is not None or req.usage.estimated:
+            req.outcome = "upstream_error"
+            req.reason = broke or "stream ended without the provider's final usage"
+            # Aborting the connection is how the client learns the stream is incomplete.
+            raise _StreamAborted(req.reason)
+        tail = meter.finish()
+        trailer = b""
+        if req.route.protocol in ("openai", "anthropic"):
+            # An SSE comment: ignored by every SSE client, readable by humans and tools.
+            trailer = f": x-tokenfuse-cost-usd={req.cost} request-id={req.id}\n\n".encode()
+        try:
+            await send({"type": "http.response.body", "body": tail + trailer, "more_body": False})
+        except OSError:
+            req.outcome, req.reason = "client_abort", "client disconnected at the end of the stream"
+
+    async def _send_whole(
+        self, send: Send, req: _Request, status: int, headers: list[tuple[str, str]], body: bytes
+    ) -> None:
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        raw.append((b"x-tokenfuse-request-id", req.id.encode()))
+        raw.append((b"content-length", str(len(body)).encode()))
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": body})
+        except OSError:
+            req.outcome = "client_abort"
+
+    def _record(self, req: _Request) -> None:
+        now = time.perf_counter()
+        latency = (now - req.started) * 1000
+        info, key, u = req.info, req.key, req.usage
+        self.ledger.write(
+            LedgerRow(
+                ts=time.time(),
+                request_id=req.id,
+                key_name=key.name if key else None,
+                principal=key.principal if key else None,
+                workflow=key.workflow if key else None,
+                session=req.session,
+                protocol=req.protocol,
+                route=req.route.route if req.route else None,
+                model=info.model if info else None,
+                upstream=req.upstream.name if req.upstream else None,
+                status=req.status,
+                input_uncached=u.input_uncached,
+                cache_read=u.cache_read,
+                cache_write=u.cache_write,
+                cache_write_1h=u.cache_write_1h,
+                output=u.output,
+                cost_usd=req.cost,
+                latency_ms=latency,
+                overhead_ms=max(latency - req.upstream_ms, 0.0),
+                estimated=u.estimated,
+                outcome=req.outcome,
+                reason=req.reason,
+            )
+        )
+
+
+class _StreamAborted(Exception):
+    """Raised after the row is recorded so the server drops the client connection."""
