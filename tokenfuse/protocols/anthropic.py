@@ -1,0 +1,239 @@
+"""Anthropic Messages wire format (``/v1/messages`` and ``/v1/messages/count_tokens``).
+
+Usage semantics: ``input_tokens`` EXCLUDES cache reads and writes, which come
+as ``cache_read_input_tokens`` and ``cache_creation_input_tokens``; when a
+``cache_creation`` object is present it splits the writes into 5-minute and
+1-hour ones, otherwise every write is a 5-minute write. In a stream,
+``message_start.message.usage`` carries the input and cache figures and each
+``message_delta.usage`` is CUMULATIVE: the latest non-null value of each field
+wins, nothing is summed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from tokenfuse.protocols.base import (
+    ProtocolError,
+    RequestInfo,
+    as_int,
+    asks_ttl_1h,
+    compact_json,
+    load_object,
+    loads_object,
+    opt_bool,
+    opt_int,
+    prompt_bound,
+    require_list,
+    require_model,
+    string_values_bytes,
+)
+from tokenfuse.protocols.estimate import tokens_from_bytes
+from tokenfuse.protocols.sse import SSEParser
+from tokenfuse.usage import Usage
+
+ROUTES: tuple[str, ...] = ("messages", "count_tokens")
+_ERR = "invalid_request_error"
+_CACHE_CONTROL = re.compile(rb'"cache_control"\s*:\s*\{')
+
+_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def parse_request(route: str, body: bytes, model_from_path: str | None = None) -> RequestInfo:
+    if route not in ROUTES:
+        raise ProtocolError(404, "not_found_error", f"Unknown Anthropic route {route!r}.")
+    obj = load_object(body, _ERR)
+    model = require_model(obj, _ERR)
+    require_list(obj, "messages", _ERR)
+    if route == "messages":
+        stream = opt_bool(obj, "stream", _ERR)
+        max_tokens = opt_int(obj, "max_tokens", _ERR)
+        cache = b"cache_control" in body and _CACHE_CONTROL.search(body) is not None
+    else:
+        stream, max_tokens, cache = False, 0, False
+    return RequestInfo(
+        protocol="anthropic",
+        route=route,
+        model=model,
+        stream=stream,
+        max_tokens=max_tokens,
+        prompt_bytes=prompt_bound(body),
+        cache_writes_possible=cache,
+        cache_1h=cache and asks_ttl_1h(body),
+        body=obj,
+    )
+
+
+def set_max_tokens(info: RequestInfo, value: int) -> None:
+    if info.route != "messages":
+        return
+    info.body["max_tokens"] = value
+    info.max_tokens = value
+
+
+def request_usage_in_stream(info: RequestInfo) -> None:
+    return None
+
+
+def encode_body(info: RequestInfo) -> bytes:
+    return compact_json(info.body)
+
+
+class UsageFields:
+    """Anthropic usage figures merged field by field, latest non-null wins."""
+
+    __slots__ = ("cache_creation", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+        self.cache_creation: Mapping[str, Any] | None = None
+
+    def merge(self, u: Mapping[str, Any]) -> None:
+        for key in _USAGE_KEYS:
+            v = u.get(key)
+            if v is not None:
+                self.values[key] = as_int(v)
+        cc = u.get("cache_creation")
+        if isinstance(cc, dict):
+            self.cache_creation = cc
+
+    @property
+    def seen(self) -> bool:
+        return bool(self.values) or self.cache_creation is not None
+
+    def output(self) -> int:
+        return self.values.get("output_tokens", 0)
+
+    def to_usage(self) -> Usage:
+        v = self.values
+        write_5m, write_1h = self.split_writes(v.get("cache_creation_input_tokens"))
+        return Usage(
+            input_uncached=v.get("input_tokens", 0),
+            cache_read=v.get("cache_read_input_tokens", 0),
+            cache_write=write_5m,
+            cache_write_1h=write_1h,
+            output=v.get("output_tokens", 0),
+        )
+
+    def split_writes(self, total: int | None) -> tuple[int, int]:
+        """(5-minute, 1-hour) writes of `total`; all 5-minute without a breakdown."""
+        cc = self.cache_creation
+        if cc is None:
+            return (total or 0, 0)
+        one_h = as_int(cc.get("ephemeral_1h_input_tokens"))
+        if total is None:
+            return (as_int(cc.get("ephemeral_5m_input_tokens")), one_h)
+        one_h = min(one_h, total)
+        return (total - one_h, one_h)
+
+
+def usage_of(u: Mapping[str, Any]) -> Usage:
+    fields = UsageFields()
+    fields.merge(u)
+    return fields.to_usage()
+
+
+def usage_from_response(route: str, body: bytes, headers: Mapping[str, str]) -> Usage | None:
+    obj = loads_object(body)
+    if obj is None or obj.get("type") == "error":
+        return None
+    if route == "count_tokens":
+        return Usage() if "input_tokens" in obj else None
+    u = obj.get("usage")
+    if not isinstance(u, dict):
+        return None
+    return usage_of(u)
+
+
+# --- streams --------------------------------------------------------------
+
+TEXT_KEYS = (b"text", b"thinking", b"partial_json")
+
+
+class StreamMeter:
+    """Meters one Anthropic SSE stream; forwards every byte unchanged."""
+
+    __slots__ = ("_fields", "_final", "_info", "_parser", "text_bytes")
+
+    def __init__(self, info: RequestInfo) -> None:
+        self._info = info
+        self._parser = SSEParser()
+        self._fields = UsageFields()
+        self._final = False
+        self.text_bytes = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        for ev in self._parser.feed(chunk):
+            self._observe(ev.event, ev.data)
+        return chunk
+
+    def finish(self) -> bytes:
+        for ev in self._parser.finish():
+            self._observe(ev.event, ev.data)
+        return b""
+
+    def _observe(self, event: bytes | None, data: bytes | None) -> None:
+        if not data:
+            return
+        if event == b"content_block_delta":
+            self.text_bytes += string_values_bytes(data, TEXT_KEYS)
+            return
+        if event is None:
+            # The `event:` line is optional in SSE; fall back to the payload's type.
+            if b'"content_block_delta"' in data:
+                self.text_bytes += string_values_bytes(data, TEXT_KEYS)
+                return
+            if b'"message_start"' not in data and b'"message_delta"' not in data:
+                return
+        elif event not in (b"message_start", b"message_delta"):
+            return
+        obj = loads_object(data)
+        if obj is None:
+            return
+        kind = obj.get("type")
+        if kind == "message_start":
+            msg = obj.get("message")
+            u = msg.get("usage") if isinstance(msg, dict) else None
+        elif kind == "message_delta":
+            u = obj.get("usage")
+        else:
+            return
+        if isinstance(u, dict):
+            self._fields.merge(u)
+            if kind == "message_delta":
+                self._final = True
+
+    def usage(self, complete: bool) -> Usage:
+        return meter_usage(self._fields, self._final, self.text_bytes, self._info)
+
+
+def meter_usage(fields: UsageFields, final: bool, text_bytes: int, info: RequestInfo) -> Usage:
+    """Usage from merged fields; output estimated (and marked) unless final."""
+    u = fields.to_usage()
+    if final:
+        return u
+    u.output = max(u.output, tokens_from_bytes(text_bytes))
+    if not fields.values.keys() & {"input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"}:
+        u.input_uncached = tokens_from_bytes(info.prompt_bytes)
+    u.estimated = True
+    return u
+
+
+# --- errors ---------------------------------------------------------------
+
+
+def error_response(
+    status: int, error_type: str, message: str, *, retryable: bool = True
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    body = json.dumps(
+        {"type": "error", "error": {"type": error_type, "message": message}},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
+    headers = [("content-type", "application/json")]
+    if not retryable:
+        headers.append(("x-should-retry", "false"))
+    return status, headers, body

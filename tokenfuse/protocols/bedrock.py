@@ -1,0 +1,451 @@
+"""Amazon Bedrock runtime wire format: Converse, ConverseStream, InvokeModel and
+InvokeModelWithResponseStream.
+
+Usage semantics: Converse ``usage.inputTokens`` EXCLUDES cache reads and
+writes (``cacheReadInputTokens``, ``cacheWriteInputTokens``);
+``cacheDetails`` [{ttl, inputTokens}] splits the writes by TTL. ConverseStream
+reports the same object in its ``metadata`` event. InvokeModel reports totals
+in ``X-Amzn-Bedrock-*-Token-Count`` headers (preferred) and a model-family
+body; InvokeModelWithResponseStream in base64 ``chunk`` payloads whose last
+one carries ``amazon-bedrock-invocationMetrics``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+from tokenfuse.protocols import anthropic
+from tokenfuse.protocols.base import (
+    ProtocolError,
+    RequestInfo,
+    as_int,
+    asks_ttl_1h,
+    compact_json,
+    load_object,
+    loads_object,
+    opt_bool,
+    opt_int,
+    prompt_bound,
+    require_list,
+    string_values_bytes,
+    sub_object,
+)
+from tokenfuse.protocols.estimate import tokens_from_bytes
+from tokenfuse.protocols.eventstream import EventStreamDecoder, EventStreamError, encode_exception
+from tokenfuse.usage import Usage
+
+ROUTES: tuple[str, ...] = ("converse", "converse_stream", "invoke", "invoke_stream")
+_ERR = "ValidationException"
+_CACHE_MARKER = re.compile(rb'"cachePoint"\s*:\s*\{|"cache_control"\s*:\s*\{')
+
+# Cross-region inference profiles prefix the model id with a geography.
+_GEO_PREFIXES = frozenset({"us", "eu", "apac", "global", "us-gov", "jp", "au", "ca", "apne", "euc"})
+
+# Where each InvokeModel family takes its output limit; the first path is the
+# default, a later one wins only when the client already used it.
+_MAX_TOKEN_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "anthropic": (("max_tokens",),),
+    "meta": (("max_gen_len",),),
+    "titan": (("textGenerationConfig", "maxTokenCount"),),
+    "nova": (("inferenceConfig", "maxTokens"), ("inferenceConfig", "max_new_tokens")),
+    "openai": (("max_completion_tokens",), ("max_tokens",)),
+    "generic": (("max_tokens",),),
+}
+
+
+def model_family(model_id: str, body: Mapping[str, Any] | None = None) -> str:
+    """InvokeModel body family of a model id, inference profile id or ARN.
+
+    An application inference profile ARN does not name its model; the body's
+    shape decides then."""
+    base = model_id.rsplit("/", 1)[-1] if model_id.startswith("arn:") else model_id
+    parts = base.split(".")
+    if len(parts) > 2 and parts[0] in _GEO_PREFIXES:
+        parts = parts[1:]
+    if len(parts) >= 2:
+        provider, name = parts[0], parts[1]
+        if provider == "amazon":
+            if name.startswith("nova"):
+                return "nova"
+            if name.startswith("titan"):
+                return "titan"
+        elif provider in ("anthropic", "meta", "openai"):
+            return provider
+        elif provider in ("mistral", "cohere", "ai21", "deepseek", "qwen", "writer", "moonshotai", "minimax"):
+            return "generic"
+    if body is not None:
+        if "anthropic_version" in body:
+            return "anthropic"
+        if "textGenerationConfig" in body or "inputText" in body:
+            return "titan"
+        if "inferenceConfig" in body or "schemaVersion" in body:
+            return "nova"
+        if "max_gen_len" in body:
+            return "meta"
+        if "max_completion_tokens" in body:
+            return "openai"
+    return "generic"
+
+
+def _get_path(body: Mapping[str, Any], path: tuple[str, ...]) -> tuple[Mapping[str, Any] | None, Any]:
+    obj: Any = body
+    for key in path[:-1]:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    if not isinstance(obj, dict):
+        return None, None
+    return obj, obj.get(path[-1])
+
+
+def _read_max_tokens(family: str, body: Mapping[str, Any]) -> int | None:
+    for path in _MAX_TOKEN_PATHS[family]:
+        parent, value = _get_path(body, path)
+        if parent is not None and value is not None:
+            return opt_int(parent, path[-1], _ERR, ".".join(path[:-1]) + "." if len(path) > 1 else "")
+    return None
+
+
+def parse_request(route: str, body: bytes, model_from_path: str | None = None) -> RequestInfo:
+    if route not in ROUTES:
+        raise ProtocolError(404, "ResourceNotFoundException", f"Unknown Bedrock route {route!r}.")
+    model = unquote(model_from_path or "")
+    if not model:
+        raise ProtocolError(
+            400,
+            _ERR,
+            "The model id is missing from the URL. Call /model/{modelId}/" + route.replace("_", "-") + ".",
+        )
+    obj = load_object(body, _ERR)
+    if route.startswith("converse"):
+        require_list(obj, "messages", _ERR, optional=True)
+        require_list(obj, "system", _ERR, optional=True)
+        config = sub_object(obj, "inferenceConfig", _ERR)
+        max_tokens = opt_int(config, "maxTokens", _ERR, "inferenceConfig.")
+    else:
+        if "messages" in obj:
+            require_list(obj, "messages", _ERR)
+        if "stream" in obj:
+            opt_bool(obj, "stream", _ERR)
+        max_tokens = _read_max_tokens(model_family(model, obj), obj)
+    cache = (b"cachePoint" in body or b"cache_control" in body) and _CACHE_MARKER.search(body) is not None
+    return RequestInfo(
+        protocol="bedrock",
+        route=route,
+        model=model,
+        stream=route.endswith("_stream"),
+        max_tokens=max_tokens,
+        prompt_bytes=prompt_bound(body),
+        cache_writes_possible=cache,
+        cache_1h=cache and asks_ttl_1h(body),
+        body=obj,
+    )
+
+
+def set_max_tokens(info: RequestInfo, value: int) -> None:
+    body = info.body
+    if info.route.startswith("converse"):
+        config = body.get("inferenceConfig")
+        if not isinstance(config, dict):
+            config = body["inferenceConfig"] = {}
+        config["maxTokens"] = value
+    else:
+        paths = _MAX_TOKEN_PATHS[model_family(info.model, body)]
+        chosen = paths[0]
+        for path in paths:
+            parent, current = _get_path(body, path)
+            if parent is not None and current is not None:
+                chosen = path
+                break
+        obj = body
+        for key in chosen[:-1]:
+            nxt = obj.get(key)
+            if not isinstance(nxt, dict):
+                nxt = obj[key] = {}
+            obj = nxt
+        obj[chosen[-1]] = value
+    info.max_tokens = value
+
+
+def request_usage_in_stream(info: RequestInfo) -> None:
+    return None
+
+
+def encode_body(info: RequestInfo) -> bytes:
+    return compact_json(info.body)
+
+
+# --- usage ----------------------------------------------------------------
+
+
+def _split_details(write: int, details: object) -> tuple[int, int]:
+    one_h = 0
+    if isinstance(details, list):
+        for d in details:
+            if isinstance(d, dict) and d.get("ttl") == "1h":
+                one_h += as_int(d.get("inputTokens"))
+    one_h = min(one_h, write)
+    return write - one_h, one_h
+
+
+def converse_usage(u: Mapping[str, Any]) -> Usage:
+    write_5m, write_1h = _split_details(as_int(u.get("cacheWriteInputTokens")), u.get("cacheDetails"))
+    return Usage(
+        input_uncached=as_int(u.get("inputTokens")),
+        cache_read=as_int(u.get("cacheReadInputTokens")),
+        cache_write=write_5m,
+        cache_write_1h=write_1h,
+        output=as_int(u.get("outputTokens")),
+    )
+
+
+_H_IN = "x-amzn-bedrock-input-token-count"
+_H_OUT = "x-amzn-bedrock-output-token-count"
+_H_READ = "x-amzn-bedrock-cache-read-input-token-count"
+_H_WRITE = "x-amzn-bedrock-cache-write-input-token-count"
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int:
+    try:
+        return max(int(headers.get(name, "0") or "0"), 0)
+    except ValueError:
+        return 0
+
+
+def _anthropic_split(write: int, body_usage: object) -> tuple[int, int]:
+    if write and isinstance(body_usage, dict) and isinstance(body_usage.get("cache_creation"), dict):
+        fields = anthropic.UsageFields()
+        fields.merge(body_usage)
+        return fields.split_writes(write)
+    return write, 0
+
+
+def invoke_body_usage(obj: Mapping[str, Any]) -> Usage | None:
+    """Usage from an InvokeModel body, recognised by its family's field names."""
+    u = obj.get("usage")
+    if isinstance(u, dict):
+        if "input_tokens" in u or "cache_read_input_tokens" in u:  # anthropic
+            return anthropic.usage_of(u)
+        if "inputTokens" in u:  # nova
+            write_5m, write_1h = _split_details(
+                as_int(u.get("cacheWriteInputTokenCount", u.get("cacheWriteInputTokens"))),
+                u.get("cacheDetails"),
+            )
+            return Usage(
+                input_uncached=as_int(u.get("inputTokens")),
+                cache_read=as_int(u.get("cacheReadInputTokenCount", u.get("cacheReadInputTokens"))),
+                cache_write=write_5m,
+                cache_write_1h=write_1h,
+                output=as_int(u.get("outputTokens")),
+            )
+        if "prompt_tokens" in u:  # openai-compatible families
+            details = u.get("prompt_tokens_details")
+            total = as_int(u.get("prompt_tokens"))
+            cached = min(as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0, total)
+            return Usage(
+                input_uncached=total - cached, cache_read=cached, output=as_int(u.get("completion_tokens"))
+            )
+    if "prompt_token_count" in obj:  # meta
+        return Usage(
+            input_uncached=as_int(obj.get("prompt_token_count")),
+            output=as_int(obj.get("generation_token_count")),
+        )
+    if "inputTextTokenCount" in obj:  # titan text and embeddings
+        results = obj.get("results")
+        out = (
+            sum(as_int(r.get("tokenCount")) for r in results if isinstance(r, dict))
+            if isinstance(results, list)
+            else 0
+        )
+        return Usage(input_uncached=as_int(obj.get("inputTextTokenCount")), output=out)
+    return None
+
+
+def usage_from_response(route: str, body: bytes, headers: Mapping[str, str]) -> Usage | None:
+    if route in ("invoke", "invoke_stream") and _H_IN in headers:
+        write = _header_int(headers, _H_WRITE)
+        body_usage = None
+        if write and b"cache_creation" in body:
+            obj = loads_object(body)
+            body_usage = obj.get("usage") if obj is not None else None
+        write_5m, write_1h = _anthropic_split(write, body_usage)
+        return Usage(
+            input_uncached=_header_int(headers, _H_IN),
+            cache_read=_header_int(headers, _H_READ),
+            cache_write=write_5m,
+            cache_write_1h=write_1h,
+            output=_header_int(headers, _H_OUT),
+        )
+    obj = loads_object(body)
+    if obj is None:
+        return None
+    if route.startswith("converse"):
+        u = obj.get("usage")
+        return converse_usage(u) if isinstance(u, dict) else None
+    return invoke_body_usage(obj)
+
+
+# --- streams --------------------------------------------------------------
+
+_CONVERSE_TEXT_KEYS = (b"text", b"input")
+_INVOKE_TEXT_KEYS = (
+    b"text",
+    b"thinking",
+    b"partial_json",
+    b"generation",
+    b"outputText",
+    b"completion",
+    b"content",
+    b"reasoning_content",
+)
+_METRICS = b"amazon-bedrock-invocationMetrics"
+
+
+class StreamMeter:
+    """Meters one AWS event stream; forwards every byte unchanged.
+
+    A CRC or framing error means the upstream broke the stream: parsing stops
+    there and the usage falls back to what was seen, estimated."""
+
+    __slots__ = ("_broken", "_decoder", "_fields", "_final", "_info", "text_bytes")
+
+    def __init__(self, info: RequestInfo) -> None:
+        self._info = info
+        self._decoder = EventStreamDecoder()
+        self._fields = anthropic.UsageFields()
+        self._final: Usage | None = None
+        self._broken = False
+        self.text_bytes = 0
+
+    @property
+    def broken(self) -> bool:
+        return self._broken
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._broken:
+            return chunk
+        try:
+            messages = self._decoder.feed(chunk)
+        except EventStreamError:
+            self._broken = True
+            return chunk
+        converse = self._info.route == "converse_stream"
+        for msg in messages:
+            if msg.headers.get(":message-type") != "event":
+                continue
+            kind = msg.headers.get(":event-type")
+            if converse:
+                self._converse_event(kind, msg.payload)
+            elif kind == "chunk":
+                self._invoke_chunk(msg.payload)
+        return chunk
+
+    def finish(self) -> bytes:
+        return b""
+
+    def _converse_event(self, kind: str | None, payload: bytes) -> None:
+        if kind == "contentBlockDelta":
+            self.text_bytes += string_values_bytes(payload, _CONVERSE_TEXT_KEYS)
+        elif kind == "metadata":
+            obj = loads_object(payload)
+            u = obj.get("usage") if obj is not None else None
+            if isinstance(u, dict):
+                self._final = converse_usage(u)
+
+    def _invoke_chunk(self, payload: bytes) -> None:
+        outer = loads_object(payload)
+        encoded = outer.get("bytes") if outer is not None else None
+        if not isinstance(encoded, str):
+            return
+        try:
+            inner = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            return
+        self.text_bytes += string_values_bytes(inner, _INVOKE_TEXT_KEYS)
+        has_metrics = _METRICS in inner
+        if not has_metrics and b"message_start" not in inner and b"message_delta" not in inner:
+            return
+        obj = loads_object(inner)
+        if obj is None:
+            return
+        kind = obj.get("type")
+        if kind == "message_start":
+            msg = obj.get("message")
+            u = msg.get("usage") if isinstance(msg, dict) else None
+            if isinstance(u, dict):
+                self._fields.merge(u)
+        elif kind == "message_delta":
+            u = obj.get("usage")
+            if isinstance(u, dict):
+                self._fields.merge(u)
+        metrics = obj.get(_METRICS.decode())
+        if isinstance(metrics, dict):
+            write = as_int(metrics.get("cacheWriteInputTokenCount"))
+            write_5m, write_1h = self._fields.split_writes(write) if write else (0, 0)
+            self._final = Usage(
+                input_uncached=as_int(metrics.get("inputTokenCount")),
+                cache_read=as_int(metrics.get("cacheReadInputTokenCount")),
+                cache_write=write_5m,
+                cache_write_1h=write_1h,
+                output=as_int(metrics.get("outputTokenCount")),
+            )
+
+    def usage(self, complete: bool) -> Usage:
+        if self._final is not None:
+            f = self._final
+            return Usage(f.input_uncached, f.cache_read, f.cache_write, f.cache_write_1h, f.output)
+        if self._info.route == "invoke_stream":
+            return anthropic.meter_usage(self._fields, False, self.text_bytes, self._info)
+        return Usage(
+            input_uncached=tokens_from_bytes(self._info.prompt_bytes),
+            output=tokens_from_bytes(self.text_bytes),
+            estimated=True,
+        )
+
+
+# --- errors ---------------------------------------------------------------
+
+# botocore retries these codes and statuses (retries/standard.py, data/_retry.json).
+_RETRIED_STATUS = frozenset({429, 500, 502, 503, 504, 509})
+_RETRIED_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ModelNotReadyException",
+    }
+)
+
+
+def error_response(
+    status: int, error_type: str, message: str, *, retryable: bool = True
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    if not retryable and (status in _RETRIED_STATUS or error_type in _RETRIED_CODES):
+        status, error_type = 400, "ServiceQuotaExceededException"
+    body = json.dumps({"message": message}, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    headers = [("content-type", "application/json"), ("x-amzn-errortype", error_type)]
+    if not retryable:
+        headers.append(("x-should-retry", "false"))
+    return status, headers, body
+
+
+def stream_exception(error_type: str, message: str) -> bytes:
+    """An event-stream exception message, for errors after the stream started."""
+    return encode_exception(error_type, compact_json({"message": message}))
