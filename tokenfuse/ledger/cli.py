@@ -1,0 +1,122 @@
+"""`tokenfuse usage`: ledger totals by model, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from tokenfuse.config import ConfigError, load_config, parse_duration
+from tokenfuse.ledger.query import usage_totals
+from tokenfuse.ledger.schema import SchemaError, redact
+
+_COLUMNS = ("requests", "input_uncached", "cache_read", "cache_write", "output", "cost_usd")
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """``2026-11-01`` / ``2026-11-01T12:00[:00][Z|+02:00]`` (naive means UTC), or a
+    duration back from now such as ``90m``, ``24h``, ``7d``, ``2w``."""
+    value = text.strip()
+    try:
+        return (time.time() if now is None else now) - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time; use an ISO date or datetime in UTC (2026-11-01, 2026-11-01T12:00) "
+            "or a duration back from now (90m, 24h, 7d)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tokenfuse usage",
+        description="Print ledger totals by model. Times are UTC; --since is inclusive, --until exclusive.",
+    )
+    p.add_argument("--config", required=True, help="the gateway's YAML config (its `store:` is read)")
+    p.add_argument("--since", help="start: ISO date/datetime (UTC) or a duration back from now, e.g. 24h, 7d")
+    p.add_argument("--until", help="end (exclusive), same forms as --since")
+    p.add_argument("--principal", help="only this principal")
+    p.add_argument("--workflow", help="only this workflow")
+    p.add_argument("--session", help="only this session id")
+    p.add_argument("--key", help="only this key name")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def render_table(totals: dict[str, Any]) -> str:
+    header = ("MODEL", *(c.upper() for c in _COLUMNS))
+    body: list[tuple[str, ...]] = []
+    models = sorted(totals["by_model"].items(), key=lambda kv: (-Decimal(kv[1]["cost_usd"]), kv[0]))
+    for name, m in models:
+        body.append((name, *(_cell(m[c]) for c in _COLUMNS)))
+    sums = {c: sum(m[c] for m in totals["by_model"].values()) for c in _COLUMNS if c != "cost_usd"}
+    total = ("TOTAL", *(_cell(sums[c]) for c in _COLUMNS if c != "cost_usd"), totals["cost_usd"])
+    widths = [max(len(r[i]) for r in (header, *body, total)) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
+
+    rule = "  ".join("-" * w for w in widths)
+    out = [line(header), rule, *(line(r) for r in body), rule, line(total)]
+    if totals.get("refused"):
+        out.append(f"refused (not sent upstream): {totals['refused']:,}")
+    return "\n".join(out)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"tokenfuse usage: {exc}", file=sys.stderr)
+        return 2
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"tokenfuse usage: {exc}", file=sys.stderr)
+        return 2
+    try:
+        totals = usage_totals(
+            cfg.store,
+            since=since,
+            until=until,
+            principal=args.principal,
+            workflow=args.workflow,
+            session=args.session,
+            key=args.key,
+        )
+    except SchemaError as exc:
+        print(f"tokenfuse usage: {cfg.source}: store: {exc}", file=sys.stderr)
+        return 1
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        print(f"tokenfuse usage: cannot read the ledger {redact(cfg.store)}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # psycopg errors (imported lazily) land here; keep it to one line, no traceback.
+        if type(exc).__module__.startswith("psycopg"):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"tokenfuse usage: cannot read the ledger {redact(cfg.store)}: {first}", file=sys.stderr)
+            return 1
+        raise
+    if args.json:
+        print(json.dumps(totals, indent=2))
+    else:
+        print(render_table(totals))
+    return 0

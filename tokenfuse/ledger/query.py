@@ -1,0 +1,155 @@
+"""Reading the ledger back: totals by model, and the rows themselves.
+
+Counting rules (docs/ledger.md): ``requests`` counts rows the gateway admitted,
+i.e. every outcome except ``refused``, ``killed`` and ``unauthorized``; those
+are counted under ``refused``. Token and cost sums cover every row (a refused
+row carries zeros), so the per-model costs add up to the total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from tokenfuse.ledger.record import REFUSED_OUTCOMES, LedgerRow
+from tokenfuse.ledger.schema import COLUMN_NAMES, StoreURL, connect, placeholder
+
+NO_MODEL = "(none)"
+_REFUSED_SQL = ", ".join(f"'{o}'" for o in sorted(REFUSED_OUTCOMES))
+
+
+def format_usd(value: Decimal) -> str:
+    """Exact decimal text, never rounded: at least six decimal places, and any
+    further digits only as far as they are non-zero (1.5 -> "1.500000",
+    0.000000075 -> "0.000000075")."""
+    if value == 0:
+        value = Decimal(0)
+    text = format(value, "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(6, '0')}"
+
+
+@dataclass(frozen=True)
+class Filters:
+    since: float | None = None
+    until: float | None = None
+    principal: str | None = None
+    workflow: str | None = None
+    session: str | None = None
+    key: str | None = None
+
+    def where(self, dialect: str) -> tuple[str, tuple[Any, ...]]:
+        p = placeholder(dialect)
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.since is not None:
+            clauses.append(f"ts >= {p}")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append(f"ts < {p}")
+            params.append(self.until)
+        for column, value in (
+            ("principal", self.principal),
+            ("workflow", self.workflow),
+            ("session", self.session),
+            ("key_name", self.key),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = {p}")
+                params.append(value)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _open(url: str) -> Any:
+    """A connection, or None for an SQLite file that does not exist yet (an empty
+    ledger; reading it should not create it)."""
+    store = StoreURL.parse(url)
+    if store.dialect == "sqlite" and store.target != ":memory:" and not Path(store.target).exists():
+        return None
+    return connect(url)
+
+
+def usage_totals(
+    url: str,
+    since: float | None = None,
+    until: float | None = None,
+    principal: str | None = None,
+    workflow: str | None = None,
+    session: str | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Ledger totals, overall and by model, for rows with ``since <= ts < until``."""
+    filters = Filters(since, until, principal, workflow, session, key)
+    dialect = StoreURL.parse(url).dialect
+    where, params = filters.where(dialect)
+    models: dict[str, dict[str, Any]] = {}
+    costs: dict[str, Decimal] = {}
+    refused = 0
+    conn = _open(url)
+    if conn is not None:
+        try:
+            pg_cost = ", SUM(cost_usd)" if dialect == "postgresql" else ""
+            cur = conn.execute(
+                f"SELECT model, SUM(CASE WHEN outcome IN ({_REFUSED_SQL}) THEN 1 ELSE 0 END), COUNT(*), "
+                "SUM(input_uncached), SUM(cache_read), SUM(cache_write + cache_write_1h), SUM(output)"
+                f"{pg_cost} FROM requests{where} GROUP BY model",
+                params,
+            )
+            for model, n_refused, n_all, inp, c_read, c_write, out, *cost in cur.fetchall():
+                name = NO_MODEL if model is None else str(model)
+                refused += int(n_refused)
+                models[name] = {
+                    "requests": int(n_all) - int(n_refused),
+                    "input_uncached": int(inp),
+                    "cache_read": int(c_read),
+                    "cache_write": int(c_write),
+                    "output": int(out),
+                }
+                costs[name] = Decimal(cost[0]) if cost else Decimal(0)
+            if dialect == "sqlite":
+                # Cost is exact decimal text in SQLite; SUM() would go through a
+                # double. Summing distinct values times their count keeps it exact
+                # and cheap (most rows share a handful of costs).
+                cur = conn.execute(
+                    f"SELECT model, cost_usd, COUNT(*) FROM requests{where} GROUP BY model, cost_usd", params
+                )
+                for model, cost_text, n in cur.fetchall():
+                    name = NO_MODEL if model is None else str(model)
+                    costs[name] += Decimal(cost_text) * n
+        finally:
+            conn.close()
+    by_model = {}
+    for name in sorted(models):
+        by_model[name] = {**models[name], "cost_usd": format_usd(costs[name])}
+    return {
+        "requests": sum(m["requests"] for m in models.values()),
+        "refused": refused,
+        "cost_usd": format_usd(sum(costs.values(), Decimal(0))),
+        "by_model": by_model,
+    }
+
+
+def rows(
+    url: str,
+    since: float | None = None,
+    until: float | None = None,
+    principal: str | None = None,
+    workflow: str | None = None,
+    session: str | None = None,
+    key: str | None = None,
+) -> list[LedgerRow]:
+    """The matching rows in time order."""
+    filters = Filters(since, until, principal, workflow, session, key)
+    where, params = filters.where(StoreURL.parse(url).dialect)
+    conn = _open(url)
+    if conn is None:
+        return []
+    try:
+        cur = conn.execute(
+            f"SELECT {', '.join(COLUMN_NAMES)} FROM requests{where} ORDER BY ts, request_id", params
+        )
+        return [LedgerRow.from_tuple(r) for r in cur.fetchall()]
+    finally:
+        conn.close()
