@@ -41,8 +41,16 @@ RESOLUTIONS = [
     ("us.anthropic.claude-3-7-sonnet-20250219-v1:0", "claude-3-7-sonnet", "3"),
     ("us.anthropic.claude-opus-4-1-20250805-v1:0", "claude-opus-4-1", "15"),
     ("anthropic.claude-3-5-sonnet-20241022-v2:0", "claude-3-5-sonnet", "3"),
-    ("arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-opus-4-6-v1", "claude-opus-4-6", "5.50"),
-    ("arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-haiku-20240307-v1:0", "claude-3-haiku", "0.25"),
+    (
+        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-opus-4-6-v1",
+        "claude-opus-4-6",
+        "5.50",
+    ),
+    (
+        "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-haiku-20240307-v1:0",
+        "claude-3-haiku",
+        "0.25",
+    ),
     ("gpt-4o-2024-08-06", "gpt-4o", "2.50"),
     ("gpt-4o-2024-05-13", "gpt-4o-2024-05-13", "5"),  # the older, dearer snapshot has its own price
     ("gpt-4o-mini-2024-07-18", "gpt-4o-mini", "0.15"),
@@ -70,7 +78,11 @@ def test_regional_premium_applies_to_every_rate(book: PriceBook) -> None:
     regional = book.require("us.anthropic.claude-sonnet-4-5-20250929-v1:0")
     base = book.require("global.anthropic.claude-sonnet-4-5-20250929-v1:0")
     assert (regional.input, regional.output) == (D("3.30"), D("16.50"))
-    assert (regional.cache_read, regional.cache_write, regional.cache_write_1h) == (D("0.33"), D("4.125"), D("6.6"))
+    assert (regional.cache_read, regional.cache_write, regional.cache_write_1h) == (
+        D("0.33"),
+        D("4.125"),
+        D("6.6"),
+    )
     assert (base.input, base.output, base.cache_write_1h) == (D("3"), D("15"), D("6"))
     res = book.resolve("us.anthropic.claude-sonnet-4-5-20250929-v1:0")
     assert res is not None and res.premium == D("0.10") and res.geo == "us"
@@ -240,7 +252,7 @@ def test_bad_override_values_name_model_and_field(fields: dict[str, object], fie
 
 
 def test_override_that_is_not_a_mapping() -> None:
-    with pytest.raises(ValueError, match="prices.my-model"):
+    with pytest.raises(ValueError, match=r"prices\.my-model"):
         PriceBook.build(overrides={"my-model": 3})  # type: ignore[dict-item]
 
 
