@@ -700,10 +700,10 @@ class Analyzer(ast.NodeVisitor):
         for arg in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
             params.add(arg.arg)
             scope.names[arg.arg] = Value(self._annotation_kind(arg.annotation), None)
-        for arg in (args.vararg, args.kwarg):
-            if arg is not None:
-                params.add(arg.arg)
-                scope.names[arg.arg] = _UNKNOWN
+        for star in (args.vararg, args.kwarg):
+            if star is not None:
+                params.add(star.arg)
+                scope.names[star.arg] = _UNKNOWN
         summary = _Function(node.name, node, params, args.kwarg.arg if args.kwarg else None)
         saved_loops, saved_func = self.loops, self.func
         self.loops, self.func = [], summary
