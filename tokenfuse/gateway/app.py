@@ -23,8 +23,14 @@ import aiohttp
 from tokenfuse.config import Config, KeyConfig
 from tokenfuse.gateway import routes
 from tokenfuse.gateway.identity import AuthError, KeyRing
-from tokenfuse.gateway.upstream import DROP_REQUEST_HEADERS, DROP_RESPONSE_HEADERS, NoUpstream, Router, Upstream
-from tokenfuse.gateway.upstream import bedrock_path
+from tokenfuse.gateway.upstream import (
+    DROP_REQUEST_HEADERS,
+    DROP_RESPONSE_HEADERS,
+    NoUpstream,
+    Router,
+    Upstream,
+    bedrock_path,
+)
 from tokenfuse.ledger.record import LedgerRow
 from tokenfuse.ledger.writer import LedgerWriter
 from tokenfuse.limits.bounds import compute_bound
@@ -355,7 +361,7 @@ class Gateway:
         t0 = time.perf_counter()
         try:
             resp = await self.http.post(url, data=body, headers=headers)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _Refused(
                 "upstream_timeout", f"upstream {upstream.name!r} did not answer in time", "upstream_error"
             ) from None
@@ -386,7 +392,7 @@ class Gateway:
         assert req.info is not None and req.route is not None
         try:
             data = await resp.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _Refused("upstream_timeout", "upstream timed out sending the response", "upstream_error") from None
         except aiohttp.ClientError:
             raise _Refused(
@@ -457,7 +463,7 @@ class Gateway:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             else:
                 complete = True
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             broke = f"upstream stream broke ({type(exc).__name__})"
         except OSError:
             broke = "client_abort"

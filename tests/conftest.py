@@ -1,0 +1,42 @@
+"""Shared fixtures: service availability rules and the simulator + gateway pair."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("TOKENFUSE_REQUIRE_SERVICES") == "1"
+REDIS_URL = os.environ.get("TOKENFUSE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get("TOKENFUSE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip visibly when a service is down, unless CI demands it."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable at {host}:{port}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} and TOKENFUSE_REQUIRE_SERVICES=1", pytrace=False)
+    pytest.skip(f"{message} (start it, or set TOKENFUSE_REQUIRE_SERVICES=1 to make this a failure)")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_service("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    return POSTGRES_URL

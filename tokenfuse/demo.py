@@ -1,0 +1,148 @@
+"""`tokenfuse demo`: the simulator and the gateway on loopback, an agent session per
+protocol driven through the official SDKs, and what each session cost.
+
+Everything runs locally against the bundled provider simulator; nothing is
+fetched and no provider account is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+DEMO_CONFIG = """
+server: {{host: 127.0.0.1, port: 0, admin_token: demo-admin}}
+store: sqlite:///{db}
+counters: memory
+kill_poll_ms: 100
+ledger: {{batch_interval_ms: 50}}
+upstreams:
+  - {{name: openai, protocol: openai, base_url: "{sim}/v1", api_key: sk-demo}}
+  - {{name: anthropic, protocol: anthropic, base_url: "{sim}", api_key: demo}}
+  - {{name: bedrock, protocol: bedrock, base_url: "{sim}", region: us-east-1, auth: none}}
+keys:
+  - {{name: coder, key: tf-demo-coder, principal: alice, workflow: coding-agent,
+     aws_access_key_id: AKIADEMOCODER0000001, aws_secret_access_key: demo-secret-key}}
+budgets:
+  - {{name: alice-daily, match: {{principal: alice}}, window: day, limit: {{usd: 5}}}}
+  - {{name: agent-uncached-hourly, match: {{workflow: coding-agent}}, window: hour,
+     limit: {{tokens: {{input_uncached: 2000000}}}}}}
+defaults: {{max_tokens: 1024, max_tokens_cap: 8192}}
+sessions: {{max_requests: 6, max_usd: 2}}
+"""
+
+def _agent_turns() -> list[str]:
+    return [
+        "Read the failing test and explain the error.",
+        "Propose a fix for the off-by-one in the pager.",
+        "Write the patch.",
+        "Run the tests again and summarise.",
+        "Update the changelog.",
+        "Open the pull request description.",
+        "One more iteration, please.",
+    ]
+
+
+def run(out: Any = sys.stdout, keep_db: str | None = None) -> int:
+    import anthropic
+    import boto3
+    import openai
+    from botocore.config import Config as BotoConfig
+
+    from tokenfuse.config import parse_config
+    from tokenfuse.gateway.runner import GatewayThread
+    from tokenfuse.ledger.query import usage_totals
+    from tokenfuse.simulator.server import SimulatorThread
+
+    tmp = tempfile.mkdtemp(prefix="tokenfuse-demo-")
+    db = Path(keep_db) if keep_db else Path(tmp) / "ledger.db"
+    store = f"sqlite:///{db}"
+    history = "You are a coding agent working in a large repository. " * 60  # a system prompt worth caching
+    with SimulatorThread() as sim:
+        config = parse_config(DEMO_CONFIG.format(db=db, sim=sim.url), "demo-config")
+        with GatewayThread(config) as gw:
+            print(f"simulator on {sim.url}, gateway on {gw.url}, ledger {db}\n", file=out)
+            oai = openai.OpenAI(
+                base_url=f"{gw.url}/v1", api_key="tf-demo-coder", max_retries=0,
+                default_headers={"x-tokenfuse-session": "openai-agent"},
+            )
+            ant = anthropic.Anthropic(
+                base_url=gw.url, api_key="tf-demo-coder", max_retries=0,
+                default_headers={"x-tokenfuse-session": "anthropic-agent"},
+            )
+            brt = boto3.client(
+                "bedrock-runtime", endpoint_url=gw.url, region_name="us-east-1",
+                aws_access_key_id="AKIADEMOCODER0000001", aws_secret_access_key="demo-secret-key",
+                config=BotoConfig(retries={"max_attempts": 1}),
+            )
+
+            def tag(request: Any, **_: Any) -> None:
+                request.headers["x-tokenfuse-session"] = "bedrock-agent"
+
+            brt.meta.events.register("before-sign.bedrock-runtime.*", tag)
+            transcript: list[str] = []
+            for step, turn in enumerate(_agent_turns(), 1):
+                transcript.append(turn)
+                context = "\n".join(transcript)  # the loop re-sends its whole history: input grows every step
+                results = []
+                try:
+                    stream = oai.chat.completions.create(
+                        model="gpt-4o-mini", stream=True, max_tokens=200,
+                        messages=[{"role": "system", "content": history}, {"role": "user", "content": context}],
+                    )
+                    results.append("openai:" + str(sum(1 for _ in stream)) + " chunks")
+                except openai.APIStatusError as exc:
+                    results.append(f"openai: refused ({exc.status_code})")
+                try:
+                    msg = ant.messages.create(
+                        model="claude-sonnet-4-5", max_tokens=200,
+                        system=[{"type": "text", "text": history, "cache_control": {"type": "ephemeral"}}],
+                        messages=[{"role": "user", "content": context}],
+                    )
+                    results.append(f"anthropic: cache_read={msg.usage.cache_read_input_tokens}")
+                except anthropic.APIStatusError as exc:
+                    results.append(f"anthropic: refused ({exc.status_code})")
+                try:
+                    conv = brt.converse(
+                        modelId="us.anthropic.claude-haiku-4-5-20251001-v1:0",
+                        system=[{"text": history}, {"cachePoint": {"type": "default"}}],
+                        messages=[{"role": "user", "content": [{"text": context}]}],
+                        inferenceConfig={"maxTokens": 200},
+                    )
+                    results.append(f"bedrock: out={conv['usage']['outputTokens']}")
+                except brt.exceptions.ClientError as exc:
+                    results.append(f"bedrock: refused ({exc.response['Error']['Code']})")
+                print(f"step {step}: " + ", ".join(results), file=out)
+            last_refusal = ""
+            try:
+                oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "again"}])
+            except openai.APIStatusError as exc:
+                last_refusal = str(exc.message)
+            gw.gateway.ledger.flush(10.0)
+            print("\nWhat each agent session cost (from the ledger):", file=out)
+            print(f"{'session':<18}{'requests':>9}{'uncached in':>13}{'cache read':>12}{'cache write':>13}"
+                  f"{'output':>9}{'cost USD':>13}", file=out)
+            grand = Decimal(0)
+            for session in ("openai-agent", "anthropic-agent", "bedrock-agent"):
+                t = usage_totals(store, session=session)
+                agg = {k: sum(m[k] for m in t["by_model"].values())
+                       for k in ("input_uncached", "cache_read", "cache_write", "output")}
+                grand += Decimal(t["cost_usd"])
+                print(f"{session:<18}{t['requests']:>9}{agg['input_uncached']:>13}{agg['cache_read']:>12}"
+                      f"{agg['cache_write']:>13}{agg['output']:>9}{t['cost_usd']:>13}", file=out)
+            print(f"{'total':<18}{'':>9}{'':>13}{'':>12}{'':>13}{'':>9}{grand!s:>13}", file=out)
+            if last_refusal:
+                print(f"\nThe session cap stopped the loop; the agent was told:\n  {last_refusal}", file=out)
+            print("\nTry: tokenfuse usage --config <your config> --json", file=out)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tokenfuse demo", description=__doc__)
+    parser.add_argument("--keep-ledger", metavar="PATH", help="write the demo ledger here instead of a temp dir")
+    args = parser.parse_args(argv)
+    return run(keep_db=args.keep_ledger)
