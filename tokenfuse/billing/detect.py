@@ -1,0 +1,368 @@
+"""Runaway inference, caching health and budget advice over a loaded export.
+
+The statistics follow the textbook check (3-day mean against a baseline mean and
+2 sigma) with the corrections documented in docs/detection.md: days without usage
+count as $0, the incomplete current day is never used, token rows are matched in
+both usage-type generations, and sigma is floored so a flat baseline cannot flag
+a one-cent rise. All money is Decimal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from tokenfuse.billing.load import Export
+from tokenfuse.billing.sql import (
+    BASELINE_FIRST_BACK,
+    BASELINE_LAST_BACK,
+    CLASS_COLUMNS,
+    MIN_BASELINE_USD,
+    RECENT_DAYS,
+    SIGMA,
+    SIGMA_FLOOR_FRACTION,
+    daily_sql,
+)
+from tokenfuse.billing.usagetypes import model_supports_caching
+
+MIN_BASELINE_DAYS = 7
+# Driver: the token class whose dollars carry at least this share of the rise.
+DRIVER_SHARE = Decimal("0.6")
+# Compute is "flat" when its recent mean is within this fraction of its baseline.
+COMPUTE_FLAT_TOLERANCE = Decimal("0.25")
+# Caching: flag when reads are under this fraction of uncached input...
+CACHE_READ_RATIO = Decimal("0.5")
+# ...on at least this many uncached input tokens in the window...
+CACHE_MIN_INPUT_TOKENS = Decimal(1_000_000)
+# ...and estimate savings as if this share of all input had been served from cache.
+CACHE_TARGET_HIT = Decimal("0.8")
+DEV_TEST_DAILY_CAP = Decimal(100)
+_ZERO = Decimal(0)
+
+DRIVER_CAUSE = {
+    "input": "input tokens rose: context accumulation (a loop re-sending a growing conversation or document)",
+    "output": "output tokens rose: verbose reasoning or generation (raised max_tokens, thinking budgets, retries)",
+    "cache_write": "cache writes rose without reads: caching misconfigured (cache prefix changes on every call)",
+    "mixed": "all token classes rose together: more calls of the same shape (traffic growth or a retry storm)",
+}
+
+
+@dataclass(slots=True)
+class DaySeries:
+    account: str
+    days: list[date]
+    cost: list[Decimal]
+    compute: list[Decimal]
+
+
+@dataclass(slots=True)
+class Runaway:
+    account: str
+    recent_avg: Decimal
+    baseline_avg: Decimal
+    baseline_stddev: Decimal
+    baseline_days: int
+    spike_ratio: Decimal | None
+    sigma_distance: Decimal
+    threshold: Decimal
+    driver: str
+    compute_flat: bool
+    recent_compute_avg: Decimal
+    baseline_compute_avg: Decimal
+    class_delta: dict[str, Decimal]
+    days: list[date]
+    flagged_days: list[date]
+    flagged: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "runaway_inference",
+            "account": self.account,
+            "days": [d.isoformat() for d in self.days],
+            "flagged_days": [d.isoformat() for d in self.flagged_days],
+            "recent_avg_daily_cost": _money(self.recent_avg),
+            "baseline_avg_daily_cost": _money(self.baseline_avg),
+            "baseline_stddev": _money(self.baseline_stddev),
+            "baseline_days": self.baseline_days,
+            "threshold_daily_cost": _money(self.threshold),
+            "spike_ratio": None if self.spike_ratio is None else _ratio(self.spike_ratio),
+            "sigma_distance": _ratio(self.sigma_distance),
+            "driver": self.driver,
+            "likely_cause": DRIVER_CAUSE[self.driver],
+            "compute_flat": self.compute_flat,
+            "recent_compute_avg_daily_cost": _money(self.recent_compute_avg),
+            "baseline_compute_avg_daily_cost": _money(self.baseline_compute_avg),
+            "increase_by_class": {k: _money(v) for k, v in self.class_delta.items()},
+        }
+
+
+@dataclass(slots=True)
+class CacheMiss:
+    account: str
+    model: str
+    model_label: str
+    uncached_input_tokens: Decimal
+    cache_read_tokens: Decimal
+    cache_write_tokens: Decimal
+    uncached_input_usd: Decimal
+    cache_read_usd: Decimal
+    cache_write_usd: Decimal
+    input_price_per_mtok: Decimal
+    cache_read_price_per_mtok: Decimal
+    price_source: str
+    wasted_usd: Decimal
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "cache_miss",
+            "account": self.account,
+            "model": self.model,
+            "model_label": self.model_label,
+            "uncached_input_tokens": int(self.uncached_input_tokens),
+            "cache_read_tokens": int(self.cache_read_tokens),
+            "cache_write_tokens": int(self.cache_write_tokens),
+            "uncached_input_usd": _money(self.uncached_input_usd),
+            "cache_read_usd": _money(self.cache_read_usd),
+            "cache_write_usd": _money(self.cache_write_usd),
+            "input_price_per_mtok": _money(self.input_price_per_mtok),
+            "cache_read_price_per_mtok": _money(self.cache_read_price_per_mtok),
+            "price_source": self.price_source,
+            "wasted_usd": _money(self.wasted_usd),
+        }
+
+
+@dataclass(slots=True)
+class BudgetAdvice:
+    account: str
+    period: str
+    bedrock_spend_usd: Decimal
+    monthly_budget_usd: Decimal
+    dev_test_monthly_budget_usd: Decimal
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "budget_advice",
+            "account": self.account,
+            "period": self.period,
+            "bedrock_spend_usd": _money(self.bedrock_spend_usd),
+            "monthly_budget_usd": _money(self.monthly_budget_usd),
+            "dev_test_monthly_budget_usd": _money(self.dev_test_monthly_budget_usd),
+        }
+
+
+@dataclass(slots=True)
+class Detection:
+    as_of: date
+    runaways: list[Runaway]  # every account evaluated; .flagged marks findings
+    cache_misses: list[CacheMiss]
+    budgets: list[BudgetAdvice]
+    series: dict[str, DaySeries] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def flagged(self) -> list[Runaway]:
+        return [r for r in self.runaways if r.flagged]
+
+    def findings_json(self) -> list[dict[str, Any]]:
+        out = [r.to_json() for r in self.flagged]
+        out += [c.to_json() for c in self.cache_misses]
+        out += [b.to_json() for b in self.budgets]
+        return out
+
+
+def _money(d: Decimal) -> Decimal:
+    return d.quantize(Decimal("0.000001"))
+
+
+def _ratio(d: Decimal) -> Decimal:
+    return d.quantize(Decimal("0.0001"))
+
+
+def resolve_as_of(exp: Export, as_of: date | None) -> date:
+    """The first day *not* analysed: given, else the day after the last complete day."""
+    if as_of is not None:
+        return as_of
+    return exp.last_day + timedelta(days=1) if exp.last_day_complete else exp.last_day
+
+
+def _mean(xs: list[Decimal]) -> Decimal:
+    return sum(xs, _ZERO) / len(xs) if xs else _ZERO
+
+
+def _stddev(xs: list[Decimal]) -> Decimal:
+    if len(xs) < 2:
+        return _ZERO
+    m = _mean(xs)
+    var = sum(((x - m) ** 2 for x in xs), _ZERO) / (len(xs) - 1)
+    return var.sqrt()
+
+
+def _driver(delta: dict[str, Decimal]) -> str:
+    groups = {
+        "input": delta["input_cost"] + delta["cache_read_cost"],
+        "output": delta["output_cost"],
+        "cache_write": delta["cache_write_cost"],
+    }
+    rise = sum((v for v in groups.values() if v > 0), _ZERO)
+    if rise <= 0:
+        return "mixed"
+    for name, v in groups.items():
+        if v / rise >= DRIVER_SHARE:
+            return name
+    return "mixed"
+
+
+def runaway(exp: Export, as_of: date) -> tuple[list[Runaway], dict[str, DaySeries]]:
+    rows = exp.con.execute(daily_sql(as_of, exp.first_day)).fetchall()
+    names = ["account", "day", "back", "inference_cost"] + [n for n, _ in CLASS_COLUMNS] + ["compute_cost"]
+    by_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_account[r[0]].append(dict(zip(names, r, strict=True)))
+    floor_frac = Decimal(SIGMA_FLOOR_FRACTION)
+    out: list[Runaway] = []
+    series: dict[str, DaySeries] = {}
+    for account, days in sorted(by_account.items()):
+        series[account] = DaySeries(
+            account, [d["day"] for d in days], [d["inference_cost"] for d in days], [d["compute_cost"] for d in days]
+        )
+        recent = [d for d in days if 1 <= d["back"] <= RECENT_DAYS]
+        base = [d for d in days if BASELINE_FIRST_BACK <= d["back"] <= BASELINE_LAST_BACK]
+        if len(recent) < RECENT_DAYS or len(base) < MIN_BASELINE_DAYS:
+            continue
+        r_avg = _mean([d["inference_cost"] for d in recent])
+        b_vals = [d["inference_cost"] for d in base]
+        b_avg = _mean(b_vals)
+        sd = _stddev(b_vals)
+        sd_eff = max(sd, b_avg * floor_frac)
+        threshold = b_avg + SIGMA * sd_eff
+        flagged = b_avg > MIN_BASELINE_USD and r_avg > threshold
+        dist = (r_avg - b_avg) / sd_eff if sd_eff > 0 else _ZERO
+        delta = {
+            n: _mean([d[n] for d in recent]) - _mean([d[n] for d in base]) for n, _ in CLASS_COLUMNS
+        }
+        rc = _mean([d["compute_cost"] for d in recent])
+        bc = _mean([d["compute_cost"] for d in base])
+        flat = (rc == bc) if bc == 0 else abs(rc / bc - 1) <= COMPUTE_FLAT_TOLERANCE
+        out.append(
+            Runaway(
+                account=account,
+                recent_avg=r_avg,
+                baseline_avg=b_avg,
+                baseline_stddev=sd,
+                baseline_days=len(base),
+                spike_ratio=(r_avg / b_avg) if b_avg > 0 else None,
+                sigma_distance=dist,
+                threshold=threshold,
+                driver=_driver(delta),
+                compute_flat=flat,
+                recent_compute_avg=rc,
+                baseline_compute_avg=bc,
+                class_delta={n.removesuffix("_cost"): v for n, v in delta.items()},
+                days=[d["day"] for d in recent],
+                flagged_days=[d["day"] for d in recent if d["inference_cost"] > threshold],
+                flagged=flagged,
+            )
+        )
+    out.sort(key=lambda r: (not r.flagged, -(r.spike_ratio or _ZERO)))
+    return out, series
+
+
+def _price_book_rates(model_label: str) -> tuple[Decimal, Decimal] | None:
+    try:
+        from tokenfuse.pricing import PriceBook  # type: ignore[attr-defined]
+
+        price = PriceBook.default().lookup(model_label)
+    except Exception:  # the price book is optional here; the export's own prices come first
+        return None
+    if price is None or getattr(price, "input", None) is None:
+        return None
+    read = getattr(price, "cache_read", None)
+    return Decimal(price.input), Decimal(read) if read is not None else Decimal(price.input) / 10
+
+
+def cache_health(exp: Export, as_of: date) -> list[CacheMiss]:
+    start = max(exp.first_day, as_of - timedelta(days=BASELINE_LAST_BACK))
+    rows = exp.con.execute(
+        """
+        SELECT account, model, any_value(model_label) AS label, token_class, sum(tokens), sum(cost)
+        FROM bill
+        WHERE kind = 'inference' AND is_usage AND model IS NOT NULL AND day >= ? AND day < ?
+        GROUP BY account, model, token_class
+        """,
+        [start, as_of],
+    ).fetchall()
+    agg: dict[tuple[str, str], dict[str, tuple[Decimal, Decimal]]] = defaultdict(dict)
+    labels: dict[tuple[str, str], str] = {}
+    for account, model, label, cls, tokens, cost in rows:
+        agg[(account, model)][cls] = (Decimal(tokens or 0), Decimal(cost or 0))
+        labels[(account, model)] = label or model
+    out: list[CacheMiss] = []
+    mtok = Decimal(1_000_000)
+    for (account, model), classes in sorted(agg.items()):
+        if not model_supports_caching(model):
+            continue
+        unc_t, unc_c = classes.get("input_uncached", (_ZERO, _ZERO))
+        read_t, read_c = classes.get("cache_read", (_ZERO, _ZERO))
+        w_t, w_c = classes.get("cache_write", (_ZERO, _ZERO))
+        w1_t, w1_c = classes.get("cache_write_1h", (_ZERO, _ZERO))
+        if unc_t < CACHE_MIN_INPUT_TOKENS or read_t >= unc_t * CACHE_READ_RATIO:
+            continue
+        p_in = unc_c / unc_t * mtok
+        source = "export"
+        if read_t > 0:
+            p_read = read_c / read_t * mtok
+        else:
+            book = _price_book_rates(labels[(account, model)])
+            if book is not None:
+                p_read, source = book[1], "price book"
+            else:
+                p_read, source = p_in / 10, "export input price, cache read assumed at 10%"
+        extra = max(_ZERO, CACHE_TARGET_HIT * (unc_t + read_t) - read_t)
+        wasted = extra * (p_in - p_read) / mtok
+        out.append(
+            CacheMiss(account, model, labels[(account, model)], unc_t, read_t, w_t + w1_t, unc_c, read_c, w_c + w1_c,
+                      p_in, p_read, source, max(wasted, _ZERO))
+        )
+    out.sort(key=lambda c: -c.wasted_usd)
+    return out
+
+
+def budget_advice(exp: Export, as_of: date) -> list[BudgetAdvice]:
+    month_end = as_of.replace(day=1) - timedelta(days=1)
+    month_start = month_end.replace(day=1)
+    if exp.first_day <= month_start:
+        start, end, period = month_start, month_end, month_start.strftime("%Y-%m")
+    else:
+        start, end = max(exp.first_day, as_of - timedelta(days=30)), as_of - timedelta(days=1)
+        period = f"{start.isoformat()}..{end.isoformat()}"
+    n_days = (end - start).days + 1
+    rows = exp.con.execute(
+        "SELECT account, sum(cost) FROM bill WHERE kind IN ('inference', 'bedrock') AND day >= ? AND day <= ? "
+        "GROUP BY account HAVING sum(cost) > 0 ORDER BY account",
+        [start, end],
+    ).fetchall()
+    out = []
+    for account, spend in rows:
+        spend = Decimal(spend)
+        # A partial window is scaled to a 30-day month before doubling.
+        monthly = spend * 30 / n_days if period.count("..") else spend
+        budget = 2 * monthly
+        out.append(BudgetAdvice(account, period, spend, budget, min(budget, DEV_TEST_DAILY_CAP * 30)))
+    return out
+
+
+def detect(exp: Export, as_of: date | None = None) -> Detection:
+    day = resolve_as_of(exp, as_of)
+    notes = []
+    if as_of is None and not exp.last_day_complete:
+        notes.append(f"{exp.last_day.isoformat()} is incomplete (last row {exp.last_ts:%H:%M} UTC); left out")
+    if (day - exp.first_day).days < BASELINE_LAST_BACK:
+        notes.append(
+            f"the export starts {exp.first_day.isoformat()}, fewer than {BASELINE_LAST_BACK} days before "
+            f"{day.isoformat()}; the baseline is shorter"
+        )
+    runaways, series = runaway(exp, day)
+    return Detection(day, runaways, cache_health(exp, day), budget_advice(exp, day), series, notes)
