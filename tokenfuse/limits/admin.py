@@ -1,0 +1,299 @@
+"""The admin HTTP API: status, kill switches and run-time budgets.
+
+A raw ASGI app; the gateway routes every path under ``/_tokenfuse/admin`` to
+it. Every call needs ``Authorization: Bearer <server.admin_token>``; with no
+token configured the API is off (403) rather than open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from tokenfuse.config import BudgetConfig
+from tokenfuse.limits.killswitch import KillSwitchStore, normalise
+from tokenfuse.limits.runtime import ControlWatcher, RuntimeBudgetStore
+
+log = logging.getLogger("tokenfuse.admin")
+
+PREFIX = "/_tokenfuse/admin"
+_KEY = re.compile(r"[a-z_][a-z0-9_]*")
+MAX_BODY = 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class LimiterView(Protocol):
+    async def snapshot(self, now: datetime | None = None) -> list[Any]: ...
+    async def session_snapshot(self, limit: int = 10) -> list[dict[str, Any]]: ...
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or []
+
+
+def to_json(value: Any) -> Any:
+    """Dataclasses, Decimals (as strings, never floats) and datetimes to JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Decimal):
+        return f"{value:f}"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts: list[str] = []
+    errors = exc.errors()
+    # A rolling window with a bad duration explains itself; skip the generic hint.
+    specific_window = any(e["loc"][:1] == ("window",) and len(e["loc"]) > 2 for e in errors)
+    for err in errors[:5]:
+        if err["loc"][:1] == ("window",) and len(err["loc"]) <= 2:
+            if specific_window:
+                continue
+            # One message for the whole union, not one per branch.
+            hint = "window: use minute, hour, day, week, month, total or rolling:DURATION (e.g. rolling:1h)"
+            if hint not in parts:
+                parts.append(hint)
+            continue
+        # Drop union-branch tags pydantic puts in the path; keep the user's keys.
+        where = ".".join(str(p) for p in err["loc"] if isinstance(p, int) or _KEY.fullmatch(str(p)))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        parts.append(f"{where or '(body)'}: {msg}")
+    return "; ".join(parts)
+
+
+class AdminApp:
+    def __init__(
+        self,
+        token: str | None,
+        kills_store: KillSwitchStore,
+        watcher: ControlWatcher | None,
+        limiter: LimiterView | None,
+        runtime_store: RuntimeBudgetStore,
+    ) -> None:
+        self._token = token.encode() if token else None
+        self.kills_store = kills_store
+        self.watcher = watcher
+        self.limiter = limiter
+        self.runtime_store = runtime_store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            self._authorise(scope)
+            status, body = await self._route(scope, receive)
+            await _respond(send, status, body)
+        except HTTPError as exc:
+            await _respond(send, exc.status, {"error": {"message": exc.message}}, exc.headers)
+        except Exception:
+            log.exception("admin API error on %s %s", scope.get("method"), scope.get("path"))
+            await _respond(send, 500, {"error": {"message": "internal error; see the gateway log"}})
+
+    def _authorise(self, scope: Scope) -> None:
+        if self._token is None:
+            raise HTTPError(
+                403, "the admin API is disabled: set server.admin_token in the config and restart"
+            )
+        supplied = b""
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"authorization":
+                scheme, _, credential = bytes(value).partition(b" ")
+                if scheme.lower() == b"bearer":
+                    supplied = credential.strip()
+        if not hmac.compare_digest(supplied, self._token):
+            raise HTTPError(
+                401,
+                "missing or wrong admin token; send Authorization: Bearer <server.admin_token>",
+                [(b"www-authenticate", b'Bearer realm="tokenfuse-admin"')],
+            )
+
+    async def _route(self, scope: Scope, receive: Receive) -> tuple[int, Any]:
+        path: str = scope["path"]
+        if path.startswith(PREFIX):
+            path = path[len(PREFIX) :]
+        path = path.rstrip("/") or "/"
+        method: str = scope["method"]
+        if path == "/status" and method == "GET":
+            return 200, await self.status()
+        if path == "/kills":
+            if method == "GET":
+                switches = await asyncio.to_thread(self.kills_store.list)
+                return 200, {"kill_switches": [s.as_json() for s in switches]}
+            if method == "POST":
+                return await self._kill(await _json_body(receive))
+            if method == "DELETE":
+                return await self._revive(await _json_body(receive))
+            raise _method_not_allowed("GET, POST, DELETE")
+        if path == "/kills/revive":
+            if method == "POST":
+                return await self._revive(await _json_body(receive))
+            raise _method_not_allowed("POST")
+        if path == "/budgets":
+            if method == "GET":
+                budgets = await asyncio.to_thread(self.runtime_store.list)
+                return 200, {"budgets": [b.model_dump(mode="json") for b in budgets]}
+            if method == "POST":
+                return await self._add_budget(await _json_body(receive))
+            raise _method_not_allowed("GET, POST")
+        if path.startswith("/budgets/"):
+            if method == "DELETE":
+                return await self._remove_budget(path[len("/budgets/") :])
+            raise _method_not_allowed("DELETE")
+        raise HTTPError(404, f"no admin endpoint {method} {PREFIX}{path}; see docs/operations.md")
+
+    async def status(self) -> dict[str, Any]:
+        budgets: list[Any] = []
+        sessions: list[dict[str, Any]] = []
+        if self.limiter is not None:
+            budgets = await self.limiter.snapshot()
+            sessions = await self.limiter.session_snapshot()
+        switches = await asyncio.to_thread(self.kills_store.list)
+        return {
+            "budgets": to_json(budgets),
+            "kill_switches": [s.as_json() for s in switches],
+            "sessions": to_json(sessions),
+        }
+
+    async def _refresh(self) -> None:
+        # The store write is what counts; other replicas poll. Refreshing here
+        # makes this replica exact for the very next request.
+        if self.watcher is not None:
+            await self.watcher.refresh_now()
+
+    async def _kill(self, body: dict[str, Any]) -> tuple[int, Any]:
+        scope, value = _scope_value(body)
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise HTTPError(400, "reason must be a string")
+        switch = await asyncio.to_thread(self.kills_store.set, scope, value, reason)
+        await self._refresh()
+        log.warning("kill switch set through the admin API: %s", switch.describe())
+        return 201, {"kill_switch": switch.as_json()}
+
+    async def _revive(self, body: dict[str, Any]) -> tuple[int, Any]:
+        scope, value = _scope_value(body)
+        removed = await asyncio.to_thread(self.kills_store.clear, scope, value)
+        await self._refresh()
+        if not removed:
+            raise HTTPError(404, f"no kill switch for {scope}={value}; GET {PREFIX}/kills lists them")
+        log.warning("kill switch lifted through the admin API: %s=%s", scope, value)
+        return 200, {"revived": {"scope": scope, "value": value}}
+
+    async def _add_budget(self, body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            budget = BudgetConfig.model_validate(body)
+        except ValidationError as exc:
+            raise HTTPError(400, f"invalid budget: {validation_message(exc)}") from None
+        if self.limiter is not None:
+            for status in await self.limiter.snapshot():
+                if (
+                    getattr(status, "name", None) == budget.name
+                    and getattr(status, "source", None) == "config"
+                ):
+                    raise HTTPError(
+                        409,
+                        f"budget {budget.name!r} is defined in the config file; pick another name or edit the file",
+                    )
+        created = await asyncio.to_thread(self.runtime_store.put, budget)
+        await self._refresh()
+        return (201 if created else 200), {"budget": budget.model_dump(mode="json"), "created": created}
+
+    async def _remove_budget(self, name: str) -> tuple[int, Any]:
+        from urllib.parse import unquote
+
+        name = unquote(name)
+        removed = await asyncio.to_thread(self.runtime_store.remove, name)
+        if not removed:
+            raise HTTPError(
+                404, f"no run-time budget named {name!r}; budgets from the config file are edited there"
+            )
+        await self._refresh()
+        return 200, {"removed": name}
+
+
+def _scope_value(body: dict[str, Any]) -> tuple[str, str]:
+    scope = body.get("scope")
+    value = body.get("value")
+    if not isinstance(scope, str):
+        raise HTTPError(400, 'scope is required, e.g. {"scope": "workflow", "value": "droid"}')
+    if value is not None and not isinstance(value, str):
+        raise HTTPError(400, "value must be a string")
+    try:
+        return normalise(scope, value)
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from None
+
+
+def _method_not_allowed(allowed: str) -> HTTPError:
+    return HTTPError(405, f"method not allowed; use {allowed}", [(b"allow", allowed.encode())])
+
+
+async def _json_body(receive: Receive) -> dict[str, Any]:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPError(400, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise HTTPError(413, "request body too large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    raw = b"".join(chunks)
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HTTPError(400, "the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise HTTPError(400, "the body must be a JSON object")
+    return data
+
+
+async def _respond(
+    send: Send, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"cache-control", b"no-store"),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

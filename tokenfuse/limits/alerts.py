@@ -1,0 +1,426 @@
+"""Budget alerts: thresholds and spend-rate projections, to the log and webhooks.
+
+:meth:`AlertManager.observe` runs on the request path after every settle, so
+it only compares numbers and appends to a bounded queue. A background task
+claims each alert once across replicas (a unique row in ``alerts_fired``, or
+``SET NX`` in Redis), logs it as one JSON line and POSTs it to each webhook.
+A webhook that is down or slow therefore delays other alerts, never requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import aiohttp
+
+from tokenfuse.aio import spawn
+from tokenfuse.config import AlertsConfig, parse_duration
+from tokenfuse.ledger.schema import StoreURL, connect, placeholder
+
+log = logging.getLogger("tokenfuse.alerts")
+
+QUEUE_SIZE = 1000
+WEBHOOK_TIMEOUT_S = 5.0
+RATE_SAMPLE_EVERY_S = 10.0  # at most one spend sample per budget per interval
+RATE_HOUR_S = 3600.0
+_DAY_S = 86400
+
+# Kept here rather than in ledger/schema.py so the alert dedupe table has one
+# owner; CREATE IF NOT EXISTS makes it safe for every replica to run it.
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS alerts_fired (budget TEXT NOT NULL, window_key TEXT NOT NULL, "
+    "alert TEXT NOT NULL, fired_ts {ts} NOT NULL, PRIMARY KEY (budget, window_key, alert))"
+)
+
+
+class StatusLike(Protocol):
+    """The fields of ``tokenfuse.limits.budgets.BudgetStatus`` alerts read."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def window(self) -> str: ...
+    @property
+    def window_start(self) -> datetime | None: ...
+    @property
+    def resets_at(self) -> datetime | None: ...
+    @property
+    def limit_usd(self) -> Decimal | None: ...
+    @property
+    def limit_requests(self) -> int | None: ...
+    @property
+    def limit_tokens(self) -> dict[str, int]: ...
+    @property
+    def spent_usd(self) -> Decimal: ...
+    @property
+    def spent_requests(self) -> int: ...
+    @property
+    def spent_tokens(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    kind: str  # "threshold" | "rate"
+    budget: str
+    window: str
+    window_key: str  # identifies this window of this budget, for dedupe
+    label: str  # the threshold ("0.75") or "rate"
+    metric: str  # usd | requests | tokens.<class>
+    spent: str
+    limit: str
+    percent: float
+    window_start: datetime | None
+    resets_at: datetime | None
+    ts: float
+    ttl_s: int | None  # how long the dedupe claim must outlive the window
+    projected_exhaustion: datetime | None = None
+
+    def payload(self) -> dict[str, Any]:
+        reset = _iso(self.resets_at)
+        if self.kind == "rate":
+            when = _iso(self.projected_exhaustion) or "soon"
+            text = (
+                f"tokenfuse: budget {self.budget} will run out at its last-hour rate around {when}, before its "
+                f"{self.window} window ends ({self.metric} {self.spent} of {self.limit} spent)"
+            )
+        else:
+            text = (
+                f"tokenfuse: budget {self.budget} reached {_pct(self.label)} of its {self.window} limit "
+                f"({self.metric} {self.spent} of {self.limit}, {self.percent:.1f}%)"
+            )
+        if reset:
+            text += f"; resets {reset}"
+        return {
+            "text": text,
+            "kind": self.kind,
+            "budget": self.budget,
+            "threshold": None if self.kind == "rate" else float(self.label),
+            "percent": round(self.percent, 2),
+            "metric": self.metric,
+            "spent": self.spent,
+            "limit": self.limit,
+            "window": self.window,
+            "window_start": _iso(self.window_start),
+            "resets_at": reset,
+            "projected_exhaustion": _iso(self.projected_exhaustion),
+            "ts": datetime.fromtimestamp(self.ts, UTC).isoformat(),
+        }
+
+
+def _iso(d: datetime | None) -> str | None:
+    return None if d is None else d.astimezone(UTC).isoformat()
+
+
+def _pct(label: str) -> str:
+    return f"{Decimal(label) * 100:g}%"
+
+
+def _rolling_seconds(window: str) -> int | None:
+    if not window.startswith("rolling"):
+        return None
+    return parse_duration(window[len("rolling") :].lstrip(": ").strip())
+
+
+def window_identity(status: StatusLike, now: float) -> tuple[str, int | None, int | None]:
+    """(window key, dedupe TTL seconds, rolling duration) for a budget status.
+
+    A rolling window has no fixed start, so "once per window" means once per
+    consecutive span of the window's length.
+    """
+    rolling = _rolling_seconds(status.window)
+    if rolling is not None:
+        return f"rolling:{int(now // rolling)}", max(35 * _DAY_S, 2 * rolling), rolling
+    if status.window == "total" or status.window_start is None:
+        return "total", None, None
+    return status.window_start.astimezone(UTC).isoformat(), 35 * _DAY_S, None
+
+
+def metrics(status: StatusLike) -> list[tuple[str, Decimal, Decimal]]:
+    """(metric, spent, limit) for every limit the budget has."""
+    out: list[tuple[str, Decimal, Decimal]] = []
+    if status.limit_usd is not None and status.limit_usd > 0:
+        out.append(("usd", status.spent_usd, status.limit_usd))
+    if status.limit_requests:
+        out.append(("requests", Decimal(status.spent_requests), Decimal(status.limit_requests)))
+    for cls, lim in sorted(status.limit_tokens.items()):
+        if lim > 0:
+            out.append((f"tokens.{cls}", Decimal(status.spent_tokens.get(cls, 0)), Decimal(lim)))
+    return out
+
+
+@dataclass(slots=True)
+class _BudgetTrack:
+    window_key: str
+    fired: set[str] = field(default_factory=set)
+    samples: deque[tuple[float, tuple[Decimal, ...]]] = field(default_factory=deque)
+
+
+class AlertManager:
+    def __init__(
+        self,
+        config: AlertsConfig,
+        store_url: str,
+        redis_url: str | None = None,
+        *,
+        rate_min_span_s: float = 300.0,
+        queue_size: int = QUEUE_SIZE,
+    ) -> None:
+        self.config = config
+        self.store_url = store_url
+        self.redis_url = redis_url
+        self.rate_min_span_s = rate_min_span_s
+        self.thresholds = [(Decimal(str(t)), f"{Decimal(str(t)).normalize():f}") for t in config.thresholds]
+        self.queue: deque[Alert] = deque(maxlen=queue_size)
+        self.dropped = 0
+        self.sent: list[dict[str, Any]] = []  # payloads this replica delivered, newest last (bounded)
+        self._tracks: dict[str, _BudgetTrack] = {}
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._stopping = False
+        self._last_drop_warning = 0.0
+        self._http: aiohttp.ClientSession | None = None
+        self._redis: Any = None
+        self._conn: Any = None
+        self._conn_lock = threading.Lock()
+
+    # -- request path -------------------------------------------------------
+
+    def observe(self, statuses: list[StatusLike], now: float | None = None) -> None:
+        """Queue the alerts these statuses newly cross. No I/O, no awaiting."""
+        ts = time.time() if now is None else now
+        for status in statuses:
+            self._observe_one(status, ts)
+
+    def _observe_one(self, status: StatusLike, now: float) -> None:
+        mets = metrics(status)
+        if not mets:
+            return
+        key, ttl, rolling = window_identity(status, now)
+        track = self._tracks.get(status.name)
+        if track is None or track.window_key != key:
+            track = self._tracks[status.name] = _BudgetTrack(key)
+        metric, spent, limit = max(mets, key=lambda m: m[1] / m[2])
+        fraction = spent / limit
+        for threshold, label in self.thresholds:
+            if fraction >= threshold and label not in track.fired:
+                track.fired.add(label)
+                self._enqueue(status, "threshold", key, label, metric, spent, limit, now, ttl)
+        if self.config.rate_check and "rate" not in track.fired and fraction < 1:
+            self._rate(status, track, mets, now, key, ttl, rolling)
+
+    def _rate(
+        self,
+        status: StatusLike,
+        track: _BudgetTrack,
+        mets: list[tuple[str, Decimal, Decimal]],
+        now: float,
+        key: str,
+        ttl: int | None,
+        rolling: int | None,
+    ) -> None:
+        samples = track.samples
+        if samples and now - samples[-1][0] < RATE_SAMPLE_EVERY_S:
+            return
+        samples.append((now, tuple(m[1] for m in mets)))
+        while samples and now - samples[0][0] > RATE_HOUR_S:
+            samples.popleft()
+        first_ts, first = samples[0]
+        span = now - first_ts
+        if span < self.rate_min_span_s or len(first) != len(mets):
+            return
+        if rolling is not None:
+            horizon = float(rolling)
+        elif status.resets_at is not None:
+            horizon = status.resets_at.timestamp() - now
+        else:
+            return  # a total budget never ends; the thresholds cover it
+        for (metric, spent, limit), before in zip(mets, first, strict=True):
+            rate = (spent - before) / Decimal(str(span))  # per second
+            if rate <= 0:
+                continue
+            seconds_left = (limit - spent) / rate
+            projected = (
+                rate * Decimal(str(horizon)) if rolling is not None else spent + rate * Decimal(str(horizon))
+            )
+            if projected >= limit:
+                track.fired.add("rate")
+                when = datetime.fromtimestamp(now + float(seconds_left), UTC)
+                self._enqueue(status, "rate", key, "rate", metric, spent, limit, now, ttl, when)
+                return
+
+    def _enqueue(
+        self,
+        status: StatusLike,
+        kind: str,
+        key: str,
+        label: str,
+        metric: str,
+        spent: Decimal,
+        limit: Decimal,
+        now: float,
+        ttl: int | None,
+        projected: datetime | None = None,
+    ) -> None:
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1
+            if now - self._last_drop_warning > 60:
+                self._last_drop_warning = now
+                log.warning("alert queue full (%d); dropping the oldest alert", self.queue.maxlen)
+        self.queue.append(
+            Alert(
+                kind=kind,
+                budget=status.name,
+                window=status.window,
+                window_key=key,
+                label=label,
+                metric=metric,
+                spent=_money(spent) if metric == "usd" else str(int(spent)),
+                limit=_money(limit) if metric == "usd" else str(int(limit)),
+                percent=float(spent / limit * 100),
+                window_start=status.window_start,
+                resets_at=status.resets_at,
+                ts=now,
+                ttl_s=ttl,
+                projected_exhaustion=projected,
+            )
+        )
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- background sender ---------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._stopping = False
+        self._wake = asyncio.Event()
+        if self.queue:
+            self._wake.set()
+        if self.redis_url:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(self.redis_url)
+        self._task = spawn(self._run())
+
+    async def stop(self, drain_timeout_s: float = 2.0) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping = True
+            assert self._wake is not None
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), drain_timeout_s)
+            except TimeoutError:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        await asyncio.to_thread(self._close_conn)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            while self.queue:
+                alert = self.queue.popleft()
+                try:
+                    await self._deliver(alert)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("alert for budget %s could not be delivered", alert.budget)
+            if self._stopping:
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _deliver(self, alert: Alert) -> None:
+        if not await self._claim(alert):
+            return  # another replica fired it for this window
+        payload = alert.payload()
+        log.warning(json.dumps({"event": "budget_alert", **payload}, separators=(",", ":")))
+        self.sent.append(payload)
+        del self.sent[:-100]
+        if self.config.webhooks:
+            await asyncio.gather(*(self._post(w.url, w.headers, payload) for w in self.config.webhooks))
+
+    async def _post(self, url: str, headers: dict[str, str], payload: dict[str, Any]) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
+        try:
+            async with self._http.post(url, json=payload, headers=headers) as resp:
+                if resp.status >= 400:
+                    log.warning("alert webhook %s answered HTTP %d", _safe_url(url), resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("alert webhook %s failed: %s", _safe_url(url), exc.__class__.__name__)
+
+    async def _claim(self, alert: Alert) -> bool:
+        try:
+            if self._redis is not None:
+                key = f"tokenfuse:alert:{alert.budget}:{alert.window_key}:{alert.label}"
+                return bool(await self._redis.set(key, str(alert.ts), nx=True, ex=alert.ttl_s))
+            return await asyncio.to_thread(self._claim_in_store, alert)
+        except Exception as exc:
+            # Better a duplicate alert than a lost one.
+            log.warning("cannot record alert for budget %s (%s); sending it anyway", alert.budget, exc)
+            return True
+
+    def _claim_in_store(self, alert: Alert) -> bool:
+        dialect = StoreURL.parse(self.store_url).dialect
+        p = placeholder(dialect)
+        with self._conn_lock:
+            try:
+                if self._conn is None:
+                    conn = connect(self.store_url)
+                    conn.cursor().execute(
+                        _DDL.format(ts="REAL" if dialect == "sqlite" else "DOUBLE PRECISION")
+                    )
+                    self._conn = conn
+                cur = self._conn.cursor()
+                cur.execute(
+                    f"INSERT INTO alerts_fired (budget, window_key, alert, fired_ts) VALUES ({p}, {p}, {p}, {p}) "
+                    "ON CONFLICT DO NOTHING",
+                    (alert.budget, alert.window_key, alert.label, alert.ts),
+                )
+                return bool(cur.rowcount == 1)
+            except Exception:
+                self._close_conn_locked()
+                raise
+
+    def _close_conn(self) -> None:
+        with self._conn_lock:
+            self._close_conn_locked()
+
+    def _close_conn_locked(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def _money(d: Decimal) -> str:
+    cents = d.quantize(Decimal("0.01"))
+    return f"{cents:f}" if cents == d else f"{d.normalize():f}"
+
+
+def _safe_url(url: str) -> str:
+    # Webhook URLs often embed a secret path (Slack); log only scheme and host.
+    head, _, rest = url.partition("://")
+    return f"{head}://{rest.split('/', 1)[0]}/..." if rest else url

@@ -1,0 +1,176 @@
+"""Run-time budgets in the shared store, and the watcher that keeps a gateway
+in step with the store's kill switches and run-time budgets.
+
+One background task polls both tables every ``kill_poll_ms`` so that a switch
+or budget written anywhere (CLI, another replica's admin API) takes effect
+here within one poll interval, and a restart keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from tokenfuse.aio import spawn
+from tokenfuse.config import BudgetConfig
+from tokenfuse.ledger.schema import StoreURL, connect, placeholder
+from tokenfuse.limits.killswitch import KillSwitch, KillSwitches, KillSwitchStore
+
+log = logging.getLogger("tokenfuse.limits")
+
+
+class RuntimeBudgetSink(Protocol):
+    def set_runtime_budgets(self, budgets: list[BudgetConfig]) -> None: ...
+
+
+def budget_spec(budget: BudgetConfig) -> str:
+    return json.dumps(budget.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+class RuntimeBudgetStore:
+    """The ``runtime_budgets`` table: name -> BudgetConfig as JSON."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._p = placeholder(StoreURL.parse(url).dialect)
+        self._lock = threading.Lock()
+        self._conn: Any = None
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[int, list[tuple[Any, ...]]]:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = connect(self.url)
+                cur = self._conn.cursor()
+                cur.execute(sql, params)
+                rows = cur.fetchall() if cur.description is not None else []
+                return cur.rowcount, rows
+            except Exception:
+                self._reset()
+                raise
+
+    def _reset(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def put(self, budget: BudgetConfig) -> bool:
+        """Add or replace; True when the name was new."""
+        p = self._p
+        _, existing = self._execute(f"SELECT 1 FROM runtime_budgets WHERE name = {p}", (budget.name,))
+        self._execute(
+            f"INSERT INTO runtime_budgets (name, spec, created_ts) VALUES ({p}, {p}, {p}) "
+            "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, created_ts = excluded.created_ts",
+            (budget.name, budget_spec(budget), time.time()),
+        )
+        return not existing
+
+    def remove(self, name: str) -> bool:
+        count, _ = self._execute(f"DELETE FROM runtime_budgets WHERE name = {self._p}", (name,))
+        return count > 0
+
+    def specs(self) -> list[tuple[str, str]]:
+        _, rows = self._execute("SELECT name, spec FROM runtime_budgets ORDER BY name")
+        return [(str(n), str(s)) for n, s in rows]
+
+    def list(self) -> list[BudgetConfig]:
+        return parse_specs(self.specs())
+
+    def close(self) -> None:
+        with self._lock:
+            self._reset()
+
+
+def parse_specs(specs: list[tuple[str, str]]) -> list[BudgetConfig]:
+    budgets: list[BudgetConfig] = []
+    for name, spec in specs:
+        try:
+            budgets.append(BudgetConfig.model_validate_json(spec))
+        except ValidationError as exc:
+            # A row written by a newer/older tokenfuse must not stop the others.
+            log.warning(
+                "ignoring run-time budget %r: stored spec is not valid: %s", name, exc.errors()[0]["msg"]
+            )
+    return budgets
+
+
+class ControlWatcher:
+    """Polls kill switches and run-time budgets and pushes them in memory."""
+
+    def __init__(
+        self, store_url: str, kills: KillSwitches, limiter: RuntimeBudgetSink | None, poll_ms: int
+    ) -> None:
+        self.kills = kills
+        self.limiter = limiter
+        self.poll_s = poll_ms / 1000
+        self.kill_store = KillSwitchStore(store_url)
+        self.budget_store = RuntimeBudgetStore(store_url)
+        self.refreshes = 0
+        self._task: asyncio.Task[Any] | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._last_specs: list[tuple[str, str]] | None = None
+        self._failing = False
+
+    def _read(self) -> tuple[list[KillSwitch], list[tuple[str, str]]]:
+        return self.kill_store.list(), self.budget_store.specs()
+
+    async def refresh_now(self) -> None:
+        """Read the store once and apply it; raises if the store cannot be read."""
+        async with self._refresh_lock:
+            switches, specs = await asyncio.to_thread(self._read)
+            self.kills.replace(switches)
+            if self.limiter is not None and specs != self._last_specs:
+                self.limiter.set_runtime_budgets(parse_specs(specs))
+            self._last_specs = specs
+            self.refreshes += 1
+
+    async def start(self) -> None:
+        # The first read happens before start() returns, so a gateway never
+        # serves a request without the switches that were already set.
+        try:
+            await self.refresh_now()
+        except Exception as exc:
+            self._failing = True
+            log.error("cannot read kill switches from the store (%s); retrying every poll", exc)
+        if self._task is None:
+            self._task = spawn(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.refresh_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Keep the last known switches: clearing them because the store
+                # blinked would silently revive killed traffic.
+                if not self._failing:
+                    log.error(
+                        "cannot read kill switches from the store (%s); keeping the last known set", exc
+                    )
+                self._failing = True
+            else:
+                if self._failing:
+                    log.warning("kill switches readable from the store again")
+                self._failing = False
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        await asyncio.to_thread(self.kill_store.close)
+        await asyncio.to_thread(self.budget_store.close)
