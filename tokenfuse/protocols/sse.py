@@ -51,7 +51,7 @@ class SSEParser:
                 break
             i = m.start()
             # A final lone \r may be the first half of \r\n: wait for the next byte.
-            if m.end() == n and buf[i] == 13:
+            if m.end() == n and i + 1 == n and buf[i] == 13:
                 break
             line = buf[pos:i]
             pos = m.end()

@@ -1,0 +1,370 @@
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai as openai_sdk
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenfuse.protocols import openai
+from tokenfuse.protocols.base import ProtocolError
+from tokenfuse.protocols.estimate import tokens_from_bytes
+from tokenfuse.usage import Usage
+
+from .test_sse import split
+from .wire import CHAT_USAGE, RESPONSES_USAGE, chat_stream, dumps, responses_stream
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]}
+TEXTS = ["Hello", ", wörld", " — ", 'naïve "quotes"\n', "日本語", "!"]
+TEXT_BYTES = sum(len(t.encode()) for t in TEXTS)
+
+
+def info_for(body: dict[str, object], route: str = "chat.completions") -> openai.RequestInfo:
+    return openai.parse_request(route, dumps(body))
+
+
+# --- requests ---------------------------------------------------------------
+
+
+def test_parse_chat_request() -> None:
+    raw = dumps({**CHAT, "stream": True, "max_tokens": 50})
+    info = openai.parse_request("chat.completions", raw)
+    assert (info.protocol, info.route, info.model, info.stream, info.max_tokens) == (
+        "openai",
+        "chat.completions",
+        "gpt-4o-mini",
+        True,
+        50,
+    )
+    assert info.prompt_bytes == len(raw)
+    assert not info.cache_writes_possible and not info.cache_1h
+    assert info.wants_usage_chunk is False
+
+
+def test_max_completion_tokens_wins_over_max_tokens() -> None:
+    info = info_for({**CHAT, "max_completion_tokens": 70, "max_tokens": 10})
+    assert info.max_tokens == 70
+
+
+def test_responses_and_embeddings_limits() -> None:
+    r = info_for({"model": "o4-mini", "input": "hi", "max_output_tokens": 300, "stream": True}, "responses")
+    assert (r.max_tokens, r.stream, r.wants_usage_chunk) == (300, True, True)
+    e = info_for({"model": "text-embedding-3-small", "input": ["a", "b"]}, "embeddings")
+    assert (e.max_tokens, e.stream) == (0, False)
+
+
+def test_images_add_a_per_image_bound() -> None:
+    body = {
+        **CHAT,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                ],
+            }
+        ],
+    }
+    raw = dumps(body)
+    assert openai.parse_request("chat.completions", raw).prompt_bytes == len(raw) + openai_base_image_bound()
+
+
+def openai_base_image_bound() -> int:
+    from tokenfuse.protocols.base import IMAGE_TOKEN_BOUND
+
+    return IMAGE_TOKEN_BOUND
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"\xff\xfe{}", "not valid UTF-8"),
+        (b'{"model": "gpt-4o", ', "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object, got a JSON array"),
+        (dumps({"messages": []}), "'model' is missing"),
+        (dumps({"model": 4, "messages": []}), "'model' must be a non-empty string, got number"),
+        (dumps({"model": "m", "messages": "hi"}), "'messages' must be an array"),
+        (dumps({"model": "m"}), "'messages' is missing"),
+        (
+            dumps({"model": "m", "messages": [], "max_tokens": "100"}),
+            "'max_tokens' must be a non-negative integer",
+        ),
+        (
+            dumps({"model": "m", "messages": [], "max_tokens": True}),
+            "'max_tokens' must be a non-negative integer",
+        ),
+        (dumps({"model": "m", "messages": [], "max_completion_tokens": -1}), "'max_completion_tokens'"),
+        (dumps({"model": "m", "messages": [], "stream": "yes"}), "'stream' must be true or false"),
+        (dumps({"model": "m", "messages": [], "stream_options": 3}), "'stream_options' must be an object"),
+    ],
+)
+def test_bad_chat_input_raises_a_clear_400(body: bytes, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as exc:
+        openai.parse_request("chat.completions", body)
+    assert exc.value.status == 400
+    assert exc.value.error_type == "invalid_request_error"
+    assert fragment in exc.value.message
+
+
+def test_bad_responses_and_embeddings_input() -> None:
+    with pytest.raises(ProtocolError, match="'input' must be a string or an array"):
+        openai.parse_request("responses", dumps({"model": "m", "input": 5}))
+    with pytest.raises(ProtocolError, match="'max_output_tokens'"):
+        openai.parse_request("responses", dumps({"model": "m", "input": "x", "max_output_tokens": 1.5}))
+    with pytest.raises(ProtocolError, match="'input' is missing"):
+        openai.parse_request("embeddings", dumps({"model": "m"}))
+
+
+@pytest.mark.parametrize(
+    ("model", "body_extra", "field"),
+    [
+        ("gpt-4o-mini", {}, "max_tokens"),
+        ("o3-mini", {}, "max_completion_tokens"),
+        ("gpt-5-mini", {}, "max_completion_tokens"),
+        ("gpt-4o", {"max_completion_tokens": 9}, "max_completion_tokens"),
+        ("o1", {"max_tokens": 9}, "max_tokens"),
+    ],
+)
+def test_set_max_tokens_keeps_the_clients_field(model: str, body_extra: dict[str, int], field: str) -> None:
+    info = info_for({**CHAT, "model": model, **body_extra})
+    openai.set_max_tokens(info, 512)
+    assert info.body[field] == 512 and info.max_tokens == 512
+    other = {"max_tokens", "max_completion_tokens"} - {field}
+    assert not other & info.body.keys()
+
+
+def test_set_max_tokens_responses_and_embeddings() -> None:
+    r = info_for({"model": "gpt-5", "input": "x"}, "responses")
+    openai.set_max_tokens(r, 64)
+    assert r.body["max_output_tokens"] == 64 and r.max_tokens == 64
+    e = info_for({"model": "text-embedding-3-small", "input": "x"}, "embeddings")
+    openai.set_max_tokens(e, 64)
+    assert "max_tokens" not in e.body and e.max_tokens == 0
+
+
+def test_request_usage_in_stream() -> None:
+    info = info_for({**CHAT, "stream": True})
+    openai.request_usage_in_stream(info)
+    assert info.body["stream_options"] == {"include_usage": True} and info.wants_usage_chunk is False
+    assert json.loads(openai.encode_body(info)) == info.body
+    keep = info_for({**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    openai.request_usage_in_stream(keep)
+    assert keep.wants_usage_chunk is True
+    flip = info_for({**CHAT, "stream": True, "stream_options": {"include_usage": False}})
+    openai.request_usage_in_stream(flip)
+    assert flip.body["stream_options"] == {"include_usage": True} and flip.wants_usage_chunk is False
+    plain = info_for(CHAT)
+    openai.request_usage_in_stream(plain)
+    assert "stream_options" not in plain.body
+
+
+def test_encode_body_is_compact_utf8() -> None:
+    info = info_for({**CHAT, "messages": [{"role": "user", "content": "héllo"}]})
+    assert (
+        openai.encode_body(info) == json.dumps(info.body, separators=(",", ":"), ensure_ascii=False).encode()
+    )
+
+
+# --- non-stream usage -------------------------------------------------------
+
+
+def test_chat_usage_subtracts_cached_from_prompt() -> None:
+    body = dumps({"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "usage": CHAT_USAGE})
+    assert openai.usage_from_response("chat.completions", body, {}) == Usage(
+        input_uncached=2006 - 1920, cache_read=1920, output=300
+    )
+
+
+def test_chat_usage_without_details() -> None:
+    body = dumps({"usage": {"prompt_tokens": 10, "completion_tokens": 3, "prompt_tokens_details": None}})
+    assert openai.usage_from_response("chat.completions", body, {}) == Usage(input_uncached=10, output=3)
+
+
+def test_responses_and_embeddings_usage() -> None:
+    body = dumps({"id": "resp_1", "object": "response", "usage": RESPONSES_USAGE})
+    assert openai.usage_from_response("responses", body, {}) == Usage(
+        input_uncached=904, cache_read=4096, output=900
+    )
+    emb = dumps({"object": "list", "data": [], "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+    assert openai.usage_from_response("embeddings", emb, {}) == Usage(input_uncached=8)
+
+
+def test_error_and_garbage_bodies_have_no_usage() -> None:
+    err = dumps({"error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}})
+    assert openai.usage_from_response("chat.completions", err, {}) is None
+    assert openai.usage_from_response("chat.completions", b"<html>502</html>", {}) is None
+
+
+# --- streams ----------------------------------------------------------------
+
+
+def run(info: openai.RequestInfo, chunks: list[bytes], complete: bool = True) -> tuple[bytes, Usage, int]:
+    meter = openai.StreamMeter(info)
+    out = b"".join(meter.feed(c) for c in chunks) + meter.finish()
+    return out, meter.usage(complete), meter.text_bytes
+
+
+def stream_info(include_usage: bool | None) -> openai.RequestInfo:
+    body: dict[str, object] = {**CHAT, "stream": True}
+    if include_usage is not None:
+        body["stream_options"] = {"include_usage": include_usage}
+    info = info_for(body)
+    openai.request_usage_in_stream(info)
+    return info
+
+
+EXPECTED_CHAT = Usage(input_uncached=86, cache_read=1920, output=300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0), max_size=15))
+def test_client_asked_for_usage_passes_through_unchanged(cuts: list[int]) -> None:
+    upstream = chat_stream(TEXTS, include_usage=True)
+    out, usage, text = run(stream_info(True), split(upstream, cuts))
+    assert out == upstream
+    assert usage == EXPECTED_CHAT
+    assert text == TEXT_BYTES
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0), max_size=15))
+def test_strip_case_yields_exactly_the_no_gateway_stream(cuts: list[int]) -> None:
+    upstream = chat_stream(TEXTS, include_usage=True)
+    without_gateway = chat_stream(TEXTS, include_usage=False)
+    out, usage, text = run(stream_info(None), split(upstream, cuts))
+    assert out == without_gateway
+    assert usage == EXPECTED_CHAT
+    assert text == TEXT_BYTES
+
+
+def test_strip_handles_spaced_json_and_crlf() -> None:
+    def spaced(obj: object) -> bytes:
+        return json.dumps(obj).encode()
+
+    chunk = {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None}
+    plain = {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+    final = {"id": "c", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    upstream = b"data: " + spaced(chunk) + b"\r\n\r\ndata: " + spaced(final) + b"\r\n\r\ndata: [DONE]\r\n\r\n"
+    expected = b"data: " + spaced(plain) + b"\r\n\r\ndata: [DONE]\r\n\r\n"
+    out, usage, _ = run(stream_info(None), [upstream])
+    assert out == expected
+    assert usage == Usage(input_uncached=5, output=1)
+
+
+def test_strip_case_holds_back_only_the_incomplete_trailing_event() -> None:
+    meter = openai.StreamMeter(stream_info(None))
+    first = b'data: {"id":"c","choices":[{"delta":{"content":"a"}}]}\n\n'
+    assert meter.feed(first + b'data: {"id":"c"') == first
+    assert meter.feed(b',"choices":[]}\n\n') == b'data: {"id":"c","choices":[]}\n\n'
+
+
+def test_truncated_stream_is_estimated_from_text_and_prompt() -> None:
+    upstream = chat_stream(TEXTS, include_usage=True)
+    cut = upstream[: upstream.index(b'"choices":[]')]
+    info = stream_info(None)
+    out, usage, text = run(info, [cut], complete=False)
+    assert usage.estimated
+    assert usage.output == tokens_from_bytes(TEXT_BYTES)
+    assert usage.input_uncached == tokens_from_bytes(info.prompt_bytes)
+    # The incomplete trailing event is still forwarded at the end.
+    assert out.endswith(cut[cut.rindex(b"data: ") :])
+
+
+def test_stream_without_any_usage_is_estimated_even_when_complete() -> None:
+    upstream = chat_stream(TEXTS, include_usage=False)
+    _, usage, _ = run(stream_info(True), [upstream], complete=True)
+    assert usage.estimated and usage.output == tokens_from_bytes(TEXT_BYTES)
+
+
+def test_tool_call_arguments_count_as_text() -> None:
+    args = '{"city": "Paris"}'
+    ev = {
+        "id": "c",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": args},
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+    _, _, text = run(stream_info(True), [b"data: " + dumps(ev) + b"\n\n"])
+    assert text == len(args.encode())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(min_value=0), max_size=12))
+def test_responses_stream_usage_from_completed_event(cuts: list[int]) -> None:
+    info = info_for({"model": "gpt-5", "input": "hi", "stream": True}, "responses")
+    upstream = responses_stream(TEXTS)
+    out, usage, text = run(info, split(upstream, cuts))
+    assert out == upstream
+    assert usage == Usage(input_uncached=904, cache_read=4096, output=900)
+    assert text == TEXT_BYTES
+
+
+def test_responses_stream_cut_before_completed_is_estimated() -> None:
+    info = info_for({"model": "gpt-5", "input": "hi", "stream": True}, "responses")
+    _, usage, _ = run(info, [responses_stream(TEXTS, complete=False)], complete=False)
+    assert usage.estimated and usage.output == tokens_from_bytes(TEXT_BYTES)
+
+
+# --- errors through the official SDK ---------------------------------------
+
+
+def sdk_call(status: int, headers: list[tuple[str, str]], body: bytes) -> tuple[Exception, int]:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(status, headers=headers, content=body)
+
+    client = openai_sdk.OpenAI(
+        api_key="sk-test",
+        base_url="http://gw.test/v1",
+        max_retries=2,
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+    )
+    with pytest.raises(openai_sdk.APIStatusError) as exc:
+        client.with_options(timeout=5).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+        )
+    return exc.value, calls
+
+
+def test_error_response_parses_in_the_sdk_and_is_not_retried() -> None:
+    resp = openai.error_response(
+        429,
+        "insufficient_quota",
+        "Budget alice-monthly is spent.",
+        retryable=False,
+        code="insufficient_quota",
+    )
+    err, calls = sdk_call(*resp)
+    assert isinstance(err, openai_sdk.RateLimitError)
+    assert err.code == "insufficient_quota" and err.type == "insufficient_quota"
+    assert "Budget alice-monthly is spent." in err.message
+    assert calls == 1
+
+
+def test_bad_request_error_in_the_sdk() -> None:
+    err, calls = sdk_call(*openai.error_response(400, "invalid_request_error", "Field 'model' is missing."))
+    assert isinstance(err, openai_sdk.BadRequestError) and calls == 1
+    assert err.body == {
+        "message": "Field 'model' is missing.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": None,
+    }
