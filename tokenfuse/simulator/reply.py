@@ -1,0 +1,61 @@
+"""One simulated model answer, and the shape every stream builder returns.
+
+Builders are pure: they turn a :class:`Reply` into response bytes, so the wire
+formats can be tested without a server and the app only paces and sends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenfuse.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    id: str
+    model: str
+    usage: Usage
+    text: str
+    # Output tokens spent on hidden reasoning: billed as output, never streamed.
+    reasoning: int = 0
+    # True when the output limit stopped the answer.
+    truncated: bool = False
+    chunk_tokens: int = 4
+    created: int = 0
+    latency_ms: int = 0
+
+    def deltas(self) -> list[str]:
+        step = 4 * max(1, self.chunk_tokens)
+        return [self.text[i : i + step] for i in range(0, len(self.text), step)]
+
+
+@dataclass(slots=True)
+class StreamPlan:
+    """The frames of a stream, in order.
+
+    ``emitted[i]`` is the output the client has received once ``frames[i]`` is
+    sent; ``break_at`` is how many frames a broken stream delivers (always
+    fewer than the frames that carry the final usage).
+    """
+
+    frames: list[bytes] = field(default_factory=list)
+    emitted: list[int] = field(default_factory=list)
+    break_at: int = 1
+
+    def add(self, frame: bytes, emitted: int) -> None:
+        self.frames.append(frame)
+        self.emitted.append(emitted)
+
+    def mark_break(self) -> None:
+        self.break_at = max(1, len(self.frames))
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def text_tokens(text: str) -> int:
+    return (len(text.encode()) + 3) // 4
