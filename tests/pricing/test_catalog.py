@@ -5,6 +5,8 @@ from decimal import Decimal
 from importlib import resources
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tokenfuse.pricing import PriceBook, UnpricedModel
 from tokenfuse.pricing.catalog import parse_catalog
@@ -259,3 +261,21 @@ def test_override_that_is_not_a_mapping() -> None:
 def test_catalog_parser_rejects_entries_without_source() -> None:
     with pytest.raises(ValueError, match="source"):
         parse_catalog({"models": {"m": {"input": "1", "output": "2"}}}, "x.json")
+
+
+CATALOG_IDS = sorted(catalog_doc()["models"])
+
+
+@given(st.sampled_from(CATALOG_IDS), st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=12))
+def test_a_word_appended_to_a_catalog_id_never_falls_back_to_that_id(model: str, word: str) -> None:
+    # Only dates and Bedrock versions are ever stripped, so "<id>-<letters>" is
+    # either itself a catalog id or alias (gpt-4o-mini, claude-3-5-haiku-latest)
+    # or unpriced: no reduction step ever applies to it.
+    requested = f"{model}-{word}"
+    res = PriceBook.default().resolve(requested)
+    assert res is None or res.steps in ((), (f"alias of {res.matched!r}",))
+
+
+def test_the_latest_alias_is_an_explicit_alias_not_a_reduction(book: PriceBook) -> None:
+    res = book.resolve("claude-3-5-haiku-latest")
+    assert res is not None and res.steps == ("alias of 'claude-3-5-haiku'",)
