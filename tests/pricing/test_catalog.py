@@ -62,6 +62,8 @@ RESOLUTIONS = [
     ("moonshotai.kimi-k2.5", "moonshotai.kimi-k2.5", "0.60"),
     ("us.meta.llama4-scout-17b-instruct-v1:0", "meta.llama4-scout-17b-instruct-v1:0", "0.17"),
     ("us.amazon.nova-premier-v1:0", "amazon.nova-premier-v1:0", "2.50"),
+    ("us.amazon.nova-2-lite-v1:0", "amazon.nova-2-lite-v1:0", "0.33"),  # Nova 2 Lite has the premium too
+    ("global.amazon.nova-2-lite-v1:0", "amazon.nova-2-lite-v1:0", "0.30"),
     ("openai.gpt-oss-120b", "openai.gpt-oss-120b-1:0", "0.15"),
     ("us.deepseek.r1-v1:0", "deepseek.r1-v1:0", "1.35"),
 ]
