@@ -1,0 +1,294 @@
+"""The admin API, driven in-process through httpx's ASGI transport."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tokenfuse.config import BudgetConfig
+from tokenfuse.limits import admin as admin_module
+from tokenfuse.limits.admin import AdminApp
+from tokenfuse.limits.budgets import BudgetStatus
+from tokenfuse.limits.context import RequestContext
+from tokenfuse.limits.killswitch import KillSwitches, KillSwitchStore
+from tokenfuse.limits.runtime import ControlWatcher, RuntimeBudgetStore
+
+TOKEN = "s3cret-admin-token"
+BASE = "http://gateway/_tokenfuse/admin"
+CTX = RequestContext("alice-droid", "alice", "droid", "s-1", "claude-opus-4-1", "anthropic")
+
+
+class StubLimiter:
+    """The limiter's read side and its run-time budget sink, with fixed figures."""
+
+    def __init__(self) -> None:
+        self.runtime: list[BudgetConfig] = []
+
+    def set_runtime_budgets(self, budgets: list[BudgetConfig]) -> None:
+        self.runtime = budgets
+
+    async def snapshot(self, now: datetime | None = None) -> list[BudgetStatus]:
+        start = datetime(2026, 11, 1, tzinfo=UTC)
+        config = BudgetStatus(
+            name="alice-monthly", window="month", window_start=start, resets_at=datetime(2026, 12, 1, tzinfo=UTC),
+            limit_usd=Decimal("200"), limit_requests=None, limit_tokens={},
+            spent_usd=Decimal("150.000000001"), spent_requests=12, spent_tokens={"output": 5},
+            reserved_usd=Decimal("0.5"), reserved_requests=1, reserved_tokens={"output": 4096},
+            percent=75.0, source="config",
+        )  # fmt: skip
+        runtime = [
+            BudgetStatus(
+                name=b.name,
+                window=str(b.window),
+                window_start=None,
+                resets_at=None,
+                limit_usd=b.limit.usd,
+                limit_requests=b.limit.requests,
+                limit_tokens=dict(b.limit.tokens or {}),
+                spent_usd=Decimal(0),
+                spent_requests=0,
+                spent_tokens={},
+                reserved_usd=Decimal(0),
+                reserved_requests=0,
+                reserved_tokens={},
+                percent=0.0,
+                source="runtime",
+            )
+            for b in self.runtime
+        ]
+        return [config, *runtime]
+
+    async def session_snapshot(self, limit: int = 10) -> list[dict[str, Any]]:
+        return [{"session": "s-1", "requests": 199, "max_requests": 200, "usd": Decimal("1.5")}]
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, token: str | None) -> None:
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+        self.kills = KillSwitches()
+        self.limiter = StubLimiter()
+        # A poll far longer than any test: only the admin API's refresh can apply writes here.
+        self.watcher = ControlWatcher(url, self.kills, self.limiter, poll_ms=600_000)
+        self.store = KillSwitchStore(url)
+        self.budgets = RuntimeBudgetStore(url)
+        self.app = AdminApp(token, self.store, self.watcher, self.limiter, self.budgets)
+
+
+Run = Callable[[Callable[[httpx.AsyncClient, Harness], Awaitable[None]]], None]
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    def go(body: Callable[[httpx.AsyncClient, Harness], Awaitable[None]], token: str | None = TOKEN) -> None:
+        async def main() -> None:
+            h = Harness(tmp_path, token)
+            await h.watcher.start()
+            try:
+                async with httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=h.app), headers={"authorization": f"Bearer {TOKEN}"}
+                ) as client:
+                    await body(client, h)
+            finally:
+                await h.watcher.stop()
+                h.store.close()
+                h.budgets.close()
+
+        asyncio.run(main())
+
+    return go  # type: ignore[return-value]
+
+
+def test_no_token_configured_means_every_call_is_403(tmp_path: Path) -> None:
+    async def main() -> None:
+        url = f"sqlite:///{tmp_path / 's.db'}"
+        app = AdminApp(None, KillSwitchStore(url), None, None, RuntimeBudgetStore(url))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+            for method, path in [("GET", "/status"), ("POST", "/kills"), ("GET", "/budgets")]:
+                r = await client.request(method, BASE + path, headers={"authorization": "Bearer anything"})
+                assert r.status_code == 403
+                assert "server.admin_token" in r.json()["error"]["message"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer wrong"},
+        {"authorization": f"Basic {TOKEN}"},
+        {"authorization": f"Bearer {TOKEN}x"},
+    ],
+)
+def test_wrong_or_missing_token_is_401_and_writes_nothing(run: Run, headers: dict[str, str]) -> None:
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        client.headers.pop("authorization")
+        r = await client.post(BASE + "/kills", json={"scope": "all"}, headers=headers)
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert h.store.list() == []
+
+    run(body)
+
+
+def test_token_compared_in_constant_time(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        seen.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(admin_module.hmac, "compare_digest", spy)
+
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        assert (await client.get(BASE + "/kills")).status_code == 200
+        assert (
+            await client.get(BASE + "/kills", headers={"authorization": "Bearer nope"})
+        ).status_code == 401
+
+    run(body)
+    assert seen == [(TOKEN.encode(), TOKEN.encode()), (b"nope", TOKEN.encode())]
+
+
+def test_kill_and_revive_apply_to_this_replica_at_once(run: Run) -> None:
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        r = await client.post(BASE + "/kills", json={"scope": "workflow", "value": "droid", "reason": "loop"})
+        assert r.status_code == 201
+        assert r.json()["kill_switch"]["scope"] == "workflow"
+        hit = h.kills.check(CTX)
+        assert hit is not None and hit.reason == "loop"
+        listed = (await client.get(BASE + "/kills")).json()["kill_switches"]
+        assert [(s["scope"], s["value"], s["reason"]) for s in listed] == [("workflow", "droid", "loop")]
+
+        r = await client.request("DELETE", BASE + "/kills", json={"scope": "workflow", "value": "droid"})
+        assert r.status_code == 200
+        assert h.kills.check(CTX) is None
+        r = await client.request("DELETE", BASE + "/kills", json={"scope": "workflow", "value": "droid"})
+        assert r.status_code == 404
+
+        await client.post(BASE + "/kills", json={"scope": "all", "reason": "incident"})
+        assert h.kills.check(CTX) is not None
+        r = await client.post(BASE + "/kills/revive", json={"scope": "all"})
+        assert r.status_code == 200
+        assert h.kills.check(CTX) is None
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"value": "droid"}, "scope is required"),
+        ({"scope": "team", "value": "x"}, "unknown kill-switch scope"),
+        ({"scope": "workflow"}, "needs a value"),
+        ({"scope": "workflow", "value": 3}, "value must be a string"),
+        ({"scope": "workflow", "value": "x", "reason": ["a"]}, "reason must be a string"),
+    ],
+)
+def test_bad_kill_requests_are_400(run: Run, payload: dict[str, Any], message: str) -> None:
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        r = await client.post(BASE + "/kills", json=payload)
+        assert r.status_code == 400
+        assert message in r.json()["error"]["message"]
+        assert h.store.list() == []
+
+    run(body)
+
+
+def test_non_json_body_is_400(run: Run) -> None:
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        r = await client.post(BASE + "/kills", content=b"scope=all")
+        assert r.status_code == 400
+        r = await client.post(BASE + "/kills", json=["all"])
+        assert r.status_code == 400
+
+    run(body)
+
+
+def test_budgets_add_list_replace_remove(run: Run) -> None:
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        spec = {
+            "name": "opus-hour",
+            "match": {"model": "*opus*"},
+            "window": "rolling:1h",
+            "limit": {"usd": "2.50"},
+        }
+        r = await client.post(BASE + "/budgets", json=spec)
+        assert r.status_code == 201, r.text
+        assert [b.name for b in h.limiter.runtime] == ["opus-hour"]
+        assert h.limiter.runtime[0].limit.usd == Decimal("2.50")
+        listed = (await client.get(BASE + "/budgets")).json()["budgets"]
+        assert listed[0]["limit"]["usd"] == "2.50" and listed[0]["window"] == {"rolling": "1h"}
+
+        r = await client.post(BASE + "/budgets", json={**spec, "limit": {"requests": 5}})
+        assert r.status_code == 200 and r.json()["created"] is False
+        assert h.limiter.runtime[0].limit.requests == 5
+
+        assert (await client.delete(BASE + "/budgets/opus-hour")).status_code == 200
+        assert h.limiter.runtime == []
+        assert (await client.delete(BASE + "/budgets/opus-hour")).status_code == 404
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("spec", "path"),
+    [
+        ({"name": "x", "limit": {"usd": "-1"}}, "limit.usd"),
+        ({"name": "x", "limit": {}}, "limit"),
+        ({"name": "x", "limit": {"tokens": {"outputs": 5}}}, "limit.tokens"),
+        ({"name": "x", "window": "fortnight", "limit": {"usd": 1}}, "window"),
+        ({"name": "x", "match": {"team": "a"}, "limit": {"usd": 1}}, "match.team"),
+        ({"limit": {"usd": 1}}, "name"),
+    ],
+)
+def test_invalid_budget_is_400_naming_the_field(run: Run, spec: dict[str, Any], path: str) -> None:
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        r = await client.post(BASE + "/budgets", json=spec)
+        assert r.status_code == 400
+        assert f"invalid budget: {path}" in r.json()["error"]["message"]
+        assert h.budgets.list() == []
+
+    run(body)
+
+
+def test_budget_named_like_a_config_budget_is_409(run: Run) -> None:
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        r = await client.post(BASE + "/budgets", json={"name": "alice-monthly", "limit": {"usd": 1}})
+        assert r.status_code == 409
+        assert h.budgets.list() == []
+
+    run(body)
+
+
+def test_status_serialises_decimals_as_strings(run: Run) -> None:
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        await client.post(BASE + "/kills", json={"scope": "model", "value": "*opus*"})
+        data = (await client.get(BASE + "/status")).json()
+        b = data["budgets"][0]
+        assert b["name"] == "alice-monthly"
+        assert b["spent_usd"] == "150.000000001" and b["limit_usd"] == "200" and b["reserved_usd"] == "0.5"
+        assert b["resets_at"] == "2026-12-01T00:00:00+00:00"
+        assert b["reserved_tokens"] == {"output": 4096}
+        assert [s["value"] for s in data["kill_switches"]] == ["*opus*"]
+        assert data["sessions"][0]["usd"] == "1.5"
+
+    run(body)
+
+
+def test_unknown_path_and_method(run: Run) -> None:
+    async def body(client: httpx.AsyncClient, h: Harness) -> None:
+        assert (await client.get(BASE + "/nope")).status_code == 404
+        r = await client.put(BASE + "/kills", json={})
+        assert r.status_code == 405 and "GET, POST, DELETE" in r.headers["allow"]
+
+    run(body)
