@@ -62,5 +62,7 @@ def score(settings: Settings | None = None) -> Score:
         source = path.read_text(encoding="utf-8")
         result.snippets += 1
         result.expected |= expected_in(source, path.name)
-        result.found |= {(path.name, f.line, f.rule) for f in lint_source(source, path.name, settings or Settings())}
+        result.found |= {
+            (path.name, f.line, f.rule) for f in lint_source(source, path.name, settings or Settings())
+        }
     return result

@@ -159,7 +159,9 @@ class Analyzer(ast.NodeVisitor):
             if found is not None:
                 return found[0].kind
             module = self.imports.get(node.id)
-            return {"openai": sdk.OPENAI, "anthropic": sdk.ANTHROPIC, "litellm": sdk.LITELLM}.get(module or "")
+            return {"openai": sdk.OPENAI, "anthropic": sdk.ANTHROPIC, "litellm": sdk.LITELLM}.get(
+                module or ""
+            )
         if isinstance(node, ast.Attribute):
             attr = self._self_attr(node)
             return attr.kind if attr is not None else None
@@ -305,9 +307,7 @@ class Analyzer(ast.NodeVisitor):
 
     # ---- limit checks ----------------------------------------------------
 
-    def _kwargs_limit(
-        self, call: ast.Call, names: tuple[str, ...], nested: tuple[str, ...] = ()
-    ) -> _Limit:
+    def _kwargs_limit(self, call: ast.Call, names: tuple[str, ...], nested: tuple[str, ...] = ()) -> _Limit:
         """Is one of `names` passed to `call`, directly, via **dict, or inside a nested params dict?"""
         hidden: list[str] = []
         forwarded = True
@@ -358,12 +358,16 @@ class Analyzer(ast.NodeVisitor):
         last = getattr(node, "end_lineno", first) if whole else first
         self.findings.append(RawFinding(rule, node, message, first, last or first))
 
-    def _judge(self, call: ast.Call, rule: str, limit: _Limit, label: str, want: str, limits: tuple[str, ...]) -> None:
+    def _judge(
+        self, call: ast.Call, rule: str, limit: _Limit, label: str, want: str, limits: tuple[str, ...]
+    ) -> None:
         """Turn a limit lookup into findings for `rule` and TF005."""
         if limit.state == "yes":
             value = self._resolve_const(limit.value) if limit.value is not None else None
             if _is_none(value):
-                self._report(rule, call, f"{label}() sets {limit.param}=None, which leaves output unbounded; {want}")
+                self._report(
+                    rule, call, f"{label}() sets {limit.param}=None, which leaves output unbounded; {want}"
+                )
                 return
             self._check_ceiling(limit.value, limit.param, label)
             return
@@ -443,7 +447,9 @@ class Analyzer(ast.NodeVisitor):
                 label = _label(call)
                 self._model_call(call, label)
                 limit = self._kwargs_limit(call, sdk.OPENAI_CHAT_LIMITS, ("extra_body",))
-                self._judge(call, "TF001", limit, label, "pass max_completion_tokens=N", sdk.OPENAI_CHAT_LIMITS)
+                self._judge(
+                    call, "TF001", limit, label, "pass max_completion_tokens=N", sdk.OPENAI_CHAT_LIMITS
+                )
             return
         if n >= 2 and last in sdk.OPENAI_CHAT_METHODS and names[-2] in ("responses", "completions"):
             kind = self._kind(receivers[-2])
@@ -454,14 +460,18 @@ class Analyzer(ast.NodeVisitor):
                     limits, want = sdk.OPENAI_RESPONSES_LIMITS, "pass max_output_tokens=N"
                 else:
                     limits, want = sdk.OPENAI_COMPLETIONS_LIMITS, "pass max_tokens=N"
-                self._judge(call, "TF001", self._kwargs_limit(call, limits, ("extra_body",)), label, want, limits)
+                self._judge(
+                    call, "TF001", self._kwargs_limit(call, limits, ("extra_body",)), label, want, limits
+                )
             return
         if n >= 2 and last == "create" and names[-2] in ("ChatCompletion", "Completion"):
             if self._kind(receivers[-2]) == sdk.OPENAI:
                 label = _label(call)
                 self._model_call(call, label)
                 limits = sdk.OPENAI_COMPLETIONS_LIMITS
-                self._judge(call, "TF001", self._kwargs_limit(call, limits), label, "pass max_tokens=N", limits)
+                self._judge(
+                    call, "TF001", self._kwargs_limit(call, limits), label, "pass max_tokens=N", limits
+                )
             return
         if n >= 2 and names[-2] == "messages" and last in sdk.OPENAI_CHAT_METHODS:
             kind = self._kind(receivers[-2])
@@ -577,9 +587,16 @@ class Analyzer(ast.NodeVisitor):
                     if state == "unknown":
                         limit = _Limit("unknown", hidden_by="the body's unpacked entries")
                 if limit.state == "no":
-                    wrong = [p for p in sdk.ANY_FAMILY_LIMITS if p not in paths and dicts.lookup(info, p, self._dict_of)[0] == "yes"]
+                    wrong = [
+                        p
+                        for p in sdk.ANY_FAMILY_LIMITS
+                        if p not in paths and dicts.lookup(info, p, self._dict_of)[0] == "yes"
+                    ]
                     if wrong:
-                        want = f"the body sets {'.'.join(wrong[0])!r}, which {family} models do not read; " + want
+                        want = (
+                            f"the body sets {'.'.join(wrong[0])!r}, which {family} models do not read; "
+                            + want
+                        )
         self._judge(call, "TF002", limit, label, want, ())
 
     # ---- visitors: bindings ----------------------------------------------
@@ -638,7 +655,9 @@ class Analyzer(ast.NodeVisitor):
         key = loops.target_key(target)
         if key is None or not self.loops:
             return
-        if isinstance(value, ast.BinOp) and any(loops.target_key(s) == key for s in (value.left, value.right)):
+        if isinstance(value, ast.BinOp) and any(
+            loops.target_key(s) == key for s in (value.left, value.right)
+        ):
             for loop in self.loops:
                 loop.counters.add(key)
 
@@ -795,7 +814,11 @@ class Analyzer(ast.NodeVisitor):
         local: str | None = None
         if isinstance(func, ast.Name):
             local = func.id
-        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in ("self", "cls"):
+        elif (
+            isinstance(func, ast.Attribute)
+            and isinstance(func.value, ast.Name)
+            and func.value.id in ("self", "cls")
+        ):
             local = func.attr
         if local is not None:
             entry = (local, node)

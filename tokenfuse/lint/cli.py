@@ -48,11 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens-ceiling", metavar="N", type=_positive_int, help="TF005 ceiling (default: 32000)"
     )
     parser.add_argument(
-        "--strict", action="store_true", help="also report limits hidden in **kwargs or variables it cannot see"
+        "--strict",
+        action="store_true",
+        help="also report limits hidden in **kwargs or variables it cannot see",
     )
-    parser.add_argument("--config", metavar="FILE", type=Path, help="pyproject.toml to read (default: nearest)")
+    parser.add_argument(
+        "--config", metavar="FILE", type=Path, help="pyproject.toml to read (default: nearest)"
+    )
     parser.add_argument("--output", "-o", metavar="FILE", type=Path, help="write the report here, not stdout")
-    parser.add_argument("--jobs", "-j", metavar="N", type=_positive_int, help="worker processes (default: CPUs)")
+    parser.add_argument(
+        "--jobs", "-j", metavar="N", type=_positive_int, help="worker processes (default: CPUs)"
+    )
     return parser
 
 
@@ -84,7 +90,9 @@ def main(argv: list[str]) -> int:
     paths = [Path(p) for p in args.paths] or [Path(".")]
     missing = [p for p in paths if not p.exists()]
     if missing:
-        print(f"tokenfuse lint: {missing[0]}: no such file or directory; pass existing paths", file=sys.stderr)
+        print(
+            f"tokenfuse lint: {missing[0]}: no such file or directory; pass existing paths", file=sys.stderr
+        )
         return 2
     try:
         settings = _settings(args, paths)

@@ -100,7 +100,9 @@ def load(pyproject: Path) -> Settings:
     try:
         data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{pyproject}: cannot read it as TOML ({exc}); fix the file or pass --config") from exc
+        raise ConfigError(
+            f"{pyproject}: cannot read it as TOML ({exc}); fix the file or pass --config"
+        ) from exc
     table = data.get("tool", {}).get("tokenfuse", {}).get("lint")
     if table is None:
         return Settings(exclude=DEFAULT_EXCLUDE)
@@ -122,7 +124,9 @@ def from_table(table: dict[str, Any], where: str) -> Settings:
     if "max-tokens-ceiling" in table:
         value = table["max-tokens-ceiling"]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{where}: max-tokens-ceiling must be a positive integer without quotes, got {value!r}")
+            raise ConfigError(
+                f"{where}: max-tokens-ceiling must be a positive integer without quotes, got {value!r}"
+            )
         settings = replace(settings, max_tokens_ceiling=value)
     if "strict" in table:
         value = table["strict"]
@@ -132,13 +136,20 @@ def from_table(table: dict[str, Any], where: str) -> Settings:
     if "exclude" in table:
         settings = replace(settings, exclude=tuple(_str_list(table, "exclude", where)))
     if "extend-exclude" in table:
-        settings = replace(settings, exclude=settings.exclude + tuple(_str_list(table, "extend-exclude", where)))
+        settings = replace(
+            settings, exclude=settings.exclude + tuple(_str_list(table, "extend-exclude", where))
+        )
     if "per-file-ignores" in table:
         pfi = table["per-file-ignores"]
         if not isinstance(pfi, dict):
             raise ConfigError(f'{where}: per-file-ignores must be a table like {{"tests/*" = ["TF001"]}}')
         pairs = tuple(
-            (pattern, parse_codes(_as_list(codes, f"{where} per-file-ignores.{pattern}"), f"{where} per-file-ignores"))
+            (
+                pattern,
+                parse_codes(
+                    _as_list(codes, f"{where} per-file-ignores.{pattern}"), f"{where} per-file-ignores"
+                ),
+            )
             for pattern, codes in pfi.items()
         )
         settings = replace(settings, per_file_ignores=pairs)

@@ -34,7 +34,9 @@ def suppressions(source: str) -> dict[int, frozenset[str] | None]:
     for match in _SUPPRESS.finditer(source):
         line = source.count("\n", 0, match.start()) + 1
         codes = match.group(1)
-        out[line] = None if codes is None else frozenset(c.strip().upper() for c in codes.split(",") if c.strip())
+        out[line] = (
+            None if codes is None else frozenset(c.strip().upper() for c in codes.split(",") if c.strip())
+        )
     return out
 
 

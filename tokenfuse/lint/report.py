@@ -12,5 +12,7 @@ def text(findings: list[Finding]) -> str:
 
 
 def as_json(findings: list[Finding]) -> str:
-    rows = [{"path": f.path, "line": f.line, "col": f.col, "rule": f.rule, "message": f.message} for f in findings]
+    rows = [
+        {"path": f.path, "line": f.line, "col": f.col, "rule": f.rule, "message": f.message} for f in findings
+    ]
     return json.dumps(rows, indent=2) + "\n"

@@ -72,7 +72,10 @@ def to_sarif(findings: list[Finding]) -> dict[str, Any]:
                 "locations": [
                     {
                         "physicalLocation": {
-                            "artifactLocation": {"uri": PurePosixPath(f.path).as_posix(), "uriBaseId": "%SRCROOT%"},
+                            "artifactLocation": {
+                                "uri": PurePosixPath(f.path).as_posix(),
+                                "uriBaseId": "%SRCROOT%",
+                            },
                             "region": {"startLine": f.line, "startColumn": f.col},
                         }
                     }

@@ -27,11 +27,23 @@ ANTHROPIC_CLIENTS = frozenset(
     }
 )
 BEDROCK_CLIENT_TYPES = frozenset({"BedrockRuntimeClient"})
-LANGCHAIN_MODELS = frozenset({"ChatOpenAI", "AzureChatOpenAI", "ChatAnthropic", "ChatBedrock", "ChatBedrockConverse"})
-LANGCHAIN_PACKAGES = ("langchain_openai", "langchain_anthropic", "langchain_aws", "langchain_community", "langchain")
+LANGCHAIN_MODELS = frozenset(
+    {"ChatOpenAI", "AzureChatOpenAI", "ChatAnthropic", "ChatBedrock", "ChatBedrockConverse"}
+)
+LANGCHAIN_PACKAGES = (
+    "langchain_openai",
+    "langchain_anthropic",
+    "langchain_aws",
+    "langchain_community",
+    "langchain",
+)
 # Methods on a chat model that return another chat model with the same limits.
-LANGCHAIN_DERIVE = frozenset({"bind", "bind_tools", "with_structured_output", "with_retry", "with_config", "with_fallbacks"})
-LANGCHAIN_RUN = frozenset({"invoke", "ainvoke", "stream", "astream", "batch", "abatch", "predict", "apredict"})
+LANGCHAIN_DERIVE = frozenset(
+    {"bind", "bind_tools", "with_structured_output", "with_retry", "with_config", "with_fallbacks"}
+)
+LANGCHAIN_RUN = frozenset(
+    {"invoke", "ainvoke", "stream", "astream", "batch", "abatch", "predict", "apredict"}
+)
 
 # Parts of an attribute chain that do not change which endpoint is called.
 TRANSPARENT_ATTRS = frozenset({"with_raw_response", "with_streaming_response", "beta"})

@@ -1,6 +1,5 @@
 """Anthropic requires max_tokens; ORM managers named like SDK resources are not LLM calls."""
 import anthropic
-
 from myapp.models import Survey
 
 claude = anthropic.Anthropic()
