@@ -265,7 +265,7 @@ def test_truncated_stream_is_estimated_from_text_and_prompt() -> None:
     upstream = chat_stream(TEXTS, include_usage=True)
     cut = upstream[: upstream.index(b'"choices":[]')]
     info = stream_info(None)
-    out, usage, text = run(info, [cut], complete=False)
+    out, usage, _ = run(info, [cut], complete=False)
     assert usage.estimated
     assert usage.output == tokens_from_bytes(TEXT_BYTES)
     assert usage.input_uncached == tokens_from_bytes(info.prompt_bytes)
