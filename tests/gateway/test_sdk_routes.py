@@ -102,7 +102,7 @@ def test_openai_responses_both_ways(stack: Stack) -> None:
     row = assert_metered(stack, "test-model", route="responses")
     assert resp.usage is not None and resp.usage.output_tokens == row["output"]
     events = list(client.responses.create(model="test-model", input=PROMPT, max_output_tokens=20, stream=True))
-    assert events[-1].type == "response.completed"
+    assert events[-1].type in ("response.completed", "response.incomplete")  # hit max_output_tokens
     row = assert_metered(stack, "test-model", route="responses", n_rows=2)
     assert row["key_name"] == "bob-batch"
 

@@ -259,10 +259,10 @@ class Gateway:
                 f"kill switch {killed.scope}={killed.value}: {killed.reason or ''}".strip(),
             )
         changed = self._enforce_max_tokens(proto, info)
-        if info.stream and route.protocol == "openai":
-            before = info.wants_usage_chunk
+        if info.stream and route.route == "chat.completions" and not info.wants_usage_chunk:
+            # The client did not ask for usage; ask on its behalf, the meter strips it again.
             proto.request_usage_in_stream(info)
-            changed = changed or before != info.wants_usage_chunk
+            changed = True
         if changed:
             body = proto.encode_body(info)
         if self.limiter is not None and price is not None and route.route not in ZERO_COST_ROUTES:
