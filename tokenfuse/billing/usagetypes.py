@@ -57,6 +57,8 @@ COMPUTE_SERVICES: frozenset[str] = frozenset(
     }
 )
 BEDROCK_SERVICES: frozenset[str] = frozenset({"amazonbedrock", "amazon bedrock", "bedrock"})
+# Model-API services as ``tokenfuse export`` names them: token rows there are inference too.
+LLM_API_SERVICES: frozenset[str] = frozenset({"anthropic", "openai"})
 USAGE_CHARGES: frozenset[str] = frozenset({"usage", "discountedusage", "savingsplancoveredusage"})
 
 
@@ -156,7 +158,9 @@ def service_kind(service: str | None, usage_type: str | None, operation: str | N
     """``inference`` (Bedrock token usage), ``bedrock`` (other Bedrock lines), ``compute`` or ``other``."""
     svc = (service or "").lower().strip()
     cls = token_class(usage_type, operation)
-    if cls is not None and (svc in BEDROCK_SERVICES or is_marketplace(usage_type) or "bedrock" in svc):
+    if cls is not None and (
+        svc in BEDROCK_SERVICES or svc in LLM_API_SERVICES or is_marketplace(usage_type) or "bedrock" in svc
+    ):
         return "inference"
     if svc in BEDROCK_SERVICES or "bedrock" in svc:
         return "bedrock"

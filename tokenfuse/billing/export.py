@@ -1,0 +1,199 @@
+"""The gateway ledger as a FOCUS-1.2-shaped dataset, so ``detect`` runs on app-side data too.
+
+One row per hour x key x principal x workflow x session x model x token class.
+A request's cost is split across its token classes in proportion to what the
+price book says each class costs (tokens x rate), so the rows of a request add up
+to exactly the ledger's cost; without a price the split is by tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from tokenfuse.billing.errors import BillingInputError
+from tokenfuse.usage import TOKEN_CLASSES
+
+_SUFFIX = {
+    "input_uncached": "input-tokens",
+    "cache_read": "cache-read-input-token-count",
+    "cache_write": "cache-write-input-token-count",
+    "cache_write_1h": "cache-write-1h-input-token-count",
+    "output": "output-tokens",
+}
+_PROVIDER = {
+    "bedrock": ("AWS", "AmazonBedrock", "Amazon Bedrock"),
+    "anthropic": ("Anthropic", "Anthropic", "Anthropic API"),
+    "openai": ("OpenAI", "OpenAI", "OpenAI API"),
+}
+_Q = Decimal("0.000000000001")
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("BilledCost", "DECIMAL(28,12)"),
+    ("EffectiveCost", "DECIMAL(28,12)"),
+    ("ListCost", "DECIMAL(28,12)"),
+    ("BillingAccountId", "VARCHAR"),
+    ("BillingCurrency", "VARCHAR"),
+    ("BillingPeriodStart", "TIMESTAMP"),
+    ("BillingPeriodEnd", "TIMESTAMP"),
+    ("ChargeCategory", "VARCHAR"),
+    ("ChargeFrequency", "VARCHAR"),
+    ("ChargeDescription", "VARCHAR"),
+    ("ChargePeriodStart", "TIMESTAMP"),
+    ("ChargePeriodEnd", "TIMESTAMP"),
+    ("ConsumedQuantity", "DECIMAL(28,0)"),
+    ("ConsumedUnit", "VARCHAR"),
+    ("PricingQuantity", "DECIMAL(28,0)"),
+    ("PricingUnit", "VARCHAR"),
+    ("ProviderName", "VARCHAR"),
+    ("PublisherName", "VARCHAR"),
+    ("InvoiceIssuerName", "VARCHAR"),
+    ("ServiceCategory", "VARCHAR"),
+    ("ServiceSubcategory", "VARCHAR"),
+    ("ServiceName", "VARCHAR"),
+    ("SkuMeter", "VARCHAR"),
+    ("SubAccountId", "VARCHAR"),
+    ("x_ServiceCode", "VARCHAR"),
+    ("x_Operation", "VARCHAR"),
+    ("x_Model", "VARCHAR"),
+    ("x_TokenClass", "VARCHAR"),
+    ("x_Principal", "VARCHAR"),
+    ("x_Workflow", "VARCHAR"),
+    ("x_Session", "VARCHAR"),
+    ("x_Requests", "BIGINT"),
+)
+
+
+def store_url(config_path: str) -> str:
+    try:
+        from tokenfuse.config import ConfigError, load_config
+    except ImportError:  # the config module is optional for this command
+        raise BillingInputError("--config: tokenfuse.config is unavailable; pass --store URL instead") from None
+    try:
+        return str(load_config(config_path).store)
+    except ConfigError as e:
+        raise BillingInputError(str(e).splitlines()[0]) from e
+
+
+def _weights(model: str, tokens: dict[str, int], book: Any) -> dict[str, Decimal]:
+    price = None
+    if book is not None:
+        try:
+            price = book.lookup(model)
+        except Exception:  # an unpriceable model falls back to a split by tokens
+            price = None
+    out = {}
+    for cls, n in tokens.items():
+        rate = Decimal(1)
+        if price is not None:
+            try:
+                rate = Decimal(price.rate(cls))
+            except (KeyError, TypeError):
+                rate = Decimal(1)
+        out[cls] = Decimal(n) * rate
+    return out
+
+
+def _ledger_rows(url: str) -> Iterator[tuple[Any, ...]]:
+    from tokenfuse.ledger.schema import StoreURL, connect
+
+    try:
+        store = StoreURL.parse(url)
+    except ValueError as e:
+        raise BillingInputError(f"store: {e}") from e
+    if store.dialect == "sqlite" and store.target != ":memory:" and not Path(store.target).exists():
+        raise BillingInputError(f"store: {store.target}: no such ledger file; check the config's store: key")
+    conn = connect(url)
+    cols = "ts, key_name, principal, workflow, session, protocol, model, route, " + ", ".join(TOKEN_CLASSES) + ", cost_usd"
+    sql = f"SELECT {cols} FROM requests WHERE outcome = 'ok'"
+    try:
+        if store.dialect == "sqlite":
+            yield from conn.execute(sql)
+        else:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                yield from cur
+    finally:
+        conn.close()
+
+
+def export_focus(url: str, out: str) -> int:
+    """Write the ledger as FOCUS 1.2 rows (Parquet, or CSV if ``out`` ends in .csv). Returns the row count."""
+    groups: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [defaultdict(int), Decimal(0), 0])
+    for ts, key, principal, workflow, session, protocol, model, route, *rest in _ledger_rows(url):
+        tokens = dict(zip(TOKEN_CLASSES, (int(n or 0) for n in rest[:-1]), strict=True))
+        hour = int(float(ts)) // 3600 * 3600
+        g = groups[(hour, key, principal, workflow, session, protocol or "", model or "", route or "")]
+        for cls, n in tokens.items():
+            g[0][cls] += n
+        g[1] += Decimal(str(rest[-1] or 0))
+        g[2] += 1
+    try:
+        from tokenfuse.pricing import PriceBook
+
+        book: Any = PriceBook.default()
+    except Exception:  # pricing is optional: the split falls back to tokens
+        book = None
+    n_rows = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "focus.csv"
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            for (hour, key, principal, workflow, session, protocol, model, route), (tokens, cost, reqs) in sorted(
+                groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])
+            ):
+                used = {c: n for c, n in tokens.items() if n > 0}
+                if not used:
+                    continue
+                weights = _weights(model, used, book)
+                total_w = sum(weights.values(), Decimal(0)) or Decimal(1)
+                start = datetime.fromtimestamp(hour, UTC).replace(tzinfo=None)
+                period_start = start.replace(day=1, hour=0)
+                period_end = (period_start + timedelta(days=32)).replace(day=1)
+                provider, code, name = _PROVIDER.get(protocol, (protocol or "unknown", protocol or "unknown", protocol))
+                remaining = cost
+                classes = list(used)
+                for i, cls in enumerate(classes):
+                    share = remaining if i == len(classes) - 1 else (cost * weights[cls] / total_w).quantize(_Q)
+                    remaining -= share
+                    w.writerow([
+                        share, share, share, "tokenfuse", "USD", period_start, period_end, "Usage", "Usage-Based",
+                        f"{model} {cls} tokens via tokenfuse", start, start + timedelta(hours=1), used[cls], "Tokens",
+                        used[cls], "Tokens", provider, provider, provider, "AI and Machine Learning", "AI Platforms",
+                        name, f"TF-{model}-{_SUFFIX[cls]}", key or "", code, route, model, cls, principal or "",
+                        workflow or "", session or "", reqs,
+                    ])
+                    n_rows += 1
+        if n_rows == 0:
+            raise BillingInputError("store: the ledger has no billed (outcome 'ok') requests to export")
+        types = ", ".join(f"'{c}': '{t}'" for c, t in COLUMNS)
+        con = duckdb.connect(":memory:")
+        src = f"read_csv('{path}', header=false, columns={{{types}}}, nullstr='')"
+        target = out.replace("'", "''")
+        fmt = "FORMAT CSV, HEADER" if out.lower().endswith(".csv") else "FORMAT PARQUET"
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        con.execute(f"COPY (SELECT * FROM {src}) TO '{target}' ({fmt})")
+        con.close()
+    return n_rows
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="tokenfuse export", description="Write the gateway ledger as a FOCUS 1.2 dataset.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", metavar="FILE", help="tokenfuse config; its store: key names the ledger")
+    src.add_argument("--store", metavar="URL", help="ledger URL (instead of --config)")
+    p.add_argument("--focus", required=True, metavar="OUT", help="output file (.parquet, or .csv)")
+    args = p.parse_args(argv)
+    url = args.store or store_url(args.config)
+    n = export_focus(url, args.focus)
+    print(f"wrote {n:,} FOCUS 1.2 rows to {args.focus}")
+    return 0

@@ -1,0 +1,399 @@
+"""Compare the gateway ledger's tokens with the bill, day x model x token class.
+
+The bill's quantities are turned into tokens through its own ``pricing_unit``
+(``1K tokens`` -> x1000), never by assumption; the unit price is what the bill
+charged per token (cost / tokens), so "expected" is the ledger's tokens at the
+bill's own price. A consistent ratio between the two token counts is a unit error
+(1000 -> raw tokens billed as 1K units); ledger usage on days the bill skips,
+followed by a lump, is billing lag; billed models the ledger never saw are
+unmetered usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from tokenfuse.billing.errors import BillingInputError
+from tokenfuse.billing.load import Export, load
+from tokenfuse.billing.usagetypes import canonical_model
+
+CLASSES: tuple[str, ...] = ("input_uncached", "cache_read", "cache_write", "output")
+KNOWN_FACTORS: tuple[Decimal, ...] = (Decimal(1000), Decimal(1_000_000), Decimal("0.001"), Decimal("0.000001"))
+FACTOR_TOLERANCE = Decimal("0.02")
+CONSISTENT_SHARE = Decimal("0.8")
+AGREE_TOLERANCE = Decimal("0.01")
+_ZERO = Decimal(0)
+_MTOK = Decimal(1_000_000)
+
+
+@dataclass(slots=True)
+class Cell:
+    ledger_tokens: int = 0
+    billed_tokens: Decimal = _ZERO
+    billed_quantity: Decimal = _ZERO
+    billed_usd: Decimal = _ZERO
+    units: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Reconciliation:
+    first_day: date
+    last_day: date
+    cells: dict[tuple[str, str], dict[date, Cell]]  # (model, class) -> day -> cell
+    labels: dict[str, str]
+    findings: list[dict[str, Any]]
+    ledger_days_after_bill: int
+
+
+def read_ledger(url: str, protocol: str | None = "bedrock") -> dict[tuple[date, str, str], int]:
+    """Ledger tokens by (day, canonical model, class) for billed ('ok') rows."""
+    from tokenfuse.ledger.schema import StoreURL, connect
+
+    try:
+        store = StoreURL.parse(url)
+    except ValueError as e:
+        raise BillingInputError(f"--ledger: {e}") from e
+    if store.dialect == "sqlite" and store.target != ":memory:" and not Path(store.target).exists():
+        raise BillingInputError(f"--ledger: {store.target}: no such ledger file; point at the gateway's store")
+    try:
+        conn = connect(url)
+    except Exception as e:
+        raise BillingInputError(f"--ledger: cannot open the ledger ({str(e).splitlines()[0] if str(e) else e})") from e
+    day_expr = "date(ts, 'unixepoch')" if store.dialect == "sqlite" else "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    where = "outcome = 'ok'"
+    params: tuple[Any, ...] = ()
+    if protocol:
+        where += " AND protocol = " + ("?" if store.dialect == "sqlite" else "%s")
+        params = (protocol,)
+    sql = (
+        f"SELECT {day_expr} AS day, model, sum(input_uncached), sum(cache_read), sum(cache_write) + sum(cache_write_1h), "
+        f"sum(output) FROM requests WHERE {where} GROUP BY 1, 2"
+    )
+    try:
+        if store.dialect == "sqlite":
+            rows = conn.execute(sql, params).fetchall()
+        else:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                rows = cur.fetchall()
+    finally:
+        conn.close()
+    out: dict[tuple[date, str, str], int] = defaultdict(int)
+    for day, model, *tokens in rows:
+        key = canonical_model(model) or str(model)
+        d = date.fromisoformat(str(day))
+        for cls, n in zip(CLASSES, tokens, strict=True):
+            if n:
+                out[(d, key, cls)] += int(n)
+    return out
+
+
+def _bill_cells(exp: Export, account: str | None) -> tuple[list[tuple[Any, ...]], dict[str, str]]:
+    acct_sql, params = ("AND account = ?", [account]) if account else ("", [])
+    rows = exp.con.execute(
+        f"""
+        SELECT day, model, any_value(model_label),
+               CASE WHEN token_class = 'cache_write_1h' THEN 'cache_write' ELSE token_class END AS cls,
+               sum(tokens), sum(quantity), sum(cost), list(DISTINCT unit)
+        FROM bill WHERE kind = 'inference' AND is_usage AND model IS NOT NULL {acct_sql}
+        GROUP BY day, model, cls
+        """,
+        params,
+    ).fetchall()
+    labels = {r[1]: r[2] for r in rows}
+    return rows, labels
+
+
+def _factor(ratios: list[Decimal]) -> Decimal | None:
+    for f in KNOWN_FACTORS:
+        close = [r for r in ratios if abs(r / f - 1) <= FACTOR_TOLERANCE]
+        if ratios and Decimal(len(close)) / len(ratios) >= CONSISTENT_SHARE:
+            return f
+    return None
+
+
+def reconcile(exp: Export, ledger: dict[tuple[date, str, str], int], account: str | None = None) -> Reconciliation:
+    rows, labels = _bill_cells(exp, account)
+    if not rows:
+        who = f" for account {account}" if account else ""
+        raise BillingInputError(f"{', '.join(exp.files)}: no Bedrock token usage rows{who} to reconcile")
+    first, last = exp.first_day, exp.last_day
+    cells: dict[tuple[str, str], dict[date, Cell]] = defaultdict(lambda: defaultdict(Cell))
+    for day, model, _label, cls, tokens, qty, cost, units in rows:
+        c = cells[(model, cls)][day]
+        c.billed_tokens += Decimal(tokens or 0)
+        c.billed_quantity += Decimal(qty or 0)
+        c.billed_usd += Decimal(cost or 0)
+        c.units.update(u for u in units if u)
+    after = 0
+    for (day, model, cls), n in ledger.items():
+        if day > last:
+            after += 1
+            continue
+        if day < first:
+            continue
+        cells[(model, cls)][day].ledger_tokens += n
+    findings: list[dict[str, Any]] = []
+    findings += _unit_mismatches(cells, labels)
+    factors = {(f["model"], f["token_class"]): Decimal(f["factor"]) for f in findings}
+    findings += _lags(cells, factors)
+    findings += _unmetered(cells, labels)
+    return Reconciliation(first, last, cells, labels, findings, after)
+
+
+def _num(d: Decimal) -> Decimal:
+    """Plain digits for JSON and Markdown: integral values without exponent or trailing zeros."""
+    return d.quantize(Decimal(1)) if d == d.to_integral_value() else d.normalize()
+
+
+def _unit_price(days: dict[date, Cell]) -> Decimal | None:
+    tok = sum((c.billed_tokens for c in days.values()), _ZERO)
+    usd = sum((c.billed_usd for c in days.values()), _ZERO)
+    return usd / tok if tok > 0 else None
+
+
+def _unit_mismatches(cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    out = []
+    for (model, cls), days in sorted(cells.items()):
+        both = {d: c for d, c in days.items() if c.ledger_tokens > 0 and c.billed_tokens > 0}
+        ratios = [c.billed_tokens / c.ledger_tokens for c in both.values()]
+        factor = _factor(ratios)
+        if factor is None:
+            continue
+        matching = {d: c for d, c in both.items() if abs(c.billed_tokens / c.ledger_tokens / factor - 1) <= FACTOR_TOLERANCE}
+        price = _unit_price(matching) or _ZERO
+        ledger_tokens = sum(c.ledger_tokens for c in matching.values())
+        billed_usd = sum((c.billed_usd for c in matching.values()), _ZERO)
+        expected = Decimal(ledger_tokens) * price
+        units = sorted({u for c in matching.values() for u in c.units})
+        if factor == 1000 and any("1k" in u.lower() or "1,000" in u for u in units):
+            why = "billed raw tokens as 1K units"
+        elif factor == 1000:
+            why = "billed 1000x the tokens metered"
+        elif factor < 1:
+            why = f"billed {1 / factor:.0f}x fewer tokens than metered (quantities entered in larger units)"
+        else:
+            why = f"billed {factor:.0f}x the tokens metered"
+        out.append(
+            {
+                "kind": "unit_mismatch",
+                "model": model,
+                "model_label": labels.get(model, model),
+                "token_class": cls,
+                "factor": _num(factor),
+                "explanation": why,
+                "pricing_units": units,
+                "days": len(matching),
+                "first_day": min(matching).isoformat(),
+                "last_day": max(matching).isoformat(),
+                "ledger_tokens": ledger_tokens,
+                "billed_tokens": _num(sum((c.billed_tokens for c in matching.values()), _ZERO)),
+                "unit_price_per_mtok": (price * _MTOK).quantize(Decimal("0.000001")),
+                "billed_usd": billed_usd.quantize(Decimal("0.000001")),
+                "expected_usd": expected.quantize(Decimal("0.000001")),
+                "overbilled_usd": (billed_usd - expected).quantize(Decimal("0.000001")),
+            }
+        )
+    return out
+
+
+def _lags(
+    cells: dict[tuple[str, str], dict[date, Cell]], factors: dict[tuple[str, str], Decimal]
+) -> list[dict[str, Any]]:
+    by_model: dict[str, dict[date, tuple[int, Decimal]]] = defaultdict(dict)
+    for (model, cls), days in cells.items():
+        # A class already found mis-scaled is compared at its corrected scale.
+        factor = factors.get((model, cls), Decimal(1))
+        for d, c in days.items():
+            lt, bt = by_model[model].get(d, (0, _ZERO))
+            by_model[model][d] = (lt + c.ledger_tokens, bt + c.billed_tokens / factor)
+    out = []
+    for model, days in sorted(by_model.items()):
+        if not any(b > 0 for _, b in days.values()) or not any(lt > 0 for lt, _ in days.values()):
+            continue
+        ordered = sorted(days)
+        run: list[date] = []
+        for d in ordered:
+            lt, bt = days[d]
+            if lt > 0 and bt == 0:
+                run.append(d)
+                continue
+            if run:
+                # The lump: the day after the gap bills (about) the gap's tokens on top of its own.
+                missing = sum(days[m][0] for m in run)
+                excess = bt - lt
+                lump = d if lt > 0 and excess > 0 and abs(excess / missing - 1) <= Decimal("0.25") else None
+                out.append(_lag(model, run, missing, d if lump else None, excess if lump else _ZERO))
+                run = []
+        if run:
+            out.append(_lag(model, run, sum(days[m][0] for m in run), None, _ZERO))
+    return out
+
+
+def _lag(model: str, run: list[date], missing: int, lump: date | None, excess: Decimal) -> dict[str, Any]:
+    return {
+        "kind": "billing_lag",
+        "model": model,
+        "days_missing_from_bill": [d.isoformat() for d in run],
+        "ledger_tokens_on_missing_days": missing,
+        "lump_day": lump.isoformat() if lump else None,
+        "lump_excess_tokens": _num(excess) if lump else 0,
+        "explanation": (
+            f"usage on {len(run)} day(s) the bill does not show, billed in one lump on {lump.isoformat()}"
+            if lump
+            else f"usage on {len(run)} day(s) the bill does not show yet"
+        ),
+    }
+
+
+def _unmetered(cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    models: dict[str, list[Cell]] = defaultdict(list)
+    for (model, _cls), days in cells.items():
+        models[model].extend(days.values())
+    out = []
+    for model, cs in sorted(models.items()):
+        if any(c.ledger_tokens for c in cs):
+            continue
+        tokens = sum((c.billed_tokens for c in cs), _ZERO)
+        if tokens <= 0:
+            continue
+        out.append(
+            {
+                "kind": "unmetered_usage",
+                "model": model,
+                "model_label": labels.get(model, model),
+                "billed_tokens": _num(tokens),
+                "billed_usd": sum((c.billed_usd for c in cs), _ZERO).quantize(Decimal("0.000001")),
+                "explanation": "the bill has usage of this model that never went through the gateway",
+            }
+        )
+    return out
+
+
+def summary(rec: Reconciliation) -> list[dict[str, Any]]:
+    out = []
+    for (model, cls), days in sorted(rec.cells.items()):
+        lt = sum(c.ledger_tokens for c in days.values())
+        bt = sum((c.billed_tokens for c in days.values()), _ZERO)
+        usd = sum((c.billed_usd for c in days.values()), _ZERO)
+        price = _unit_price(days)
+        out.append(
+            {
+                "model": model,
+                "token_class": cls,
+                "ledger_tokens": lt,
+                "billed_tokens": _num(bt),
+                "ratio": (bt / lt).quantize(Decimal("0.0001")) if lt else None,
+                "billed_usd": usd.quantize(Decimal("0.000001")),
+                "expected_usd": (Decimal(lt) * price).quantize(Decimal("0.000001")) if price is not None else None,
+            }
+        )
+    return out
+
+
+def markdown(rec: Reconciliation, ledger_desc: str, bill_files: Sequence[str]) -> str:
+    lines = [
+        "# Billing reconciliation",
+        "",
+        f"- Ledger: {ledger_desc}",
+        f"- Bill: {', '.join(bill_files)} ({rec.first_day.isoformat()} .. {rec.last_day.isoformat()})",
+        f"- Generated: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        "Tokens are counted per UTC day, model and token class. The bill's quantities are converted to tokens "
+        "with its own pricing unit (for example `1K tokens` means 1,000 tokens per unit). The unit price is what "
+        "the bill charged per million tokens; *expected* is the ledger's tokens at that price.",
+        "",
+        "## Findings",
+        "",
+    ]
+    if not rec.findings:
+        lines.append("The bill agrees with the ledger.")
+    for f in rec.findings:
+        if f["kind"] == "unit_mismatch":
+            lines += [
+                f"### Unit mismatch: {f['model_label']} {f['token_class']} billed at {f['factor']:f}x the metered tokens",
+                "",
+                f"{f['explanation']}. Over {f['days']} day(s) ({f['first_day']} .. {f['last_day']}) the gateway metered "
+                f"{f['ledger_tokens']:,} tokens; the bill shows {f['billed_tokens']:,} tokens "
+                f"(pricing unit {', '.join(f['pricing_units']) or 'n/a'}). At the billed unit price of "
+                f"${f['unit_price_per_mtok']} per million tokens the expected charge is ${f['expected_usd']:,}; "
+                f"the bill charged ${f['billed_usd']:,}, ${f['overbilled_usd']:,} too much.",
+                "",
+            ]
+        elif f["kind"] == "billing_lag":
+            lines += [f"### Billing lag: {f['model']}", "", f"{f['explanation']}: {', '.join(f['days_missing_from_bill'])} "
+                      f"({f['ledger_tokens_on_missing_days']:,} metered tokens).", ""]
+        else:
+            lines += [f"### Unmetered usage: {f['model_label']}", "", f"{f['explanation']}: {f['billed_tokens']:,} tokens, "
+                      f"${f['billed_usd']:,}.", ""]
+    if rec.ledger_days_after_bill:
+        lines += [f"Ledger usage after {rec.last_day.isoformat()} is not compared: the bill does not reach it yet.", ""]
+    lines += ["## Totals", "", "| model | class | metered tokens | billed tokens | ratio | expected USD | billed USD |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for s in summary(rec):
+        lines.append(
+            f"| {s['model']} | {s['token_class']} | {s['ledger_tokens']:,} | {s['billed_tokens']:,} | "
+            f"{s['ratio'] if s['ratio'] is not None else '-'} | {s['expected_usd'] if s['expected_usd'] is not None else '-'} | "
+            f"{s['billed_usd']} |"
+        )
+    flagged = {(f["model"], f.get("token_class")) for f in rec.findings}
+    flagged_models = {m for m, _ in flagged}
+    lines += ["", "## Day by day", ""]
+    for (model, cls), days in sorted(rec.cells.items()):
+        if (model, cls) not in flagged and model not in flagged_models:
+            continue
+        price = _unit_price(days) or _ZERO
+        lines += [
+            f"### {rec.labels.get(model, model)} ({model}), {cls}",
+            "",
+            "| day | metered tokens | billed quantity | unit | billed tokens | ratio | unit price $/Mtok | expected USD | billed USD |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for d in sorted(days):
+            c = days[d]
+            ratio = f"{c.billed_tokens / c.ledger_tokens:.4f}" if c.ledger_tokens else "-"
+            lines.append(
+                f"| {d.isoformat()} | {c.ledger_tokens:,} | {_num(c.billed_quantity):,} | {', '.join(sorted(c.units))} | "
+                f"{_num(c.billed_tokens):,} | {ratio} | {(price * _MTOK).quantize(Decimal('0.0001'))} | "
+                f"{(Decimal(c.ledger_tokens) * price).quantize(Decimal('0.01'))} | {c.billed_usd.quantize(Decimal('0.01'))} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="tokenfuse reconcile", description="Compare the gateway ledger with the bill.")
+    p.add_argument("--ledger", required=True, metavar="STORE_URL", help="sqlite:///path.db or postgresql://...")
+    p.add_argument("--billing", required=True, nargs="+", metavar="EXPORT", help="export files or folders")
+    p.add_argument("--account", help="only this usage account's bill rows (the account the gateway calls Bedrock from)")
+    p.add_argument("--all-protocols", action="store_true", help="compare every ledger row, not only protocol=bedrock")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--report", metavar="FILE", help="write a Markdown report a support engineer can follow")
+    args = p.parse_args(argv)
+    exp = load(args.billing)
+    ledger = read_ledger(args.ledger, None if args.all_protocols else "bedrock")
+    if not ledger:
+        raise BillingInputError(f"--ledger: the ledger has no billed (outcome 'ok') {'' if args.all_protocols else 'Bedrock '}rows")
+    rec = reconcile(exp, ledger, args.account)
+    desc = args.ledger.split("@")[-1] if "@" in args.ledger else args.ledger
+    if args.report:
+        Path(args.report).write_text(markdown(rec, desc, exp.files), encoding="utf-8")
+    if args.json:
+        from tokenfuse.billing.jsonout import dumps
+
+        print(dumps({"bill_first_day": rec.first_day.isoformat(), "bill_last_day": rec.last_day.isoformat(),
+                     "findings": rec.findings, "summary": summary(rec)}))
+    else:
+        if not rec.findings:
+            print("the bill agrees with the ledger")
+        for f in rec.findings:
+            print(f"{f['kind']}: {f.get('model_label', f['model'])} {f.get('token_class', '')} - {f['explanation']}"
+                  + (f" (billed ${f['billed_usd']}, expected ${f['expected_usd']})" if f["kind"] == "unit_mismatch" else ""))
+    return 0
