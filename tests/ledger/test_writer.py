@@ -258,3 +258,23 @@ def test_a_growing_backlog_is_reported_not_dropped(
 def test_unknown_store_url_is_refused() -> None:
     with pytest.raises(ValueError, match="not a supported URL"):
         LedgerWriter("mysql://x")
+
+
+def test_a_process_that_exits_without_close_still_commits(sqlite_url: str) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        from tests.ledger.conftest import make_row
+        from tokenfuse.ledger.writer import LedgerWriter
+        w = LedgerWriter({sqlite_url!r}, batch_interval_ms=600_000, batch_size=1_000_000)
+        w.start()
+        for i in range(5000):
+            w.write(make_row(i))
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=root, timeout=120)
+    assert _count(sqlite_url) == 5000
