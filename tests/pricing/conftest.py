@@ -15,6 +15,11 @@ LITELLM_SAMPLE = """{
         "cache_read_input_token_cost": 2e-07,
         "cache_creation_input_token_cost": 2.5e-06,
         "cache_creation_input_token_cost_above_1hr": 4e-06,
+        "input_cost_per_token_above_200k_tokens": 4e-06,
+        "output_cost_per_token_above_200k_tokens": 1.8e-05,
+        "cache_read_input_token_cost_above_200k_tokens": 4e-07,
+        "cache_creation_input_token_cost_above_200k_tokens": 5e-06,
+        "cache_creation_input_token_cost_above_1hr_above_200k_tokens": 8e-06,
         "litellm_provider": "anthropic",
         "mode": "chat"
     },

@@ -281,3 +281,14 @@ def test_a_word_appended_to_a_catalog_id_never_falls_back_to_that_id(model: str,
 def test_the_latest_alias_is_an_explicit_alias_not_a_reduction(book: PriceBook) -> None:
     res = book.resolve("claude-3-5-haiku-latest")
     assert res is not None and res.steps == ("alias of 'claude-3-5-haiku'",)
+
+
+def test_sonnet_4_and_4_5_carry_the_long_context_tier(book: PriceBook) -> None:
+    for model in ("claude-sonnet-4-5-20250929", "claude-sonnet-4-20250514"):
+        price = book.require(model)
+        assert price.long_context is not None and price.long_context_threshold == 200_000
+        assert (price.long_context.input, price.long_context.output) == (D("6"), D("22.50"))
+        assert price.long_context.cache_write_1h == D("12")
+    regional = book.require("eu.anthropic.claude-sonnet-4-5-20250929-v1:0")
+    assert regional.long_context is not None and regional.long_context.input == D("6.6")
+    assert book.require("claude-sonnet-4-6").long_context is None

@@ -111,3 +111,12 @@ def test_missing_litellm_file_in_config(tmp_path: Path, capsys: pytest.CaptureFi
 def test_dispatcher_routes_prices(capsys: pytest.CaptureFixture[str]) -> None:
     assert dispatcher.main(["prices", "moonshotai.kimi-k2.5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["prices"]["output"] == "3"
+
+
+def test_long_context_tier_is_shown(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["claude-sonnet-4-5", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["prices"]["long_context"]["above_input_tokens"] == 200_000
+    assert doc["prices"]["long_context"]["output"] == "22.5"
+    assert main(["claude-sonnet-4-5"]) == 0
+    assert "above 200,000 input tokens" in capsys.readouterr().out

@@ -16,9 +16,19 @@ def test_fields_map_to_our_classes_per_million_exactly(litellm_file: str) -> Non
     sonnet = prices["claude-sonnet-4-5"]
     assert (sonnet.input, sonnet.output) == (D("2"), D("12"))
     assert (sonnet.cache_read, sonnet.cache_write, sonnet.cache_write_1h) == (D("0.2"), D("2.5"), D("4"))
+    assert sonnet.long_context is not None and sonnet.long_context_threshold == 200_000
+    lc = sonnet.long_context
+    assert (lc.input, lc.output, lc.cache_read, lc.cache_write, lc.cache_write_1h) == (
+        D("4"),
+        D("18"),
+        D("0.4"),
+        D("5"),
+        D("8"),
+    )
     mini = prices["gpt-4o-mini"]
     assert (mini.input, mini.output, mini.cache_read) == (D("0.15"), D("0.6"), D("0.075"))
     assert mini.cache_write is None and mini.cache_write_1h is None
+    assert mini.long_context is None
     for price in prices.values():
         for value in (price.input, price.output, price.cache_read, price.cache_write, price.cache_write_1h):
             assert value is None or isinstance(value, Decimal)

@@ -85,3 +85,44 @@ def test_cost_is_additive_and_exact(a: Usage, b: Usage) -> None:
         + a.output * 15
     )
     assert per_million == expected
+
+
+LONG = Price(
+    model="claude-sonnet-4-5",
+    input=Decimal("3"),
+    output=Decimal("15"),
+    cache_read=Decimal("0.30"),
+    cache_write=Decimal("3.75"),
+    cache_write_1h=Decimal("6"),
+    long_context_threshold=200_000,
+    long_context=Price(
+        model="claude-sonnet-4-5",
+        input=Decimal("6"),
+        output=Decimal("22.50"),
+        cache_read=Decimal("0.60"),
+        cache_write=Decimal("7.50"),
+        cache_write_1h=Decimal("12"),
+    ),
+)
+
+
+def test_long_context_tier_starts_above_the_threshold_counting_cache_tokens() -> None:
+    at = Usage(input_uncached=100_000, cache_read=100_000, output=1_000)
+    over = Usage(input_uncached=100_000, cache_read=100_000, cache_write=1, output=1_000)
+    # 100000*3 + 100000*0.30 + 1000*15 = 345000 per million
+    assert LONG.cost(at) == Decimal("0.345")
+    # the whole request moves to the tier: 100000*6 + 100000*0.60 + 1*7.50 + 1000*22.50
+    assert LONG.cost(over) == Decimal("0.6825075")
+
+
+def test_dearest_input_rate_with_a_prompt_size() -> None:
+    assert LONG.dearest_input_rate(cache_1h=True) == Decimal("6")
+    assert LONG.dearest_input_rate(cache_1h=True, input_tokens=200_000) == Decimal("6")
+    assert LONG.dearest_input_rate(cache_1h=True, input_tokens=200_001) == Decimal("12")
+    assert LONG.dearest_input_rate(cache_1h=False, input_tokens=300_000) == Decimal("7.50")
+
+
+def test_scaled_scales_the_long_context_tier_too() -> None:
+    up = LONG.scaled(Decimal("1.10"))
+    assert up.long_context is not None and up.long_context_threshold == 200_000
+    assert (up.long_context.input, up.long_context.output) == (Decimal("6.6"), Decimal("24.75"))

@@ -7,6 +7,7 @@ tried most specific first, so an exact entry always beats a reduced name.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections.abc import Iterable, Mapping
@@ -259,6 +260,8 @@ def parse_catalog(doc: Any, where: str) -> Layer:
             raise ValueError(f"{where}: models.{model} must be an object")
         path = f"{where}: models.{model}"
         price = price_from_fields(model, {k: spec.get(k) for k in PRICE_FIELDS}, path)
+        if (tier := spec.get("long_context")) is not None:
+            price = _with_long_context(price, tier, path)
         premium = spec.get("bedrock_geo_premium")
         source = spec.get("source")
         if not isinstance(source, str) or not source:
@@ -271,3 +274,14 @@ def parse_catalog(doc: Any, where: str) -> Layer:
                 raise ValueError(f"{path}: alias {alias!r} is already taken")
             aliases[alias] = model
     return Layer(LAYER_CATALOG, entries, aliases)
+
+
+def _with_long_context(price: Price, tier: Any, path: str) -> Price:
+    where = f"{path}.long_context"
+    if not isinstance(tier, dict):
+        raise ValueError(f"{where}: expected an object with above_input_tokens and the five rates")
+    threshold = tier.get("above_input_tokens")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold <= 0:
+        raise ValueError(f"{where}.above_input_tokens: expected a positive whole number of tokens")
+    long = price_from_fields(price.model, {k: tier.get(k) for k in PRICE_FIELDS}, where)
+    return dataclasses.replace(price, long_context_threshold=threshold, long_context=long)

@@ -64,11 +64,21 @@ def _rates(price: Price) -> tuple[str, ...]:
     return tuple(_cell(v) for v in price.as_dict().values())
 
 
+def _price_json(price: Price) -> dict[str, object]:
+    doc: dict[str, object] = dict(price.as_dict())
+    if price.long_context is not None:
+        doc["long_context"] = {
+            "above_input_tokens": price.long_context_threshold,
+            **price.long_context.as_dict(),
+        }
+    return doc
+
+
 def _show_all(book: PriceBook, as_json: bool) -> int:
     entries = book.entries()
     if as_json:
         models = {
-            name: {**price.as_dict(), "from": layer, "source": source}
+            name: {**_price_json(price), "from": layer, "source": source}
             for name, price, layer, source in entries
         }
         print(json.dumps({"unit": "USD per million tokens", "models": models}, indent=2))
@@ -77,6 +87,11 @@ def _show_all(book: PriceBook, as_json: bool) -> int:
     rows += [(name, *_rates(price), layer) for name, price, layer, _ in entries]
     print("USD per million tokens; '-' = no such token class (billed at the input rate)\n")
     print(_table(rows))
+    tiered = [name for name, price, _, _ in entries if price.long_context is not None]
+    if tiered:
+        print(
+            f"\nLong-context tier (higher rates above a prompt size): {', '.join(tiered)}; see `tokenfuse prices MODEL`."
+        )
     return 0
 
 
@@ -90,7 +105,7 @@ def _resolution_json(res: Resolution) -> dict[str, object]:
         "inference_profile": res.geo,
         "regional_premium": None if res.premium is None else plain(res.premium),
         "unit": "USD per million tokens",
-        "prices": res.price.as_dict(),
+        "prices": _price_json(res.price),
     }
 
 
@@ -122,9 +137,15 @@ def _show_one(book: PriceBook, model: str, as_json: bool) -> int:
     labels = dict(
         zip(PRICE_FIELDS, ("input", "output", "cache read", "cache write 5m", "cache write 1h"), strict=True)
     )
-    for field, value in res.price.as_dict().items():
-        shown = value if value is not None else f"- (billed at input rate {plain(res.price.input)})"
-        print(f"  {labels[field]:<15} {shown}")
+    tiers = [("", res.price)]
+    if res.price.long_context is not None:
+        tiers.append((f"above {res.price.long_context_threshold:,} input tokens", res.price.long_context))
+    for title, price in tiers:
+        if title:
+            print(f"\n{title} (the whole request)")
+        for field, value in price.as_dict().items():
+            shown = value if value is not None else f"- (billed at input rate {plain(price.input)})"
+            print(f"  {labels[field]:<15} {shown}")
     return 0
 
 

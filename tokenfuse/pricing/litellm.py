@@ -15,6 +15,7 @@ odd row must not stop the gateway from starting.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 from typing import Any
@@ -27,6 +28,15 @@ _FIELDS: dict[str, str] = {
     "cache_write_1h": "cache_creation_input_token_cost_above_1hr",
 }
 _NO_OUTPUT_MODES = frozenset({"embedding", "moderation", "rerank"})
+# LiteLLM's names for the long-context tier (Claude Sonnet 4/4.5 above 200K input tokens).
+_LONG_THRESHOLD = 200_000
+_LONG_FIELDS: dict[str, str] = {
+    "input": "input_cost_per_token_above_200k_tokens",
+    "output": "output_cost_per_token_above_200k_tokens",
+    "cache_read": "cache_read_input_token_cost_above_200k_tokens",
+    "cache_write": "cache_creation_input_token_cost_above_200k_tokens",
+    "cache_write_1h": "cache_creation_input_token_cost_above_1hr_above_200k_tokens",
+}
 
 
 def load_litellm(path: str) -> dict[str, Price]:
@@ -73,14 +83,10 @@ def _entry(model: str, spec: dict[str, Any]) -> Price | None:
         output = _per_million(raw_output)
     if output is None:
         return None
-    optional: dict[str, Decimal | None] = {}
-    for ours, theirs in _FIELDS.items():
-        raw = spec.get(theirs)
-        value = None if raw is None else _per_million(raw)
-        if raw is not None and value is None:
-            return None
-        optional[ours] = value
-    return Price(
+    optional = _optional(spec, _FIELDS)
+    if optional is None:
+        return None
+    price = Price(
         model=model,
         input=input_,
         output=output,
@@ -88,3 +94,30 @@ def _entry(model: str, spec: dict[str, Any]) -> Price | None:
         cache_write=optional["cache_write"],
         cache_write_1h=optional["cache_write_1h"],
     )
+    long = _optional(spec, _LONG_FIELDS)
+    if long is None:
+        return None
+    long_input, long_output = long["input"], long["output"]
+    if long_input is None or long_output is None:
+        return price
+    tier = Price(
+        model=model,
+        input=long_input,
+        output=long_output,
+        cache_read=long["cache_read"],
+        cache_write=long["cache_write"],
+        cache_write_1h=long["cache_write_1h"],
+    )
+    return dataclasses.replace(price, long_context_threshold=_LONG_THRESHOLD, long_context=tier)
+
+
+def _optional(spec: dict[str, Any], fields: dict[str, str]) -> dict[str, Decimal | None] | None:
+    """Per-million values for ``fields``; None when a present value is unusable."""
+    out: dict[str, Decimal | None] = {}
+    for ours, theirs in fields.items():
+        raw = spec.get(theirs)
+        value = None if raw is None else _per_million(raw)
+        if raw is not None and value is None:
+            return None
+        out[ours] = value
+    return out

@@ -25,6 +25,11 @@ class Price:
     cache_read: Decimal | None = None
     cache_write: Decimal | None = None
     cache_write_1h: Decimal | None = None
+    # Some models bill a whole request at higher rates once its input (cache
+    # reads and writes included) exceeds a threshold: Claude Sonnet 4/4.5 with
+    # the 1M-token context window above 200K input tokens.
+    long_context_threshold: int | None = None
+    long_context: Price | None = None
 
     @property
     def supports_cache(self) -> bool:
@@ -41,8 +46,18 @@ class Price:
             return self.input if value is None else value
         raise KeyError(f"unknown token class {token_class!r}")
 
+    def tier_for(self, input_tokens: int) -> Price:
+        """The rates a request with this many input tokens (all classes) is billed at."""
+        if self.long_context is not None and self.long_context_threshold is not None:
+            if input_tokens > self.long_context_threshold:
+                return self.long_context
+        return self
+
     def cost(self, usage: Usage) -> Decimal:
         """Exact USD cost; no rounding (scaleb shifts the exponent, it never rounds)."""
+        tier = self.tier_for(usage.input_total)
+        if tier is not self:
+            return tier.cost(usage)
         total = (
             usage.input_uncached * self.input
             + usage.cache_read * self.rate("cache_read")
@@ -52,8 +67,14 @@ class Price:
         )
         return total.scaleb(-6)
 
-    def dearest_input_rate(self, cache_1h: bool) -> Decimal:
-        """The highest per-million rate any input token of a request can be billed at."""
+    def dearest_input_rate(self, cache_1h: bool, input_tokens: int | None = None) -> Decimal:
+        """The highest per-million rate any input token of a request can be billed at.
+
+        Pass ``input_tokens`` (all input classes) to include a long-context tier
+        the request would fall into; without it the standard tier is assumed.
+        """
+        if input_tokens is not None and (tier := self.tier_for(input_tokens)) is not self:
+            return tier.dearest_input_rate(cache_1h)
         rates = [self.input, self.rate("cache_write")]
         if cache_1h:
             rates.append(self.rate("cache_write_1h"))
@@ -72,6 +93,8 @@ class Price:
             cache_read=mul(self.cache_read),
             cache_write=mul(self.cache_write),
             cache_write_1h=mul(self.cache_write_1h),
+            long_context_threshold=self.long_context_threshold,
+            long_context=None if self.long_context is None else self.long_context.scaled(factor, model),
         )
 
     def as_dict(self) -> dict[str, str | None]:
