@@ -222,6 +222,11 @@ class Gateway:
                            "routes (see docs/gateway.md)", "not_found")
         req.route = route
         req.protocol = route.protocol
+        ctype = req.headers.get("content-type")
+        if ctype is not None and "json" not in ctype:
+            raise _Refused(
+                "bad_request", f"content-type {ctype!r} is not JSON; send the body as application/json", "bad_request"
+            )
         body = await self._read_body(receive, req)
         req.body = body
         url = self._public_url(scope, req.raw_path)
