@@ -120,3 +120,17 @@ def test_long_context_tier_is_shown(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["prices"]["long_context"]["output"] == "22.5"
     assert main(["claude-sonnet-4-5"]) == 0
     assert "above 200,000 input tokens" in capsys.readouterr().out
+
+
+def test_issue_example_config_prices_test_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "issue-example.yaml"
+    if not fixture.exists():
+        pytest.skip("tests/fixtures/issue-example.yaml is not present")
+    for var in ("TF_KEY_ALICE", "TF_KEY_BOB", "TF_AWS_SECRET_ALICE"):
+        monkeypatch.setenv(var, f"value-of-{var.lower()}")
+    assert main(["test-model", "--json", "--config", str(fixture)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["from"] == "config"
+    assert doc["prices"]["cache_write_1h"] == "2"
