@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,19 +41,30 @@ class Settings:
     strict: bool = False
     exclude: tuple[str, ...] = ()
     per_file_ignores: tuple[tuple[str, frozenset[str]], ...] = field(default_factory=tuple)
+    # Patterns in exclude and per-file-ignores are relative to this directory
+    # (the one holding pyproject.toml); empty means the working directory.
+    root: str = ""
 
     @property
     def enabled(self) -> frozenset[str]:
         return self.select - self.ignore
 
-    def excluded(self, rel_path: str) -> bool:
+    def relative(self, path: str) -> str:
+        rel = os.path.relpath(os.path.abspath(path), self.root or os.getcwd())
+        return rel.replace(os.sep, "/")
+
+    def excluded(self, path: str) -> bool:
+        rel_path = self.relative(path)
         parts = rel_path.split("/")
         for pattern in self.exclude:
             if fnmatch.fnmatch(rel_path, pattern) or any(fnmatch.fnmatch(p, pattern) for p in parts):
                 return True
         return False
 
-    def ignored_in(self, rel_path: str) -> frozenset[str]:
+    def ignored_in(self, path: str) -> frozenset[str]:
+        if not self.per_file_ignores:
+            return frozenset()
+        rel_path = self.relative(path)
         out: set[str] = set()
         for pattern, codes in self.per_file_ignores:
             if fnmatch.fnmatch(rel_path, pattern):
@@ -104,12 +116,13 @@ def load(pyproject: Path) -> Settings:
             f"{pyproject}: cannot read it as TOML ({exc}); fix the file or pass --config"
         ) from exc
     table = data.get("tool", {}).get("tokenfuse", {}).get("lint")
+    root = str(pyproject.resolve().parent)
     if table is None:
-        return Settings(exclude=DEFAULT_EXCLUDE)
+        return Settings(exclude=DEFAULT_EXCLUDE, root=root)
     where = f"{pyproject} [tool.tokenfuse.lint]"
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: must be a table")
-    return from_table(table, where)
+    return replace(from_table(table, where), root=root)
 
 
 def from_table(table: dict[str, Any], where: str) -> Settings:
