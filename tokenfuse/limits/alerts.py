@@ -121,7 +121,8 @@ def _iso(d: datetime | None) -> str | None:
 
 
 def _pct(label: str) -> str:
-    return f"{Decimal(label) * 100:g}%"
+    pct = Decimal(label) * 100
+    return f"{int(pct)}%" if pct == pct.to_integral_value() else f"{pct.normalize():f}%"
 
 
 def _rolling_seconds(window: str) -> int | None:
@@ -305,6 +306,7 @@ class AlertManager:
         self._wake = asyncio.Event()
         if self.queue:
             self._wake.set()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
         if self.redis_url:
             import redis.asyncio as aioredis
 
@@ -360,8 +362,7 @@ class AlertManager:
             await asyncio.gather(*(self._post(w.url, w.headers, payload) for w in self.config.webhooks))
 
     async def _post(self, url: str, headers: dict[str, str], payload: dict[str, Any]) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S))
+        assert self._http is not None
         try:
             async with self._http.post(url, json=payload, headers=headers) as resp:
                 if resp.status >= 400:

@@ -1,0 +1,294 @@
+"""Budget alerts: thresholds, rate projection, dedupe across replicas, webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.limits.pgschema import private_schema_url
+from tokenfuse.config import AlertsConfig
+from tokenfuse.limits.alerts import AlertManager, window_identity
+from tokenfuse.limits.budgets import BudgetStatus
+
+MONTH_START = datetime(2026, 11, 1, tzinfo=UTC)
+MONTH_END = datetime(2026, 12, 1, tzinfo=UTC)
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC).timestamp()
+
+
+def status(
+    spent: str,
+    *,
+    name: str = "alice-monthly",
+    limit: str | None = "200",
+    window: str = "month",
+    start: datetime | None = MONTH_START,
+    resets: datetime | None = MONTH_END,
+    requests: tuple[int, int | None] = (0, None),
+    tokens: tuple[dict[str, int], dict[str, int]] = ({}, {}),
+) -> BudgetStatus:
+    return BudgetStatus(
+        name=name,
+        window=window,
+        window_start=start,
+        resets_at=resets,
+        limit_usd=None if limit is None else Decimal(limit),
+        limit_requests=requests[1],
+        limit_tokens=tokens[1],
+        spent_usd=Decimal(spent),
+        spent_requests=requests[0],
+        spent_tokens=tokens[0],
+        reserved_usd=Decimal(0),
+        reserved_requests=0,
+        reserved_tokens={},
+        percent=0.0,
+        source="config",
+    )
+
+
+def manager(
+    url: str, webhooks: list[str] | None = None, redis_url: str | None = None, **kw: Any
+) -> AlertManager:
+    cfg = AlertsConfig.model_validate({"webhooks": webhooks or [], "rate_check": kw.pop("rate_check", True)})
+    return AlertManager(cfg, url, redis_url, **kw)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+def queued(m: AlertManager) -> list[tuple[str, str]]:
+    return [(a.budget, a.label) for a in m.queue]
+
+
+def test_observe_is_synchronous_and_needs_no_event_loop(sqlite_url: str) -> None:
+    # The request path calls observe(); it must not be able to await network I/O.
+    assert not inspect.iscoroutinefunction(AlertManager.observe)
+    m = manager(sqlite_url, ["http://127.0.0.1:9/dead"])
+    assert m.observe([status("150")], now=NOW) is None  # no loop running here at all
+    assert queued(m) == [("alice-monthly", "0.2"), ("alice-monthly", "0.5"), ("alice-monthly", "0.75")]
+
+
+def test_each_threshold_is_queued_once_per_window(sqlite_url: str) -> None:
+    m = manager(sqlite_url, rate_check=False)
+    m.observe([status("10")], now=NOW)
+    assert queued(m) == []
+    m.observe([status("40")], now=NOW)
+    m.observe([status("41")], now=NOW)
+    m.observe([status("120")], now=NOW)
+    m.observe([status("200")], now=NOW)
+    assert [label for _, label in queued(m)] == ["0.2", "0.5", "0.75", "1"]
+    # A new window starts the thresholds again.
+    m.queue.clear()
+    m.observe([status("45", start=MONTH_END, resets=MONTH_END + timedelta(days=31))], now=NOW)
+    assert [label for _, label in queued(m)] == ["0.2"]
+
+
+def test_the_fullest_dimension_decides(sqlite_url: str) -> None:
+    m = manager(sqlite_url, rate_check=False)
+    m.observe([status("1", requests=(80, 100), tokens=({"output": 10}, {"output": 1000}))], now=NOW)
+    alerts = list(m.queue)
+    assert [a.label for a in alerts] == ["0.2", "0.5", "0.75"]
+    assert {a.metric for a in alerts} == {"requests"}
+    assert alerts[-1].spent == "80" and alerts[-1].limit == "100"
+    m.queue.clear()
+    m.observe([status("0", limit=None, name="tok", tokens=({"output": 600}, {"output": 1000}))], now=NOW)
+    assert [(a.metric, a.label) for a in m.queue] == [("tokens.output", "0.2"), ("tokens.output", "0.5")]
+
+
+def test_rolling_windows_dedupe_per_span_of_their_length() -> None:
+    s = status("0", window="rolling 1h", start=None, resets=None)
+    key1, ttl, rolling = window_identity(s, 7200.0)
+    assert rolling == 3600 and ttl is not None and ttl >= 3600
+    assert window_identity(s, 7200.0 + 3599)[0] == key1
+    assert window_identity(s, 7200.0 + 3600)[0] != key1
+    assert window_identity(status("0", window="total", start=None, resets=None), 1.0)[0] == "total"
+
+
+def test_rate_alert_when_last_hour_would_exhaust_before_reset(sqlite_url: str) -> None:
+    m = manager(sqlite_url, rate_min_span_s=300)
+    resets = datetime.fromtimestamp(NOW + 5 * 3600, UTC)
+    # $1 a minute, $100 budget, $10 spent, 5 hours left: runs out long before the reset.
+    for i in range(11):
+        m.observe(
+            [status(str(1 + i), limit="100", window="day", start=MONTH_START, resets=resets)],
+            now=NOW + 60 * i,
+        )
+    rate = [a for a in m.queue if a.kind == "rate"]
+    assert len(rate) == 1
+    assert rate[0].projected_exhaustion is not None
+    assert rate[0].projected_exhaustion < resets
+    payload = rate[0].payload()
+    assert payload["kind"] == "rate" and payload["threshold"] is None and "run out" in payload["text"]
+    for i in range(11, 20):
+        m.observe(
+            [status(str(1 + i), limit="100", window="day", start=MONTH_START, resets=resets)],
+            now=NOW + 60 * i,
+        )
+    assert len([a for a in m.queue if a.kind == "rate"]) == 1
+
+
+def test_no_rate_alert_when_the_pace_fits(sqlite_url: str) -> None:
+    m = manager(sqlite_url, rate_min_span_s=300)
+    resets = datetime.fromtimestamp(NOW + 3600, UTC)
+    for i in range(11):
+        # $0.10 a minute with $80 headroom and an hour left.
+        m.observe([status(f"{10 + i / 10}", limit="100", window="day", resets=resets)], now=NOW + 60 * i)
+    assert [a for a in m.queue if a.kind == "rate"] == []
+
+
+def test_full_queue_drops_the_oldest_with_a_warning(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    m = manager(sqlite_url, queue_size=2, rate_check=False)
+    with caplog.at_level(logging.WARNING, "tokenfuse.alerts"):
+        m.observe([status("120", name="a"), status("120", name="b")], now=NOW)
+    assert m.dropped == 2
+    assert queued(m) == [("b", "0.2"), ("b", "0.5")]
+    assert "alert queue full" in caplog.text
+
+
+class Hooks:
+    """A tiny webhook receiver; a slow one holds every request until the test ends."""
+
+    def __init__(self, slow: bool = False) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.slow = slow
+        self.release = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append({"body": await request.json(), "headers": dict(request.headers)})
+        if self.slow:
+            await self.release.wait()
+        return web.Response(text="ok")
+
+    async def __aenter__(self) -> Hooks:
+        app = web.Application()
+        app.router.add_post("/hook/{secret}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}/hook/T000-secret"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        self.release.set()
+        await self.runner.cleanup()
+
+
+async def wait_for(predicate: Any, limit_s: float = 5.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while asyncio.get_running_loop().time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(predicate())
+
+
+def test_webhook_gets_slack_compatible_json_and_log_gets_one_line(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with Hooks() as hooks:
+            cfg = AlertsConfig.model_validate(
+                {"webhooks": [{"url": hooks.url, "headers": {"X-Team": "finops"}}], "thresholds": [0.75]}
+            )
+            m = AlertManager(cfg, sqlite_url)
+            await m.start()
+            m.observe([status("150.5")], now=NOW)
+            assert await wait_for(lambda: len(hooks.received) == 1)
+            await m.stop()
+        got = hooks.received[0]
+        body = got["body"]
+        assert got["headers"]["X-Team"] == "finops"
+        assert isinstance(body["text"], str) and "alice-monthly" in body["text"] and "75%" in body["text"]
+        assert body["budget"] == "alice-monthly"
+        assert body["threshold"] == 0.75
+        assert body["percent"] == 75.25
+        assert body["spent"] == "150.50" and body["limit"] == "200.00" and body["metric"] == "usd"
+        assert body["window"] == "month"
+        assert body["resets_at"] == "2026-12-01T00:00:00+00:00"
+        lines = [r.getMessage() for r in caplog.records if r.name == "tokenfuse.alerts"]
+        alert_lines = [json.loads(x) for x in lines if x.startswith("{")]
+        assert len(alert_lines) == 1 and alert_lines[0]["event"] == "budget_alert"
+
+    with caplog.at_level(logging.INFO, "tokenfuse.alerts"):
+        asyncio.run(main())
+
+
+def _two_replicas(url: str, redis_url: str | None = None) -> None:
+    budget = f"shared-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        async with Hooks() as hooks:
+            a = manager(url, [hooks.url], redis_url, rate_check=False)
+            b = manager(url, [hooks.url], redis_url, rate_check=False)
+            await a.start()
+            await b.start()
+            # Both replicas see the same spend cross the same thresholds.
+            for spent in ("50", "110", "160", "205"):
+                a.observe([status(spent, name=budget)], now=NOW)
+                b.observe([status(spent, name=budget)], now=NOW)
+            await a.stop()
+            await b.stop()
+        labels = sorted(h["body"]["threshold"] for h in hooks.received)
+        assert labels == [0.2, 0.5, 0.75, 1.0]
+        assert len(a.sent) + len(b.sent) == 4
+
+    asyncio.run(main())
+
+
+def test_two_replicas_sharing_sqlite_fire_each_threshold_once(sqlite_url: str) -> None:
+    _two_replicas(sqlite_url)
+
+
+@pytest.fixture
+def pg_url(postgres_url: str) -> Iterator[str]:
+    yield from private_schema_url(postgres_url)
+
+
+def test_two_replicas_sharing_postgresql_fire_each_threshold_once(pg_url: str) -> None:
+    _two_replicas(pg_url)
+
+
+def test_two_replicas_sharing_redis_fire_each_threshold_once(sqlite_url: str, redis_url: str) -> None:
+    _two_replicas(sqlite_url, redis_url)
+
+
+def test_dead_and_slow_webhooks_do_not_block_other_work(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        async with Hooks(slow=True) as slow:
+            m = manager(sqlite_url, ["http://127.0.0.1:1/closed-port", slow.url], rate_check=False)
+            await m.start()
+            m.observe([status("45")], now=NOW)
+            # While the slow hook holds the sender, the event loop (i.e. requests) keeps running
+            # and later observations still queue.
+            assert await wait_for(lambda: len(slow.received) == 1)
+            m.observe([status("160")], now=NOW)
+            assert [a.label for a in m.queue] == ["0.5", "0.75"]
+            await m.stop(drain_timeout_s=0.2)
+        assert "closed-port" not in caplog.text  # URL paths may carry secrets
+        assert "alert webhook http://127.0.0.1:1/... failed" in caplog.text
+        # The alert was still logged even though no webhook took it.
+        assert [p["threshold"] for p in m.sent] == [0.2]
+
+    with caplog.at_level(logging.WARNING, "tokenfuse.alerts"):
+        asyncio.run(main())
