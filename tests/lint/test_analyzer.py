@@ -1,0 +1,187 @@
+"""Targeted cases for the analyzer: how names, dicts, wrappers and loops are resolved."""
+
+from __future__ import annotations
+
+import textwrap
+
+from tokenfuse.lint.config import Settings
+from tokenfuse.lint.engine import lint_source
+
+
+def _lint(src: str, **settings: object) -> list[tuple[int, str]]:
+    found = lint_source(textwrap.dedent(src), "m.py", Settings(**settings))  # type: ignore[arg-type]
+    return [(f.line, f.rule) for f in found]
+
+
+def _messages(src: str, **settings: object) -> list[str]:
+    return [f.message for f in lint_source(textwrap.dedent(src), "m.py", Settings(**settings))]  # type: ignore[arg-type]
+
+
+OPENAI = "from openai import OpenAI\nclient = OpenAI()\n"
+
+
+def test_raw_response_and_copy_are_still_calls() -> None:
+    src = OPENAI + "client.chat.completions.with_raw_response.create(model='m', messages=[])\n"
+    src += "client.copy(timeout=1).responses.create(model='m', input='x')\n"
+    assert _lint(src) == [(3, "TF001"), (4, "TF001")]
+
+
+def test_rebinding_a_name_forgets_the_client() -> None:
+    src = OPENAI + "client = make_other()\nclient.responses.create(model='m', input='x')\n"
+    # `responses.create` on an unknown object only counts in a module that imports openai.
+    assert _lint(src) == [(4, "TF001")]
+    assert _lint("client = make()\nclient.responses.create(model='m', input='x')\n") == []
+
+
+def test_self_attribute_client_and_annotations() -> None:
+    src = """\
+    from typing import Optional
+    import anthropic
+    from openai import OpenAI
+
+    class Bot:
+        client: Optional[OpenAI]
+        claude: "anthropic.Anthropic"
+
+        def go(self):
+            self.client.completions.create(model="m", prompt="p")
+            self.claude.messages.create(model="c", max_tokens=99_999, messages=[])
+    """
+    assert _lint(src) == [(10, "TF001"), (11, "TF005")]
+
+
+def test_dict_mutations_are_followed() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        a = {"model": "m"}
+        a.update(max_tokens=5)
+        client.chat.completions.create(**a)
+        b = dict(model="m")
+        b.setdefault("max_completion_tokens", 5)
+        client.chat.completions.create(**b)
+        c = {"model": "m", **defaults}
+        client.chat.completions.create(**c)
+        d = {"model": "m"}
+        client.chat.completions.create(**d)
+    """)
+    assert _lint(src) == [(12, "TF001")]
+    assert (10, "TF001") in _lint(src, strict=True)
+
+
+def test_extra_body_counts_as_a_limit() -> None:
+    src = OPENAI + "client.chat.completions.create(model='m', messages=[], extra_body={'max_tokens': 10})\n"
+    assert _lint(src) == []
+
+
+def test_ceiling_arithmetic_and_boundary() -> None:
+    src = OPENAI + "client.chat.completions.create(model='m', messages=[], max_tokens=32 * 1000)\n"
+    src += "client.chat.completions.create(model='m', messages=[], max_tokens=32 * 1000 + 1)\n"
+    assert _lint(src) == [(4, "TF005")]
+    assert _lint(src, max_tokens_ceiling=40_000) == []
+
+
+def test_bedrock_family_specific_keys() -> None:
+    src = """\
+    import json, boto3
+    brt = boto3.client("bedrock-runtime")
+    brt.invoke_model(modelId="mistral.mistral-large-2402-v1:0", body=json.dumps({"prompt": "x", "max_tokens": 9}))
+    brt.invoke_model(modelId="cohere.embed-english-v3", body=json.dumps({"texts": ["x"]}))
+    brt.invoke_model(modelId="amazon.titan-text-lite-v1", body=json.dumps({"inputText": "x", "maxTokenCount": 9}))
+    brt.invoke_model(modelId=some_model, body=json.dumps({"prompt": "x", "max_gen_len": 9}))
+    """
+    found = _lint(src)
+    assert found == [(5, "TF002")]
+    assert "'textGenerationConfig.maxTokenCount'" in _messages(src)[0]
+
+
+def test_converse_request_dict_spread() -> None:
+    src = """\
+    import boto3
+    brt = boto3.client("bedrock-runtime")
+    req = {"modelId": "x", "messages": [], "inferenceConfig": {"maxTokens": 100_000}}
+    brt.converse(**req)
+    brt.converse(**{"modelId": "x", "messages": []})
+    """
+    assert _lint(src) == [(3, "TF005"), (5, "TF002")]
+
+
+def test_other_aws_clients_are_not_bedrock() -> None:
+    src = 'import boto3\nsm = boto3.client("sagemaker-runtime")\nsm.invoke_model(modelId="m", body=b"")\n'
+    assert _lint(src) == []
+
+
+def test_wrapper_forwarding_reports_each_caller_once() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        class Svc:
+            def ask(self, prompt, **kwargs):
+                return client.chat.completions.create(model="m", messages=[prompt], **kwargs)
+
+            def a(self):
+                return self.ask("x")
+
+            def b(self):
+                return self.ask("y", max_tokens=128_000)
+
+            def c(self, **opts):
+                return self.ask("z", **opts)
+    """)
+    assert _lint(src) == [(8, "TF001"), (11, "TF005")]
+
+
+def test_break_in_inner_loop_does_not_bound_outer_loop() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        def run():
+            steps = 0
+            while True:
+                client.chat.completions.create(model="m", messages=[], max_tokens=5)
+                for x in range(3):
+                    steps += 1
+                    if steps > 10:
+                        break
+    """)
+    assert _lint(src) == [(5, "TF004")]
+    assert _lint(src.replace("break", "return")) == []
+
+
+def test_or_condition_needs_every_branch_bounded() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        def run(max_turns):
+            turns = 0
+            while turns < max_turns or pending():
+                turns += 1
+                client.chat.completions.create(model="m", messages=[], max_tokens=5)
+    """)
+    assert _lint(src) == [(5, "TF004")]
+    assert _lint(src.replace(" or ", " and ")) == []
+
+
+def test_loop_message_says_why() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        def run():
+            while not done():
+                client.chat.completions.create(model="m", messages=[], max_tokens=5)
+    """)
+    (message,) = _messages(src)
+    assert message.startswith("`while not done()` loop calls a model (client.chat.completions.create at line 5)")
+    assert "no iteration counter or budget" in message
+
+
+def test_model_call_in_nested_function_does_not_count_for_the_loop() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        def serve(queue):
+            while True:
+                def handler(item):
+                    return client.chat.completions.create(model="m", messages=[item], max_tokens=5)
+                queue.register(handler)
+    """)
+    assert _lint(src) == []
+
+
+def test_suppression_on_last_line_of_a_call_and_bare_ignore() -> None:
+    src = OPENAI + "client.chat.completions.create(\n    model='m',\n    messages=[],\n)  # tokenfuse: ignore\n"
+    assert _lint(src) == []
+
+
+def test_non_ascii_column_counts_characters() -> None:
+    src = OPENAI + "x = ('héllo', client.chat.completions.create(model='m', messages=[]))\n"
+    found = lint_source(src, "m.py", Settings())
+    assert [(f.line, f.col) for f in found] == [(3, 15)]
