@@ -1,0 +1,92 @@
+"""Fixtures for the limiter tests: a private Redis key prefix, configs, contexts."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tokenfuse.config import Config
+from tokenfuse.limits.bounds import Bound
+from tokenfuse.limits.context import RequestContext
+
+REDIS_URL = os.environ.get("TOKENFUSE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+PG_URL = os.environ.get("TOKENFUSE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def unavailable(what: str, why: object) -> None:
+    """Skip visibly, or fail when TOKENFUSE_REQUIRE_SERVICES=1."""
+    msg = f"{what} not reachable ({why})"
+    if os.environ.get("TOKENFUSE_REQUIRE_SERVICES") == "1":
+        pytest.fail(msg + " and TOKENFUSE_REQUIRE_SERVICES=1")
+    pytest.skip(msg)
+
+
+def make_config(budgets: list[dict[str, Any]] | None = None, **kw: Any) -> Config:
+    return Config.model_validate({"budgets": budgets or [], **kw})
+
+
+def ctx(
+    key: str = "alice-droid",
+    principal: str = "alice",
+    workflow: str = "droid",
+    session: str | None = None,
+    model: str = "test-model",
+    protocol: str = "anthropic",
+) -> RequestContext:
+    return RequestContext(key, principal, workflow, session, model, protocol)
+
+
+def bound(usd: str = "0.01", input_tokens: int = 100, output: int = 100, cache_write: bool = True) -> Bound:
+    return Bound(
+        Decimal(usd),
+        {
+            "input_uncached": input_tokens,
+            "cache_read": input_tokens,
+            "cache_write": input_tokens if cache_write else 0,
+            "output": output,
+            "total": input_tokens + output,
+        },
+    )
+
+
+@pytest.fixture
+def redis_url() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        unavailable(f"Redis at {REDIS_URL}", exc)
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    import redis
+
+    prefix = f"tftest:{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    for k in client.scan_iter(match=f"{prefix}:*", count=1000):
+        client.delete(k)
+    client.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    from tests.limits.pgschema import private_schema_url
+
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL, connect_timeout=2).close()
+    except Exception as exc:
+        unavailable(f"PostgreSQL at {PG_URL}", exc)
+    yield from private_schema_url(PG_URL)

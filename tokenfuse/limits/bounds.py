@@ -1,0 +1,44 @@
+"""The upper bound of what one request can cost, computed before it is sent.
+
+Why each figure is a true bound is argued in docs/limits.md. In short: a
+request cannot bill more input tokens than ``prompt_bytes`` (the protocol
+layer's bound), more output tokens than ``max_tokens`` (the gateway always sets
+one), and no input token is billed above the dearest input rate that can apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from tokenfuse.pricing.price import Price
+from tokenfuse.protocols.base import RequestInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    usd: Decimal  # upper bound of what the provider can bill for this request
+    tokens: dict[str, int]  # per limit class: input_uncached, cache_read, cache_write, output, total
+
+
+def input_rate_bound(info: RequestInfo, price: Price) -> Decimal:
+    """The dearest per-million rate any input token of this request can be billed at."""
+    if info.cache_writes_possible:
+        return price.dearest_input_rate(info.cache_1h)
+    # Without cache writes a token is billed as uncached input or as a cache
+    # read; a catalog where reads cost more than input is wrong, but cheap to honour.
+    return max(price.input, price.rate("cache_read"))
+
+
+def compute_bound(info: RequestInfo, price: Price) -> Bound:
+    max_in = max(0, info.prompt_bytes)
+    max_out = max(0, info.max_tokens or 0)
+    usd = (max_in * input_rate_bound(info, price) + max_out * price.output).scaleb(-6)
+    tokens = {
+        "input_uncached": max_in,
+        "cache_read": max_in,
+        "cache_write": max_in if info.cache_writes_possible else 0,
+        "output": max_out,
+        "total": max_in + max_out,
+    }
+    return Bound(usd=usd, tokens=tokens)

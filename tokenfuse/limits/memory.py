@@ -1,0 +1,226 @@
+"""In-process counters: the default backend for one gateway process.
+
+Every operation runs to completion without awaiting, so on one event loop a
+reserve is atomic across all its entries. Reservations are kept in insertion
+order; with one TTL for all of them that is also expiry order, so purging
+expired ones looks only at the oldest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from tokenfuse.limits.counters import (
+    NDIMS,
+    UNLIMITED,
+    ZERO,
+    Entry,
+    Reading,
+    Seed,
+    SessionReading,
+    Shortfall,
+    Vec,
+)
+
+_SWEEP_EVERY_S = 60.0
+
+
+class _Slot:
+    __slots__ = ("buckets", "held", "hi", "limits", "lo", "reserved", "spent", "touched")
+
+    def __init__(self, now: float) -> None:
+        self.spent = [0] * NDIMS
+        self.reserved = [0] * NDIMS
+        self.held: OrderedDict[str, tuple[float, Vec]] = OrderedDict()
+        self.buckets: dict[int, list[int]] = {}
+        self.lo = 0
+        self.hi = -1
+        self.touched = now
+        self.limits: Vec = (UNLIMITED,) * NDIMS
+
+
+def _dead(slot: _Slot, e: Entry, now: float) -> bool:
+    if e.expire_at is not None and now >= e.expire_at:
+        return True
+    return e.idle_s is not None and now - slot.touched >= e.idle_s
+
+
+class MemoryCounters:
+    def __init__(self) -> None:
+        self._slots: dict[str, tuple[_Slot, Entry]] = {}
+        self._next_sweep = 0.0
+
+    # -- the Counters protocol ------------------------------------------------
+
+    async def reserve(
+        self, entries: Sequence[Entry], res_id: str, amount: Vec, now: float, ttl_s: float
+    ) -> Shortfall | None:
+        return self.reserve_now(entries, res_id, amount, now, ttl_s)
+
+    async def settle(
+        self, entries: Sequence[Entry], res_id: str, actual: Vec, now: float, want: bool
+    ) -> list[Reading] | None:
+        return self.settle_now(entries, res_id, actual, now, want)
+
+    async def read(self, entries: Sequence[Entry], now: float) -> list[Reading]:
+        out = []
+        for e in entries:
+            slot = self._existing(e, now)
+            if slot is None:
+                out.append(Reading(ZERO, ZERO))
+            else:
+                self._purge(slot, now)
+                self._roll(slot, e, now)
+                out.append(Reading(tuple(slot.spent), tuple(slot.reserved)))
+        return out
+
+    async def seed(self, seeds: Sequence[Seed], now: float) -> int:
+        n = 0
+        for sd in seeds:
+            e = sd.entry
+            if self._existing(e, now) is not None:
+                continue
+            slot = _Slot(now if sd.touched is None else sd.touched)
+            if e.rolling_bucket_s:
+                for idx in sorted(sd.buckets):
+                    slot.buckets[idx] = list(sd.buckets[idx])
+                if slot.buckets:
+                    slot.lo, slot.hi = min(slot.buckets), max(slot.buckets)
+            for vec in sd.buckets.values():
+                for d in range(NDIMS):
+                    slot.spent[d] += vec[d]
+            if _dead(slot, e, now):
+                continue
+            self._roll(slot, e, now)
+            self._slots[e.key] = (slot, e)
+            n += 1
+        return n
+
+    async def sessions(self, now: float) -> list[SessionReading]:
+        out = []
+        for key, (slot, e) in list(self._slots.items()):
+            if not key.startswith("s:") or _dead(slot, e, now):
+                continue
+            self._purge(slot, now)
+            expires = None if e.idle_s is None else slot.touched + e.idle_s
+            out.append(SessionReading(key[2:], tuple(slot.spent), tuple(slot.reserved), slot.limits, expires))
+        return out
+
+    async def close(self) -> None:
+        self._slots.clear()
+
+    # -- synchronous core -------------------------------------------------------
+
+    def reserve_now(
+        self, entries: Sequence[Entry], res_id: str, amount: Vec, now: float, ttl_s: float
+    ) -> Shortfall | None:
+        if now >= self._next_sweep:
+            self._sweep(now)
+        slots = []
+        for i, e in enumerate(entries):
+            slot = self._slot(e, now)
+            if slot.held:
+                self._purge(slot, now)
+            if e.rolling_bucket_s:
+                self._roll(slot, e, now)
+            lim, spent, res = e.limits, slot.spent, slot.reserved
+            for d in range(NDIMS):
+                cap = lim[d]
+                if cap >= 0 and spent[d] + res[d] + amount[d] > cap:
+                    return Shortfall(i, d, spent[d], res[d])
+            slots.append(slot)
+        held = (now + ttl_s, amount)
+        for slot, e in zip(slots, entries, strict=True):
+            res = slot.reserved
+            for d in range(NDIMS):
+                res[d] += amount[d]
+            slot.held[res_id] = held
+            slot.touched = now
+            if e.keep_limits:
+                slot.limits = e.limits
+        return None
+
+    def settle_now(
+        self, entries: Sequence[Entry], res_id: str, actual: Vec, now: float, want: bool
+    ) -> list[Reading] | None:
+        out: list[Reading] | None = [] if want else None
+        for e in entries:
+            slot = self._slot(e, now)
+            held = slot.held.pop(res_id, None)
+            if held is not None:
+                amount = held[1]
+                for d in range(NDIMS):
+                    slot.reserved[d] -= amount[d]
+            if e.rolling_bucket_s:
+                self._roll(slot, e, now)
+                cur = math.floor(now / e.rolling_bucket_s)
+                bucket = slot.buckets.get(cur)
+                if bucket is None:
+                    bucket = slot.buckets[cur] = [0] * NDIMS
+                    if not slot.buckets or len(slot.buckets) == 1:
+                        slot.lo = cur
+                    slot.lo, slot.hi = min(slot.lo, cur), max(slot.hi, cur)
+                for d in range(NDIMS):
+                    bucket[d] += actual[d]
+            for d in range(NDIMS):
+                slot.spent[d] += actual[d]
+            slot.touched = now
+            if out is not None:
+                out.append(Reading(tuple(slot.spent), tuple(slot.reserved)))
+        return out
+
+    def _existing(self, e: Entry, now: float) -> _Slot | None:
+        found = self._slots.get(e.key)
+        if found is None:
+            return None
+        slot = found[0]
+        if _dead(slot, found[1], now):
+            del self._slots[e.key]
+            return None
+        return slot
+
+    def _slot(self, e: Entry, now: float) -> _Slot:
+        found = self._slots.get(e.key)
+        if found is not None and not _dead(found[0], e, now):
+            if found[1] is not e:
+                self._slots[e.key] = (found[0], e)
+            return found[0]
+        slot = _Slot(now)
+        self._slots[e.key] = (slot, e)
+        return slot
+
+    @staticmethod
+    def _purge(slot: _Slot, now: float) -> None:
+        held = slot.held
+        while held:
+            res_id, (expiry, amount) = next(iter(held.items()))
+            if expiry > now:
+                return
+            del held[res_id]
+            for d in range(NDIMS):
+                slot.reserved[d] -= amount[d]
+
+    @staticmethod
+    def _roll(slot: _Slot, e: Entry, now: float) -> None:
+        if not e.rolling_bucket_s or not slot.buckets:
+            return
+        new_lo = math.floor(now / e.rolling_bucket_s) - e.rolling_buckets
+        if slot.lo >= new_lo:
+            return
+        if new_lo - slot.lo > len(slot.buckets):
+            old = [i for i in slot.buckets if i < new_lo]
+        else:
+            old = [i for i in range(slot.lo, new_lo) if i in slot.buckets]
+        for i in old:
+            vec = slot.buckets.pop(i)
+            for d in range(NDIMS):
+                slot.spent[d] -= vec[d]
+        slot.lo = new_lo
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + _SWEEP_EVERY_S
+        for key, (slot, e) in list(self._slots.items()):
+            if _dead(slot, e, now):
+                del self._slots[key]
