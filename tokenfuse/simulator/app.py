@@ -429,9 +429,11 @@ class Simulator:
             self._record(call, inputs, 200, False)
             await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
             return
-        await send({"type": "http.response.body", "body": body})
+        # Recorded before the last byte leaves, so a client that has its answer
+        # always finds it in the record.
         garbage = call.fault == "garbage"
         self._record(call, inputs if garbage else answer.usage, 200, not garbage)
+        await send({"type": "http.response.body", "body": body})
 
     async def _send_stream(self, call: Call, answer: Answer, receive: Receive, send: Send) -> None:
         plan = answer.plan
@@ -442,11 +444,14 @@ class Simulator:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         fault = call.fault
         frames = plan.frames if fault is None else plan.frames[: plan.break_at]
+        # The last frame of a complete stream is held back until the record is
+        # written, so a client that has its answer always finds it recorded.
+        body_frames = frames[:-1] if fault is None else frames
         delay = self.config.chunk_delay_ms / 1000
         watcher = spawn(_wait_disconnect(receive)) if delay else None
         sent = 0
         try:
-            for frame in frames:
+            for frame in body_frames:
                 if watcher is not None and watcher.done():
                     break
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
@@ -458,20 +463,20 @@ class Simulator:
                 watcher.cancel()
         emitted = plan.emitted[sent - 1] if sent else 0
         partial = replace(answer.usage, output=emitted)
-        if sent < len(frames) or fault in ("break", "hang"):
+        if sent < len(body_frames) or fault in ("break", "hang"):
             # A client that went away, or a simulated break: no closing bytes,
             # so the server drops the connection mid-stream.
             self._record(call, partial, 200, False)
-            if fault == "hang" and sent == len(frames):
+            if fault == "hang" and sent == len(body_frames):
                 await _wait_disconnect(receive)
             return
         if fault == "garbage":
             junk = _GARBAGE_FRAMES if call.protocol == "bedrock" else _GARBAGE_SSE
-            await send({"type": "http.response.body", "body": junk, "more_body": True})
             self._record(call, partial, 200, False)
-        else:
-            self._record(call, answer.usage, 200, True)
-        await send({"type": "http.response.body", "body": b""})
+            await send({"type": "http.response.body", "body": junk})
+            return
+        self._record(call, answer.usage, 200, True)
+        await send({"type": "http.response.body", "body": frames[-1]})
 
     # --- control --------------------------------------------------------------
 

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import pytest
+
+from tokenfuse.simulator import prompts
+from tokenfuse.simulator.prompts import BadRequest
+from tokenfuse.simulator.tokens import TTL_1H, TTL_5M, Block
+
+
+def test_chat_text_joins_strings_and_text_parts() -> None:
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "sys"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "héllo"}, {"type": "image_url", "image_url": {}}],
+            },
+        ],
+    }
+    assert prompts.chat_text(body) == "syshéllo".encode()
+
+
+def test_chat_limit_prefers_max_completion_tokens() -> None:
+    assert prompts.chat_limit({"max_completion_tokens": 5, "max_tokens": 9}) == 5
+    assert prompts.chat_limit({"max_tokens": 9}) == 9
+    assert prompts.chat_limit({}) is None
+    with pytest.raises(BadRequest, match="max_tokens"):
+        prompts.chat_limit({"max_tokens": 0})
+
+
+def test_include_usage_needs_an_explicit_true() -> None:
+    assert prompts.include_usage({"stream_options": {"include_usage": True}})
+    assert not prompts.include_usage({"stream_options": {"include_usage": False}})
+    assert not prompts.include_usage({})
+
+
+def test_responses_text_reads_instructions_and_items() -> None:
+    body = {
+        "instructions": "be brief",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "one"}]},
+            {"type": "function_call_output", "call_id": "c", "output": "two"},
+        ],
+    }
+    assert prompts.responses_text(body) == b"be briefonetwo"
+    assert prompts.responses_text({"input": "plain"}) == b"plain"
+    with pytest.raises(BadRequest):
+        prompts.responses_text({"model": "m"})
+
+
+def test_embedding_inputs_count_strings_by_bytes_and_token_arrays_by_length() -> None:
+    assert prompts.embedding_inputs({"input": "abcde"}) == [2]
+    assert prompts.embedding_inputs({"input": ["a", "abcdefghi"]}) == [1, 3]
+    assert prompts.embedding_inputs({"input": [1, 2, 3]}) == [3]
+    assert prompts.embedding_inputs({"input": [[1, 2], [3]]}) == [2, 1]
+    with pytest.raises(BadRequest):
+        prompts.embedding_inputs({"input": [{"x": 1}]})
+
+
+def test_anthropic_blocks_follow_cache_order_and_markers() -> None:
+    body = {
+        "max_tokens": 10,
+        "tools": [{"name": "t", "input_schema": {}, "cache_control": {"type": "ephemeral"}}],
+        "system": [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "x", "name": "t", "input": {"a": 1}}],
+            },
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": "ok"}]},
+        ],
+    }
+    blocks = prompts.anthropic_blocks(body)
+    assert blocks == [
+        Block(b'{"input_schema":{},"name":"t"}', TTL_5M),
+        Block(b"sys", TTL_1H),
+        Block(b"hi"),
+        Block(b'{"a":1}'),
+        Block(b"ok"),
+    ]
+
+
+def test_anthropic_requires_max_tokens_except_for_counting() -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(BadRequest, match="max_tokens"):
+        prompts.anthropic_blocks(body)
+    assert prompts.anthropic_blocks(body, need_max_tokens=False) == [Block(b"hi")]
+
+
+def test_converse_cache_points_mark_the_block_before_them() -> None:
+    body = {
+        "system": [{"text": "sys"}, {"cachePoint": {"type": "default"}}],
+        "messages": [
+            {"role": "user", "content": [{"text": "q"}, {"cachePoint": {"type": "default", "ttl": "1h"}}]}
+        ],
+        "inferenceConfig": {"maxTokens": 7},
+    }
+    assert prompts.converse_blocks(body) == [Block(b"sys", TTL_5M), Block(b"q", TTL_1H)]
+    assert prompts.converse_limit(body) == 7
+    assert prompts.converse_limit({"inferenceConfig": {"max_new_tokens": 3}}) == 3
+
+
+def test_malformed_bodies_are_refused_with_the_field_named() -> None:
+    with pytest.raises(BadRequest, match="messages"):
+        prompts.chat_text({"model": "m"})
+    with pytest.raises(BadRequest, match="model"):
+        prompts.model_of({})
+    with pytest.raises(BadRequest, match="prompt"):
+        prompts.llama_text({"max_gen_len": 3})
+    with pytest.raises(BadRequest, match="JSON object"):
+        prompts.converse_blocks([1, 2])
