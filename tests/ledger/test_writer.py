@@ -278,3 +278,34 @@ def test_a_process_that_exits_without_close_still_commits(sqlite_url: str) -> No
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", script], check=True, cwd=root, timeout=120)
     assert _count(sqlite_url) == 5000
+
+
+class _Unstorable:
+    pass
+
+
+def test_a_row_the_store_refuses_does_not_hold_back_the_others(store_url: str, tmp_path: Path) -> None:
+    import json
+
+    w = LedgerWriter(store_url, batch_interval_ms=10, spill_dir=tmp_path)
+    w.start()
+    try:
+        for i in range(20):
+            if i == 7:
+                w.write(make_row(i, request_id=None))  # type: ignore[arg-type]  # NOT NULL violated
+            elif i == 12:
+                w.write(make_row(i, cost_usd=_Unstorable()))  # no way to store this value
+            else:
+                w.write(make_row(i))
+        assert w.flush(timeout=20)
+        for i in range(20, 30):
+            w.write(make_row(i))
+        assert w.flush(timeout=20)
+    finally:
+        w.close()
+    assert w.rows_rejected == 2
+    assert w.rows_written == 28
+    assert _ids(store_url) == [f"req-{i:08d}" for i in range(30) if i not in (7, 12)]
+    assert w.rejected_to is not None
+    saved = [json.loads(line) for line in w.rejected_to.read_text().splitlines()]
+    assert [s[1] for s in saved] == [None, "req-00000012"]

@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -67,9 +68,12 @@ class LedgerWriter:
         self._inflight: list[LedgerRow] = []
         self._lock = threading.Lock()  # guards _accepted and the append
         self._wake = threading.Event()
-        self._done = threading.Condition()  # guards _written; notified after each commit
+        self._done = threading.Condition()  # guards the counters below; notified after each commit
         self._accepted = 0
         self._written = 0
+        # Rows done with: committed, or rejected by the store and set aside.
+        self._settled = 0
+        self._rejected = 0
         self._errors = 0
         self._batches = 0
         self._flush_upto = 0
@@ -80,6 +84,7 @@ class LedgerWriter:
         self._conn: Any = None
         self._thread: threading.Thread | None = None
         self.spilled_to: Path | None = None
+        self.rejected_to: Path | None = None
 
     # -- the hot path -------------------------------------------------------
 
@@ -123,15 +128,15 @@ class LedgerWriter:
             target = self._accepted
         deadline = time.monotonic() + timeout
         with self._done:
-            if self._written >= target:
+            if self._settled >= target:
                 return True
             self._flush_upto = max(self._flush_upto, target)
         self._wake.set()
         with self._done:
-            while self._written < target:
+            while self._settled < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._thread is None or not self._thread.is_alive():
-                    return self._written >= target
+                    return self._settled >= target
                 self._done.wait(min(remaining, 0.5))
         return True
 
@@ -149,7 +154,7 @@ class LedgerWriter:
         thread = self._thread
         if thread is None:
             if self._queue:
-                self._spill(list(self._queue))
+                self.spilled_to = self._save(list(self._queue), "unsaved")
                 self._queue.clear()
             return
         self._close_deadline = time.monotonic() + timeout
@@ -180,6 +185,11 @@ class LedgerWriter:
     def batches_committed(self) -> int:
         return self._batches
 
+    @property
+    def rows_rejected(self) -> int:
+        """Rows the store refused as invalid (not an outage); kept in a JSON-lines file, see docs/ledger.md."""
+        return self._rejected
+
     # -- the writer thread --------------------------------------------------
 
     def _run(self) -> None:
@@ -188,11 +198,11 @@ class LedgerWriter:
             while True:
                 stopping = self._stopping
                 now = time.monotonic()
-                if not stopping and self._flush_upto <= self._written and len(self._queue) < self._batch_size:
+                if not stopping and self._flush_upto <= self._settled and len(self._queue) < self._batch_size:
                     self._wake.wait(max(0.0, deadline - now))
                 self._wake.clear()
                 now = time.monotonic()
-                everything = stopping or now >= deadline or self._flush_upto > self._written
+                everything = stopping or now >= deadline or self._flush_upto > self._settled
                 if everything:
                     deadline = now + self._interval
                 if self._drain(everything):
@@ -200,7 +210,9 @@ class LedgerWriter:
                         return
                     continue
                 if stopping and time.monotonic() >= self._close_deadline:
-                    self._spill([*self._inflight, *self._queue])
+                    self.spilled_to = (
+                        self._save([*self._inflight, *self._queue], "unsaved") or self.spilled_to
+                    )
                     self._inflight = []
                     self._queue.clear()
                     return
@@ -219,7 +231,13 @@ class LedgerWriter:
                 batch = [self._queue.popleft() for _ in range(min(n, self._batch_size))]
                 self._inflight = batch
             try:
-                self._commit(self._inflight)
+                try:
+                    self._commit(self._inflight)
+                except Exception as exc:
+                    if not _is_data_error(exc):
+                        raise
+                    self._salvage(exc)
+                    continue
             except Exception as exc:
                 failures += 1
                 self._errors += 1
@@ -242,8 +260,46 @@ class LedgerWriter:
                 backoff = self._retry_initial
             with self._done:
                 self._written += len(self._inflight)
+                self._settled += len(self._inflight)
                 self._batches += 1
                 self._inflight = []
+                self._done.notify_all()
+
+    def _salvage(self, exc: Exception) -> None:
+        """The store refused the batch's data, not the connection: one bad row must not
+        hold back every row behind it. Commit rows one at a time and set aside the
+        ones the store refuses, in a file, never silently."""
+        log.error(
+            "ledger: the store refused a batch of %d rows as invalid (%s: %s); retrying row by row",
+            len(self._inflight),
+            type(exc).__name__,
+            self._scrub(_first_line(exc)),
+        )
+        while self._inflight:
+            row = self._inflight[0]
+            try:
+                self._commit([row])
+            except Exception as row_exc:
+                if not _is_data_error(row_exc):
+                    raise  # an outage after all: the caller retries what is left
+                path = self._save([row], "rejected", append=True)
+                self.rejected_to = path or self.rejected_to
+                log.error(
+                    "ledger: row %r refused by the store (%s: %s); saved to %s",
+                    getattr(row, "request_id", None),
+                    type(row_exc).__name__,
+                    self._scrub(_first_line(row_exc)),
+                    path,
+                )
+                committed = 0
+            else:
+                committed = 1
+            with self._done:
+                self._inflight.pop(0)
+                self._written += committed
+                self._batches += committed
+                self._rejected += 1 - committed
+                self._settled += 1
                 self._done.notify_all()
 
     def _commit(self, batch: list[LedgerRow]) -> None:
@@ -277,7 +333,7 @@ class LedgerWriter:
             len(self._inflight),
             redact(self._url),
             type(exc).__name__,
-            self._scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else ""),
+            self._scrub(_first_line(exc)),
             self.pending,
             backoff,
         )
@@ -311,43 +367,75 @@ class LedgerWriter:
             password = None
         return text.replace(password, "***") if password else text
 
-    def _spill(self, rows: list[LedgerRow]) -> None:
+    def _save(self, rows: list[LedgerRow], kind: str, append: bool = False) -> Path | None:
+        """Write rows the store did not take to a JSON-lines file; its path, or None."""
         if not rows:
-            return
+            return None
         if self._spill_dir is not None:
             folder = self._spill_dir
         elif self._store.dialect == "sqlite" and self._store.target != ":memory:":
             folder = Path(self._store.target).resolve().parent
         else:
             folder = Path.cwd()
-        path = folder / f"tokenfuse-ledger-unsaved-{os.getpid()}-{int(time.time())}.jsonl"
+        stamp = "" if append else f"-{int(time.time())}"
+        path = folder / f"tokenfuse-ledger-{kind}-{os.getpid()}{stamp}.jsonl"
         try:
-            with path.open("w", encoding="utf-8") as f:
+            with path.open("a" if append else "w", encoding="utf-8") as f:
                 for r in rows:
-                    f.write(json.dumps(_row_json(r)) + "\n")
+                    f.write(json.dumps(_row_json(r), default=str) + "\n")
         except OSError as exc:
             log.critical(
-                "ledger: the store %s stayed unavailable and the spill file %s could not be written (%s); "
-                "%d rows are lost",
+                "ledger: %d rows could not be committed to %s nor saved to %s (%s); they are lost",
+                len(rows),
                 redact(self._url),
                 path,
                 exc.strerror,
-                len(rows),
             )
-            return
-        self.spilled_to = path
-        log.critical(
-            "ledger: the store %s stayed unavailable until shutdown; %d uncommitted rows were saved to %s "
-            "(load them later with tokenfuse.ledger.writer.load_spill)",
-            redact(self._url),
-            len(rows),
-            path,
-        )
+            return None
+        if kind == "unsaved":
+            log.critical(
+                "ledger: the store %s stayed unavailable until shutdown; %d uncommitted rows were saved to %s "
+                "(load them later with tokenfuse.ledger.writer.load_spill)",
+                redact(self._url),
+                len(rows),
+                path,
+            )
+        return path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """True when the store refused the rows themselves (a constraint, a value it cannot
+    take), as opposed to being unreachable, locked or restarting."""
+    if isinstance(
+        exc,
+        sqlite3.IntegrityError
+        | sqlite3.InterfaceError
+        | sqlite3.DataError
+        | TypeError
+        | ValueError
+        | AttributeError,
+    ):
+        return True
+    if type(exc).__module__.startswith("psycopg"):
+        import psycopg
+
+        if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
+            return True
+        # Without an SQLSTATE it came from adapting a Python value client-side; with
+        # one (a missing table, a revoked grant) it is the store's state, so retry.
+        return isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None
+    return False
 
 
 def _row_json(row: LedgerRow) -> list[Any]:
-    # The SQLite form is already JSON-safe: cost as exact decimal text, estimated as 0/1.
-    return list(row.as_tuple("sqlite"))
+    # Field by field rather than as_tuple(): a rejected row may hold a value of the wrong type.
+    values: list[Any] = [getattr(row, name, None) for name in COLUMN_NAMES]
+    return [str(v) if isinstance(v, Decimal) else int(v) if isinstance(v, bool) else v for v in values]
 
 
 def load_spill(url: str, path: str | os.PathLike[str]) -> int:
