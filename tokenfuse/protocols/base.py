@@ -237,35 +237,30 @@ def loads_object(data: bytes) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+_KEY_PATTERNS: dict[tuple[bytes, ...], re.Pattern[bytes]] = {}
+
+
 def string_values_bytes(data: bytes, keys: tuple[bytes, ...]) -> int:
     """UTF-8 bytes of the string values of `keys` anywhere in a JSON text.
 
     Finds `"key":"...` by scanning, not by parsing: it runs on every streamed
     event. Only literals containing an escape are decoded.
     """
+    pattern = _KEY_PATTERNS.get(keys)
+    if pattern is None:
+        alternatives = b"|".join(re.escape(k) for k in keys)
+        pattern = _KEY_PATTERNS[keys] = re.compile(b'"(?:' + alternatives + rb')"\s*:\s*"')
     total = 0
-    for key in keys:
-        needle = b'"' + key + b'"'
-        i = data.find(needle)
-        while i >= 0:
-            j = i + len(needle)
-            n = len(data)
-            while j < n and data[j] in b" \t\r\n":
-                j += 1
-            if j < n and data[j] == 58:  # ':'
-                j += 1
-                while j < n and data[j] in b" \t\r\n":
-                    j += 1
-                if j < n and data[j] == 34:  # '"'
-                    end = _string_end(data, j + 1)
-                    if end < 0:
-                        break
-                    literal = data[j + 1 : end]
-                    total += _literal_bytes(literal)
-                    i = data.find(needle, end + 1)
-                    continue
-            i = data.find(needle, j)
-    return total
+    pos = 0
+    while True:
+        m = pattern.search(data, pos)
+        if m is None:
+            return total
+        end = _string_end(data, m.end())
+        if end < 0:
+            return total
+        total += _literal_bytes(data[m.end() : end])
+        pos = end + 1
 
 
 def _string_end(data: bytes, start: int) -> int:

@@ -24,7 +24,7 @@ class SSEEvent:
 
 
 class SSEParser:
-    __slots__ = ("_buf", "_data", "_event", "_keep_raw", "_pos", "_start")
+    __slots__ = ("_buf", "_cr", "_data", "_event", "_keep_raw", "_pos", "_start")
 
     def __init__(self, *, keep_raw: bool = False) -> None:
         self._keep_raw = keep_raw
@@ -33,6 +33,7 @@ class SSEParser:
         self._pos = 0  # first byte of _buf not yet split into lines
         self._data: list[bytes] = []
         self._event: bytes | None = None
+        self._cr = False  # once a \r is seen, lines split on all three endings
 
     @property
     def pending(self) -> bytes:
@@ -45,16 +46,25 @@ class SSEParser:
         out: list[SSEEvent] = []
         pos = self._pos
         n = len(buf)
+        if not self._cr and 13 in chunk:
+            self._cr = True
+        cr = self._cr
         while True:
-            m = _EOL.search(buf, pos)
-            if m is None:
-                break
-            i = m.start()
-            # A final lone \r may be the first half of \r\n: wait for the next byte.
-            if m.end() == n and i + 1 == n and buf[i] == 13:
-                break
+            if cr:
+                m = _EOL.search(buf, pos)
+                if m is None:
+                    break
+                i, after = m.start(), m.end()
+                # A final lone \r may be the first half of \r\n: wait for the next byte.
+                if after == n and i + 1 == n and buf[i] == 13:
+                    break
+            else:
+                i = buf.find(b"\n", pos)
+                if i < 0:
+                    break
+                after = i + 1
             line = buf[pos:i]
-            pos = m.end()
+            pos = after
             if not line:
                 out.append(self._dispatch(buf, pos))
             else:
