@@ -368,3 +368,18 @@ def test_bad_request_error_in_the_sdk() -> None:
         "param": None,
         "code": None,
     }
+
+
+def test_encode_body_keeps_a_lone_surrogate_escaped() -> None:
+    info = openai.parse_request(
+        "chat.completions", b'{"model":"m","messages":[{"role":"user","content":"a\\ud83d"}]}'
+    )
+    openai.set_max_tokens(info, 5)
+    assert json.loads(openai.encode_body(info))["messages"][0]["content"] == "a\ud83d"
+
+
+def test_finish_twice_does_not_repeat_held_bytes() -> None:
+    meter = openai.StreamMeter(stream_info(None))
+    assert meter.feed(b'data: {"id":"c"') == b""
+    assert meter.finish() == b'data: {"id":"c"'
+    assert meter.finish() == b""

@@ -214,7 +214,11 @@ def asks_ttl_1h(body: bytes) -> bool:
 
 
 def compact_json(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (valid as a JSON \u escape) has no UTF-8 form; keep it escaped.
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def as_int(value: object) -> int:

@@ -216,6 +216,7 @@ class StreamMeter:
             return b""
         out = [_strip_usage_null(ev.raw) for ev in events if not self._observe(ev.data)]
         out.append(self._parser.pending)
+        self._parser = SSEParser(keep_raw=True)
         return b"".join(out)
 
     def _observe(self, data: bytes | None) -> bool:
