@@ -185,3 +185,16 @@ def test_non_ascii_column_counts_characters() -> None:
     src = OPENAI + "x = ('héllo', client.chat.completions.create(model='m', messages=[]))\n"
     found = lint_source(src, "m.py", Settings())
     assert [(f.line, f.col) for f in found] == [(3, 15)]
+
+
+def test_forwarded_limit_from_module_constant_is_checked_against_ceiling() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        BIG = 64_000
+
+        def ask(prompt, **kw):
+            return client.chat.completions.create(model="m", messages=[prompt], **kw)
+
+        def go():
+            return ask("x", max_tokens=BIG)
+    """)
+    assert _lint(src) == [(9, "TF005")]

@@ -953,7 +953,8 @@ class Analyzer(ast.NodeVisitor):
             if kw.arg in fwd.limits:
                 if _is_none(kw.value):
                     break
-                number = self._int_value(kw.value) if isinstance(kw.value, ast.Constant | ast.BinOp) else None
+                # Only module-level names are still in scope after the walk.
+                number = self._int_value(kw.value)
                 if number is not None and number > self.ceiling:
                     self._report(
                         "TF005",
