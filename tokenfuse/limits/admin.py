@@ -37,7 +37,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class LimiterView(Protocol):
-    async def snapshot(self, now: datetime | None = None) -> list[Any]: ...
+    async def snapshot(self, now: float | None = None) -> list[Any]: ...
     async def session_snapshot(self, limit: int = 10) -> list[dict[str, Any]]: ...
 
 
@@ -173,8 +173,12 @@ class AdminApp:
         budgets: list[Any] = []
         sessions: list[dict[str, Any]] = []
         if self.limiter is not None:
-            budgets = await self.limiter.snapshot()
-            sessions = await self.limiter.session_snapshot()
+            try:
+                budgets = await self.limiter.snapshot()
+                sessions = await self.limiter.session_snapshot()
+            except Exception as exc:
+                # The counter store (Redis) is down: say so rather than show zeros.
+                raise HTTPError(503, f"budget counters are unavailable: {exc}") from None
         switches = await asyncio.to_thread(self.kills_store.list)
         return {
             "budgets": to_json(budgets),
