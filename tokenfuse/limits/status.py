@@ -240,7 +240,9 @@ def _usd(value: Any) -> str:
 def render(report: Report) -> str:
     lines = [f"source: {report.source} — {report.note}", ""]
     if report.budgets:
-        table = [("BUDGET", "WINDOW", "LIMIT", "SPENT", "RESERVED", "USED", "RESETS", "FROM")]
+        table: list[tuple[str, ...]] = [
+            ("BUDGET", "WINDOW", "LIMIT", "SPENT", "RESERVED", "USED", "RESETS", "FROM")
+        ]
         for b in report.budgets:
             first = True
             for dim, limit, spent, reserved in _rows(b):
