@@ -413,3 +413,50 @@ def test_stream_exception_frames_decode() -> None:
     (msg,) = EventStreamDecoder().feed(bedrock.stream_exception("throttlingException", "slow down"))
     assert msg.headers[":exception-type"] == "throttlingException"
     assert msg.payload == b'{"message":"slow down"}'
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(min_value=0), max_size=10))
+def test_invoke_stream_nova_family(cuts: list[int]) -> None:
+    metrics = {
+        "inputTokenCount": 40,
+        "outputTokenCount": 6,
+        "invocationLatency": 5,
+        "firstByteLatency": 2,
+        "cacheReadInputTokenCount": 900,
+        "cacheWriteInputTokenCount": 0,
+    }
+    upstream = b"".join(
+        [
+            invoke_chunk({"messageStart": {"role": "assistant"}}),
+            invoke_chunk({"contentBlockDelta": {"delta": {"text": "Hallo"}, "contentBlockIndex": 0}}),
+            invoke_chunk({"contentBlockDelta": {"delta": {"text": " Welt"}, "contentBlockIndex": 0}}),
+            invoke_chunk({"contentBlockStop": {"contentBlockIndex": 0}}),
+            invoke_chunk({"messageStop": {"stopReason": "end_turn"}}),
+            invoke_chunk(
+                {
+                    "metadata": {"usage": {"inputTokens": 40, "outputTokens": 6}},
+                    "amazon-bedrock-invocationMetrics": metrics,
+                }
+            ),
+        ]
+    )
+    out, meter = run("invoke_stream", split(upstream, cuts), "us.amazon.nova-lite-v1:0")
+    assert out == upstream
+    assert meter.text_bytes == len("Hallo Welt")
+    assert meter.usage(True) == Usage(input_uncached=40, cache_read=900, output=6)
+
+
+def test_invoke_stream_gpt_oss_family_cut_short_is_estimated() -> None:
+    chunks = [
+        invoke_chunk(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": "abcdefgh" * 4}}],
+            }
+        ),
+    ]
+    _, meter = run("invoke_stream", chunks, "openai.gpt-oss-120b-1:0")
+    usage = meter.usage(False)
+    assert usage.estimated and usage.output == tokens_from_bytes(32)
