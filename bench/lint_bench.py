@@ -229,7 +229,9 @@ def parse_row(row: str) -> {cls}:
     return {cls}(int(ident), name.strip(), dt.datetime.fromisoformat(created))
 '''
 
-_WORDS = "billing search support triage report invoice catalog review onboarding audit routing ranking".split()
+_WORDS = (
+    "billing search support triage report invoice catalog review onboarding audit routing ranking".split()
+)
 
 
 def generate(root: Path, target_lines: int, seed: int = 7) -> tuple[int, int]:
@@ -315,7 +317,9 @@ def time_cli(root: Path, repeat: int, extra: list[str]) -> tuple[float, int, str
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()

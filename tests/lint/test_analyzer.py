@@ -161,7 +161,9 @@ def test_loop_message_says_why() -> None:
                 client.chat.completions.create(model="m", messages=[], max_tokens=5)
     """)
     (message,) = _messages(src)
-    assert message.startswith("`while not done()` loop calls a model (client.chat.completions.create at line 5)")
+    assert message.startswith(
+        "`while not done()` loop calls a model (client.chat.completions.create at line 5)"
+    )
     assert "no iteration counter or budget" in message
 
 
@@ -177,7 +179,9 @@ def test_model_call_in_nested_function_does_not_count_for_the_loop() -> None:
 
 
 def test_suppression_on_last_line_of_a_call_and_bare_ignore() -> None:
-    src = OPENAI + "client.chat.completions.create(\n    model='m',\n    messages=[],\n)  # tokenfuse: ignore\n"
+    src = (
+        OPENAI + "client.chat.completions.create(\n    model='m',\n    messages=[],\n)  # tokenfuse: ignore\n"
+    )
     assert _lint(src) == []
 
 
@@ -198,3 +202,15 @@ def test_forwarded_limit_from_module_constant_is_checked_against_ceiling() -> No
             return ask("x", max_tokens=BIG)
     """)
     assert _lint(src) == [(9, "TF005")]
+
+
+def test_negated_budget_call_guard_bounds_loop() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        def run(budget):
+            while True:
+                if not budget.allows():
+                    break
+                client.chat.completions.create(model="m", messages=[], max_tokens=5)
+    """)
+    assert _lint(src) == []
+    assert _lint(src.replace("budget.allows()", "queue.empty()")) == [(4, "TF004")]

@@ -63,7 +63,9 @@ def test_text_format_is_path_line_col_rule(tmp_path: Path, capsys: pytest.Captur
     _project(tmp_path, {"bad.py": UNBOUNDED})
     cli.main([str(tmp_path / "bad.py")])
     out = capsys.readouterr().out.strip()
-    assert out.startswith(f"{tmp_path / 'bad.py'}:4:8: TF001 client.chat.completions.create() has no output-token")
+    assert out.startswith(
+        f"{tmp_path / 'bad.py'}:4:8: TF001 client.chat.completions.create() has no output-token"
+    )
 
 
 def test_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -106,7 +108,12 @@ per-file-ignores = { "scripts/*" = ["TF001"] }
 """
     _project(
         tmp_path,
-        {"app/big.py": BIG, "app/hidden.py": HIDDEN, "generated/x.py": UNBOUNDED, "scripts/once.py": UNBOUNDED},
+        {
+            "app/big.py": BIG,
+            "app/hidden.py": HIDDEN,
+            "generated/x.py": UNBOUNDED,
+            "scripts/once.py": UNBOUNDED,
+        },
         config,
     )
     assert cli.main([str(tmp_path), "--format", "json"]) == 1
@@ -141,9 +148,13 @@ def test_unparseable_file_is_reported_not_fatal(tmp_path: Path, capsys: pytest.C
 
 
 def test_suppression_comment(tmp_path: Path) -> None:
-    _project(tmp_path, {"a.py": UNBOUNDED.replace("messages=[])", "messages=[])  # tokenfuse: ignore[TF001]")})
+    _project(
+        tmp_path, {"a.py": UNBOUNDED.replace("messages=[])", "messages=[])  # tokenfuse: ignore[TF001]")}
+    )
     assert cli.main([str(tmp_path)]) == 0
-    _project(tmp_path, {"a.py": UNBOUNDED.replace("messages=[])", "messages=[])  # tokenfuse: ignore[TF004]")})
+    _project(
+        tmp_path, {"a.py": UNBOUNDED.replace("messages=[])", "messages=[])  # tokenfuse: ignore[TF004]")}
+    )
     assert cli.main([str(tmp_path)]) == 1
 
 

@@ -88,8 +88,9 @@ def test_fingerprint_survives_lines_inserted_above(tmp_path: Path) -> None:
     f.write_text("import os\n\n" + src)
     second = to_sarif([Finding(str(f), 5, 1, "TF001", "m")])
     key = "tokenfuseLineHash/v1"
-    assert first["runs"][0]["results"][0]["partialFingerprints"][key] == (
-        second["runs"][0]["results"][0]["partialFingerprints"][key]
+    assert (
+        first["runs"][0]["results"][0]["partialFingerprints"][key]
+        == (second["runs"][0]["results"][0]["partialFingerprints"][key])
     )
 
 

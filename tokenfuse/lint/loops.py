@@ -73,8 +73,13 @@ def condition_bounds(test: ast.expr, counters: set[str], *, negation_ok: bool = 
         key = target_key(test)
         return key is not None and key in counters
     if isinstance(test, ast.Call):
-        name = call_name(test)
-        return name is not None and bool(BUDGET_NAME.search(name))
+        # `budget.allows()`, `within_limit(x)`: the callee's dotted name, not its arguments.
+        func: ast.expr = test.func
+        while isinstance(func, ast.Attribute):
+            if BUDGET_NAME.search(func.attr):
+                return True
+            func = func.value
+        return isinstance(func, ast.Name) and bool(BUDGET_NAME.search(func.id))
     return False
 
 
