@@ -7,11 +7,12 @@ import botocore.session
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenfuse.protocols import bedrock
-from tokenfuse.protocols.base import IMAGE_TOKEN_BOUND, ProtocolError
+from tokenfuse.protocols.base import IMAGE_TOKEN_BOUND, ProtocolError, RequestInfo
 from tokenfuse.protocols.estimate import tokens_from_bytes
 from tokenfuse.usage import Usage
 
@@ -34,7 +35,7 @@ CONVERSE = {
 CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 
 
-def parse(route: str, body: dict[str, Any], model: str = CLAUDE) -> bedrock.RequestInfo:
+def parse(route: str, body: dict[str, Any], model: str = CLAUDE) -> RequestInfo:
     return bedrock.parse_request(route, dumps(body), model)
 
 
@@ -367,7 +368,7 @@ class _Raw:
         yield self._body
 
 
-def boto_call(status: int, headers: list[tuple[str, str]], body: bytes, mode: str) -> tuple[Exception, int]:
+def boto_call(status: int, headers: list[tuple[str, str]], body: bytes, mode: str) -> tuple[ClientError, int]:
     session = botocore.session.get_session()
     client = session.create_client(
         "bedrock-runtime",

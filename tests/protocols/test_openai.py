@@ -1,15 +1,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
-import httpx
+import httpx2 as httpx
 import openai as openai_sdk
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenfuse.protocols import openai
-from tokenfuse.protocols.base import ProtocolError
+from tokenfuse.protocols.base import ProtocolError, RequestInfo
 from tokenfuse.protocols.estimate import tokens_from_bytes
 from tokenfuse.usage import Usage
 
@@ -21,7 +22,7 @@ TEXTS = ["Hello", ", wörld", " — ", 'naïve "quotes"\n', "日本語", "!"]
 TEXT_BYTES = sum(len(t.encode()) for t in TEXTS)
 
 
-def info_for(body: dict[str, object], route: str = "chat.completions") -> openai.RequestInfo:
+def info_for(body: Mapping[str, object], route: str = "chat.completions") -> RequestInfo:
     return openai.parse_request(route, dumps(body))
 
 
@@ -201,13 +202,13 @@ def test_error_and_garbage_bodies_have_no_usage() -> None:
 # --- streams ----------------------------------------------------------------
 
 
-def run(info: openai.RequestInfo, chunks: list[bytes], complete: bool = True) -> tuple[bytes, Usage, int]:
+def run(info: RequestInfo, chunks: list[bytes], complete: bool = True) -> tuple[bytes, Usage, int]:
     meter = openai.StreamMeter(info)
     out = b"".join(meter.feed(c) for c in chunks) + meter.finish()
     return out, meter.usage(complete), meter.text_bytes
 
 
-def stream_info(include_usage: bool | None) -> openai.RequestInfo:
+def stream_info(include_usage: bool | None) -> RequestInfo:
     body: dict[str, object] = {**CHAT, "stream": True}
     if include_usage is not None:
         body["stream_options"] = {"include_usage": include_usage}
@@ -323,7 +324,9 @@ def test_responses_stream_cut_before_completed_is_estimated() -> None:
 # --- errors through the official SDK ---------------------------------------
 
 
-def sdk_call(status: int, headers: list[tuple[str, str]], body: bytes) -> tuple[Exception, int]:
+def sdk_call(
+    status: int, headers: list[tuple[str, str]], body: bytes
+) -> tuple[openai_sdk.APIStatusError, int]:
     calls = 0
 
     def handler(request: httpx.Request) -> httpx.Response:

@@ -26,7 +26,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def test_fields_comments_and_multiline_data() -> None:
-    stream = b": keep-alive\nevent: message_start\nid: 7\nretry: 100\ndata: {\"a\":\ndata:1}\n\n"
+    stream = b': keep-alive\nevent: message_start\nid: 7\nretry: 100\ndata: {"a":\ndata:1}\n\n'
     (ev,), pending = parse_all([stream])
     assert ev.event == b"message_start"
     assert ev.data == b'{"a":\n1}'
@@ -93,7 +93,9 @@ _stream = st.tuples(
 
 
 @given(_stream, st.lists(st.integers(min_value=0), max_size=12))
-def test_any_chunking_gives_the_same_events_and_spans(stream: tuple[list[list[bytes]], bytes, bytes], cuts: list[int]) -> None:
+def test_any_chunking_gives_the_same_events_and_spans(
+    stream: tuple[list[list[bytes]], bytes, bytes], cuts: list[int]
+) -> None:
     events, eol, tail = stream
     data = b"".join(eol.join(lines) + eol + eol for lines in events) + tail
     whole, whole_pending = parse_all([data])

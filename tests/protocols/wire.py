@@ -111,7 +111,7 @@ def anthropic_stream(
     deltas: list[dict[str, Any]],
     eol: bytes = b"\n",
 ) -> bytes:
-    msg = {
+    msg: dict[str, Any] = {
         "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
         "type": "message",
         "role": "assistant",
