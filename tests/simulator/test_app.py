@@ -206,3 +206,14 @@ def test_control_routes(sim: SimulatorThread, client: httpx.Client) -> None:
     client.post("/_sim/reset")
     assert client.get("/_sim/served").json()["requests"] == []
     assert client.get("/_sim/config").json()["output_tokens"] == 64
+
+
+def test_every_setting_is_documented() -> None:
+    from dataclasses import fields
+    from pathlib import Path
+
+    from tokenfuse.simulator.state import SimConfig
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "simulator.md").read_text()
+    missing = [f.name for f in fields(SimConfig) if f"`{f.name}`" not in doc]
+    assert missing == []

@@ -124,7 +124,9 @@ class ServedLog:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "requests": [r.as_dict() for r in self.records],
+            # list() copies in one step, so a request finishing meanwhile on the
+            # server thread cannot break the iteration.
+            "requests": [r.as_dict() for r in list(self.records)],
             "totals": self.totals(),
             "count": self.count,
             "classes": list(TOKEN_CLASSES),
