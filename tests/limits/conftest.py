@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,16 @@ from tokenfuse.limits.context import RequestContext
 
 REDIS_URL = os.environ.get("TOKENFUSE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 PG_URL = os.environ.get("TOKENFUSE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run `async def` tests on a fresh event loop (no async plugin is installed)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    asyncio.run(pyfuncitem.obj(**args))
+    return True
 
 
 def unavailable(what: str, why: object) -> None:

@@ -67,19 +67,32 @@ def redacted(url: str) -> str:
 
 
 class RedisCounters:
-    def __init__(self, url: str, *, prefix: str = "tokenfuse", timeout_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tokenfuse",
+        timeout_s: float = 0.5,
+        max_connections: int = 64,
+        pool_wait_s: float = 2.0,
+    ) -> None:
         self.url = url
         self.prefix = prefix
         # Short timeouts and a single immediate retry (for a pooled connection
         # that went stale across a Redis restart): a dead Redis must cost a
         # request milliseconds, not the client library's default back-off.
-        self._r: aioredis.Redis = aioredis.Redis.from_url(
+        # A bounded pool that makes callers wait for a free connection: under a
+        # burst, queueing for one of a few dozen sockets is faster than opening
+        # hundreds, and it never fails a request for lack of a socket.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=pool_wait_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 1),
-            decode_responses=False,
         )
+        self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._reserve = self._r.register_script(_script("reserve"))
         self._settle = self._r.register_script(_script("settle"))
         self._read = self._r.register_script(_script("read"))
@@ -186,3 +199,4 @@ class RedisCounters:
 
     async def close(self) -> None:
         await self._r.aclose()
+        await self._r.connection_pool.disconnect()
