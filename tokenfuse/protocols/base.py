@@ -7,17 +7,13 @@ the route for a `RequestInfo`, and for the usage of a response or stream.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any, Protocol
 
 from tokenfuse.usage import Usage
-
-PROTOCOLS: tuple[str, ...] = ("openai", "anthropic", "bedrock")
 
 # Per-media bounds on input tokens, added to `prompt_bytes` (see docs/protocols.md).
 # A byte of JSON is at least a token's worth of budget for text, but a small
@@ -51,6 +47,8 @@ class ProtocolError(Exception):
 
 
 class StreamMeterLike(Protocol):
+    """What the gateway drives: each protocol module's `StreamMeter`."""
+
     text_bytes: int
 
     def feed(self, chunk: bytes) -> bytes: ...
@@ -58,31 +56,6 @@ class StreamMeterLike(Protocol):
     def finish(self) -> bytes: ...
 
     def usage(self, complete: bool) -> Usage: ...
-
-
-class ProtocolModule(Protocol):
-    """The functions each of openai.py, anthropic.py and bedrock.py exposes."""
-
-    def parse_request(self, route: str, body: bytes, model_from_path: str | None = None) -> RequestInfo: ...
-
-    def set_max_tokens(self, info: RequestInfo, value: int) -> None: ...
-
-    def request_usage_in_stream(self, info: RequestInfo) -> None: ...
-
-    def encode_body(self, info: RequestInfo) -> bytes: ...
-
-    def usage_from_response(self, route: str, body: bytes, headers: Mapping[str, str]) -> Usage | None: ...
-
-    def error_response(
-        self, status: int, error_type: str, message: str, *, retryable: bool = True
-    ) -> tuple[int, list[tuple[str, str]], bytes]: ...
-
-
-def get_protocol(name: str) -> ModuleType:
-    """The module for `name` ("openai" | "anthropic" | "bedrock")."""
-    if name not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {name!r}; expected one of {', '.join(PROTOCOLS)}")
-    return importlib.import_module(f"tokenfuse.protocols.{name}")
 
 
 def load_object(body: bytes, error_type: str) -> dict[str, Any]:
