@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import gzip
 from collections import defaultdict
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,7 +18,7 @@ FOCUS_HEADER = "BilledCost,BillingCurrency,ChargePeriodStart,ChargeCategory,SubA
 
 def _expected_costs(accounts: int, incidents: list[str], days: int) -> dict[str, Decimal]:
     assigned = _assign(accounts, incidents)
-    lines, _ = plan({**assigned, "__gateway_incidents__": ""}, date(2026, 9, 30) - __import__("datetime").timedelta(days=days - 1), days)
+    lines, _ = plan({**assigned, "__gateway_incidents__": ""}, date(2026, 9, 30) - timedelta(days=days - 1), days)
     out: dict[str, Decimal] = defaultdict(Decimal)
     for ln in lines:
         out[ln.account] += ln.cost

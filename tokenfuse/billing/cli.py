@@ -113,16 +113,21 @@ def _sample(argv: Sequence[str]) -> int:
 
     p = argparse.ArgumentParser(prog="tokenfuse billing-sample", description="Write a synthetic billing export "
                                 "with injected incidents (.csv, .csv.gz or .parquet by OUT's extension).")
-    p.add_argument("out", metavar="OUT")
+    p.add_argument("out", metavar="OUT", nargs="?")
     p.add_argument("--flavour", choices=("focus-1.0", "focus-1.2", "cur-2.0"), default="focus-1.2")
     p.add_argument("--days", type=int, default=45)
     p.add_argument("--accounts", type=int, default=8)
-    p.add_argument("--incident", nargs="*", default=[], choices=INCIDENTS, metavar="KIND",
+    p.add_argument("--incident", nargs="+", action="extend", default=[], metavar="KIND",
                    help=f"one or more of: {', '.join(INCIDENTS)}")
     p.add_argument("--end", type=_date, default=date(2026, 9, 30), help="last day of the export")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--ledger", metavar="STORE_URL", help="also write the gateway account's true traffic to this ledger")
     args = p.parse_args(argv)
+    # `--incident KIND... OUT`: the greedy list swallows OUT; take it back.
+    if args.out is None and args.incident and args.incident[-1] not in INCIDENTS:
+        args.out = args.incident.pop()
+    if args.out is None:
+        raise BillingInputError("name the output file OUT (.csv, .csv.gz or .parquet)")
     m = generate(args.out, args.flavour, args.days, args.accounts, args.incident, args.end, args.seed, args.ledger)
     print(f"wrote {m.rows:,} rows ({m.flavour}, {m.first_day}..{m.last_day}) to {args.out}")
     for acct, inc in m.accounts.items():
@@ -153,5 +158,7 @@ def main(argv: list[str]) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except SystemExit as e:  # argparse has already printed the usage line and the error
+        return e.code if isinstance(e.code, int) else 2
     print(f"tokenfuse billing: unknown command {cmd!r}", file=sys.stderr)
     return 2

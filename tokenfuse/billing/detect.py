@@ -272,7 +272,7 @@ def runaway(exp: Export, as_of: date) -> tuple[list[Runaway], dict[str, DaySerie
 
 def _price_book_rates(model_label: str) -> tuple[Decimal, Decimal] | None:
     try:
-        from tokenfuse.pricing import PriceBook  # type: ignore[attr-defined]
+        from tokenfuse.pricing import PriceBook
 
         price = PriceBook.default().lookup(model_label)
     except Exception:  # the price book is optional here; the export's own prices come first

@@ -282,7 +282,7 @@ def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[FileGr
     return groups
 
 
-def _explain_conversion(con: duckdb.DuckDBPyConnection, group: FileGroup, err: duckdb.Error) -> str:
+def _explain_conversion(con: duckdb.DuckDBPyConnection, group: FileGroup) -> str | None:
     """Find the column whose value would not convert, to name it in the error."""
     for fld, cands in FIELDS[group.flavour].items():
         for c in cands:
@@ -300,7 +300,7 @@ def _explain_conversion(con: duckdb.DuckDBPyConnection, group: FileGroup, err: d
                 continue
             if row is not None:
                 return f"{row[1]}: column {actual}: cannot read value {row[0]!r} as {fld}; fix or remove the row"
-    return f"{', '.join(group.files)}: cannot read the export ({_first_line(err)})"
+    return None
 
 
 def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> Export:
@@ -322,10 +322,9 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
         )
     except duckdb.Error as e:
         for g in groups:
-            try:
-                con.execute(f"SELECT count(*) FROM ({_select(g)})").fetchone()
-            except duckdb.Error as ge:
-                raise BillingInputError(_explain_conversion(con, g, ge)) from ge
+            specific = _explain_conversion(con, g)
+            if specific:
+                raise BillingInputError(specific) from e
         raise BillingInputError(f"{', '.join(files)}: cannot read the export ({_first_line(e)})") from e
 
     stats = con.execute(

@@ -215,25 +215,24 @@ def _lags(
             lt, bt = by_model[model].get(d, (0, _ZERO))
             by_model[model][d] = (lt + c.ledger_tokens, bt + c.billed_tokens / factor)
     out = []
-    for model, days in sorted(by_model.items()):
-        if not any(b > 0 for _, b in days.values()) or not any(lt > 0 for lt, _ in days.values()):
+    for model, per_day in sorted(by_model.items()):
+        if not any(b > 0 for _, b in per_day.values()) or not any(lt > 0 for lt, _ in per_day.values()):
             continue
-        ordered = sorted(days)
         run: list[date] = []
-        for d in ordered:
-            lt, bt = days[d]
+        for d in sorted(per_day):
+            lt, bt = per_day[d]
             if lt > 0 and bt == 0:
                 run.append(d)
                 continue
             if run:
                 # The lump: the day after the gap bills (about) the gap's tokens on top of its own.
-                missing = sum(days[m][0] for m in run)
+                missing = sum(per_day[m][0] for m in run)
                 excess = bt - lt
                 lump = d if lt > 0 and excess > 0 and abs(excess / missing - 1) <= Decimal("0.25") else None
                 out.append(_lag(model, run, missing, d if lump else None, excess if lump else _ZERO))
                 run = []
         if run:
-            out.append(_lag(model, run, sum(days[m][0] for m in run), None, _ZERO))
+            out.append(_lag(model, run, sum(per_day[m][0] for m in run), None, _ZERO))
     return out
 
 

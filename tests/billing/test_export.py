@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tokenfuse.billing.cli import main
+from tokenfuse.billing.detect import detect
+from tokenfuse.billing.export import export_focus
+from tokenfuse.billing.load import load
+from tokenfuse.billing.reconcile import read_ledger, reconcile
+from tokenfuse.billing.sample import generate
+from tokenfuse.ledger.schema import COLUMN_NAMES, connect
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    generate(str(tmp_path / "bill.csv"), "cur-2.0", days=20, accounts=1, ledger_url=url)
+    conn = connect(url)
+    base = dict.fromkeys(COLUMN_NAMES)
+    base.update(ts=1790000000.0, request_id="anth-1", key_name="team-a", principal="alice", workflow="triage",
+                session="s-1", protocol="anthropic", model="claude-sonnet-4-5", input_uncached=1000, cache_read=0,
+                cache_write=0, cache_write_1h=0, output=100, cost_usd="0.004500", estimated=0, outcome="ok")
+    conn.execute(f"INSERT INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})",
+                 tuple(base[c] for c in COLUMN_NAMES))
+    conn.close()
+    return url
+
+
+def test_export_preserves_tokens_and_cost(ledger: str, tmp_path: Path) -> None:
+    out = tmp_path / "focus.parquet"
+    n = export_focus(ledger, str(out))
+    con = duckdb.connect()
+    rows = con.execute(f"SELECT count(*), sum(BilledCost), sum(ConsumedQuantity) FROM read_parquet('{out}')").fetchone()
+    assert rows is not None and rows[0] == n
+    db = connect(ledger)
+    costs = [Decimal(r[0]) for r in db.execute("SELECT cost_usd FROM requests WHERE outcome = 'ok'")]
+    tokens = db.execute(
+        "SELECT sum(input_uncached + cache_read + cache_write + cache_write_1h + output) FROM requests"
+    ).fetchone()
+    db.close()
+    assert rows[1] == sum(costs, Decimal(0))
+    assert rows[2] == tokens[0]
+    anth = con.execute(
+        f"SELECT x_Principal, x_Workflow, x_Session, SubAccountId, ProviderName, x_TokenClass, ConsumedQuantity "
+        f"FROM read_parquet('{out}') WHERE x_Session = 's-1' ORDER BY x_TokenClass"
+    ).fetchall()
+    assert anth == [("alice", "triage", "s-1", "team-a", "Anthropic", "input_uncached", 1000),
+                    ("alice", "triage", "s-1", "team-a", "Anthropic", "output", 100)]
+
+
+def test_detect_and_reconcile_run_on_the_export(ledger: str, tmp_path: Path) -> None:
+    out = tmp_path / "focus.parquet"
+    export_focus(ledger, str(out))
+    exp = load([str(out)])
+    assert exp.flavours == ("focus-1.2",)
+    det = detect(exp)
+    assert {r.account for r in det.runaways} == {"sample", "team-a"}
+    # The ledger reconciles with its own export: same tokens, no findings.
+    rec = reconcile(exp, read_ledger(ledger, protocol=None))
+    assert rec.findings == []
+
+
+def test_export_cli_with_config(ledger: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "tokenfuse.yaml"
+    cfg.write_text("store: ${LEDGER_URL:-sqlite:///nowhere.db}\n")
+    monkeypatch.setenv("LEDGER_URL", ledger)
+    out = tmp_path / "o.parquet"
+    assert main(["export", "--config", str(cfg), "--focus", str(out)]) == 0
+    assert out.exists() and "FOCUS 1.2 rows" in capsys.readouterr().out
+    monkeypatch.delenv("LEDGER_URL")
+    assert main(["export", "--config", str(cfg), "--focus", str(out)]) == 2
+    assert "nowhere.db" in capsys.readouterr().err
