@@ -292,3 +292,51 @@ def test_unknown_path_and_method(run: Run) -> None:
         assert r.status_code == 405 and "GET, POST, DELETE" in r.headers["allow"]
 
     run(body)
+
+
+def test_with_the_real_limiter_runtime_budgets_enforce_and_show_reservations(tmp_path: Path) -> None:
+    from tokenfuse.config import Config
+    from tokenfuse.limits.bounds import Bound
+    from tokenfuse.limits.limiter import Limiter
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+
+    async def main() -> None:
+        limiter = await Limiter.create(Config.model_validate({"store": url}), rebuild=False)
+        kills = KillSwitches()
+        watcher = ControlWatcher(url, kills, limiter, poll_ms=600_000)
+        await watcher.start()
+        store, budgets = KillSwitchStore(url), RuntimeBudgetStore(url)
+        app = AdminApp(TOKEN, store, watcher, limiter, budgets)
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), headers={"authorization": f"Bearer {TOKEN}"}
+            ) as client:
+                spec = {
+                    "name": "alice-hour",
+                    "match": {"principal": "alice"},
+                    "window": "hour",
+                    "limit": {"usd": "1"},
+                }
+                assert (await client.post(BASE + "/budgets", json=spec)).status_code == 201
+                held = await limiter.reserve(CTX, Bound(Decimal("0.75"), {}))
+                assert held.ok
+                refused = await limiter.reserve(CTX, Bound(Decimal("0.5"), {}))
+                assert not refused.ok and refused.refusal is not None
+                assert refused.refusal.budget == "alice-hour"
+                [b] = (await client.get(BASE + "/status")).json()["budgets"]
+                assert (b["name"], b["source"], b["reserved_usd"], b["spent_usd"]) == (
+                    "alice-hour",
+                    "runtime",
+                    "0.75",
+                    "0",
+                )
+                assert (await client.delete(BASE + "/budgets/alice-hour")).status_code == 200
+                assert (await limiter.reserve(CTX, Bound(Decimal("0.5"), {}))).ok
+        finally:
+            await watcher.stop()
+            await limiter.close()
+            store.close()
+            budgets.close()
+
+    asyncio.run(main())

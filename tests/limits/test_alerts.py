@@ -292,3 +292,37 @@ def test_dead_and_slow_webhooks_do_not_block_other_work(
 
     with caplog.at_level(logging.WARNING, "tokenfuse.alerts"):
         asyncio.run(main())
+
+
+def test_real_limiter_settles_feed_alerts(sqlite_url: str) -> None:
+    from tokenfuse.config import Config
+    from tokenfuse.limits.bounds import Bound
+    from tokenfuse.limits.context import RequestContext
+    from tokenfuse.limits.limiter import Limiter
+    from tokenfuse.usage import Usage
+
+    async def main() -> None:
+        alerts = manager(sqlite_url, rate_check=False)
+        config = Config.model_validate(
+            {
+                "store": sqlite_url,
+                "budgets": [
+                    {"name": "team-day", "match": {"workflow": "droid"}, "window": "day", "limit": {"usd": 1}}
+                ],
+            }
+        )
+        limiter = await Limiter.create(config, on_settle=alerts.observe, rebuild=False)
+        ctx = RequestContext("k", "alice", "droid", None, "m", "openai")
+        try:
+            for cost in ("0.30", "0.30"):
+                admission = await limiter.reserve(ctx, Bound(Decimal("0.35"), {}))
+                assert admission.ok
+                await limiter.settle(admission, Usage(input_uncached=10, output=5), Decimal(cost))
+        finally:
+            await limiter.close()
+        assert [(a.budget, a.label, a.spent) for a in alerts.queue] == [
+            ("team-day", "0.2", "0.30"),
+            ("team-day", "0.5", "0.60"),
+        ]
+
+    asyncio.run(main())

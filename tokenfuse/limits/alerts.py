@@ -388,9 +388,7 @@ class AlertManager:
             try:
                 if self._conn is None:
                     conn = connect(self.store_url)
-                    conn.cursor().execute(
-                        _DDL.format(ts="REAL" if dialect == "sqlite" else "DOUBLE PRECISION")
-                    )
+                    _create_table(conn, dialect)
                     self._conn = conn
                 cur = self._conn.cursor()
                 cur.execute(
@@ -414,6 +412,20 @@ class AlertManager:
                 conn.close()
             except Exception:
                 pass
+
+
+def _create_table(conn: Any, dialect: str) -> None:
+    cur = conn.cursor()
+    if dialect == "sqlite":
+        cur.execute(_DDL.format(ts="REAL"))
+        return
+    # Two replicas running CREATE TABLE IF NOT EXISTS at once can still collide
+    # in PostgreSQL's catalog; serialise them.
+    cur.execute("SELECT pg_advisory_lock(7482194)")
+    try:
+        cur.execute(_DDL.format(ts="DOUBLE PRECISION"))
+    finally:
+        cur.execute("SELECT pg_advisory_unlock(7482194)")
 
 
 def _money(d: Decimal) -> str:
