@@ -386,3 +386,19 @@ def test_finish_twice_does_not_repeat_held_bytes() -> None:
     assert meter.feed(b'data: {"id":"c"') == b""
     assert meter.finish() == b'data: {"id":"c"'
     assert meter.finish() == b""
+
+
+_tricky = st.text(
+    alphabet=st.sampled_from(["a", "ü", "日", '"', "\\", "\n", ":", ",", "{", "}", "\U0001f600", " "]),
+    max_size=12,
+) | st.sampled_from(['"usage":null', ',"usage":null}', '{"choices":[]}', "data: [DONE]\n\n"])
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_tricky, min_size=1, max_size=6), st.lists(st.integers(min_value=0), max_size=10))
+def test_strip_case_is_exact_for_any_text(texts: list[str], cuts: list[int]) -> None:
+    upstream = chat_stream(texts, include_usage=True)
+    out, usage, text = run(stream_info(None), split(upstream, cuts))
+    assert out == chat_stream(texts, include_usage=False)
+    assert usage == EXPECTED_CHAT
+    assert text == sum(len(t.encode()) for t in texts)
