@@ -326,3 +326,14 @@ def test_real_limiter_settles_feed_alerts(sqlite_url: str) -> None:
         ]
 
     asyncio.run(main())
+
+
+def test_session_caps_are_not_alerted(sqlite_url: str) -> None:
+    import dataclasses
+
+    m = manager(sqlite_url, rate_check=False)
+    s = dataclasses.replace(
+        status("199", name="session:agent-1", window="session", start=None, resets=None), source="session"
+    )
+    m.observe([s], now=NOW)
+    assert list(m.queue) == []

@@ -65,6 +65,8 @@ class StatusLike(Protocol):
     def spent_requests(self) -> int: ...
     @property
     def spent_tokens(self) -> dict[str, int]: ...
+    @property
+    def source(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,8 @@ class AlertManager:
             self._observe_one(status, ts)
 
     def _observe_one(self, status: StatusLike, now: float) -> None:
+        if status.source == "session":
+            return  # session caps refuse with their own message; alerting per agent run would flood
         mets = metrics(status)
         if not mets:
             return
