@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tokenfuse.config import Config
+from tokenfuse.ledger import schema
 from tokenfuse.limits.bounds import Bound
 from tokenfuse.limits.context import RequestContext
 
@@ -102,3 +103,32 @@ def pg_url() -> Iterator[str]:
     except Exception as exc:
         unavailable(f"PostgreSQL at {PG_URL}", exc)
     yield from private_schema_url(PG_URL)
+
+
+def insert_rows(store: str, rows: list[dict[str, Any]]) -> None:
+    """Write ledger rows the way the ledger writer would (defaults for what a row leaves out)."""
+    conn = schema.connect(store)
+    dialect = schema.StoreURL.parse(store).dialect
+    mark = schema.placeholder(dialect)
+    cols = ", ".join(schema.COLUMN_NAMES)
+    marks = ", ".join(mark for _ in schema.COLUMN_NAMES)
+    base: dict[str, Any] = {c: None for c in schema.COLUMN_NAMES}
+    base |= {
+        "outcome": "ok",
+        "request_id": "r",
+        "protocol": "anthropic",
+        "model": "test-model",
+        "cost_usd": "0",
+    }
+    base |= {c: 0 for c in ("input_uncached", "cache_read", "cache_write", "cache_write_1h", "output")}
+    base["estimated"] = 0 if dialect == "sqlite" else False
+    try:
+        for r in rows:
+            full = base | r
+            if dialect != "sqlite":
+                full["cost_usd"] = Decimal(full["cost_usd"])
+            conn.execute(
+                f"INSERT INTO requests ({cols}) VALUES ({marks})", [full[c] for c in schema.COLUMN_NAMES]
+            )
+    finally:
+        conn.close()

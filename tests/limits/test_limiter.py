@@ -26,7 +26,12 @@ def by_name(statuses: list[BudgetStatus]) -> dict[str, BudgetStatus]:
     return {s.name: s for s in statuses}
 
 
-MONTHLY = {"name": "alice-monthly", "match": {"principal": "alice"}, "window": "month", "limit": {"usd": "1.00"}}
+MONTHLY = {
+    "name": "alice-monthly",
+    "match": {"principal": "alice"},
+    "window": "month",
+    "limit": {"usd": "1.00"},
+}
 
 
 async def test_a_request_matching_nothing_is_admitted_without_holding_anything(tmp_path: Path) -> None:
@@ -207,13 +212,20 @@ async def test_on_settle_sees_the_budgets_after_the_update(tmp_path: Path) -> No
 async def test_runtime_budgets_join_the_config_ones(tmp_path: Path) -> None:
     lim = await limiter(tmp_path, [MONTHLY])
     lim.set_runtime_budgets(
-        [BudgetConfig.model_validate({"name": "rt", "match": {"workflow": "droid"}, "window": "day", "limit": {"requests": 1}})]
+        [
+            BudgetConfig.model_validate(
+                {"name": "rt", "match": {"workflow": "droid"}, "window": "day", "limit": {"requests": 1}}
+            )
+        ]
     )
     a = await lim.reserve(ctx(), bound("0.1"))
     assert a.ok
     r = (await lim.reserve(ctx(), bound("0.1"))).refusal
     assert r is not None and r.budget == "rt"
-    assert {(s.name, s.source) for s in await lim.snapshot()} == {("alice-monthly", "config"), ("rt", "runtime")}
+    assert {(s.name, s.source) for s in await lim.snapshot()} == {
+        ("alice-monthly", "config"),
+        ("rt", "runtime"),
+    }
     lim.set_runtime_budgets([])
     assert (await lim.reserve(ctx(), bound("0.1"))).ok
 

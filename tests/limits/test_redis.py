@@ -11,9 +11,8 @@ from typing import Any
 
 import redis
 
-from tests.limits.conftest import bound, ctx, make_config
+from tests.limits.conftest import bound, ctx, insert_rows, make_config
 from tokenfuse.config import SessionCaps
-from tokenfuse.ledger import schema
 from tokenfuse.limits.budgets import BudgetStatus
 from tokenfuse.limits.limiter import Limiter
 from tokenfuse.usage import Usage
@@ -30,7 +29,9 @@ def by_name(statuses: list[BudgetStatus]) -> dict[str, BudgetStatus]:
     return {s.name: s for s in statuses}
 
 
-async def test_two_replicas_never_exceed_a_shared_cap(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+async def test_two_replicas_never_exceed_a_shared_cap(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
     a = await replica(tmp_path, redis_url, redis_prefix, [CAP])
     b = await replica(tmp_path, redis_url, redis_prefix, [CAP])
     rng = random.Random(3)
@@ -59,7 +60,9 @@ async def test_two_replicas_never_exceed_a_shared_cap(tmp_path: Path, redis_url:
     await b.close()
 
 
-async def test_a_crashed_replicas_reservations_expire(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+async def test_a_crashed_replicas_reservations_expire(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
     budgets = [{"name": "calls", "window": "total", "limit": {"requests": 2}}]
     crashed = await replica(tmp_path, redis_url, redis_prefix, budgets, reservation_ttl_s=5)
     survivor = await replica(tmp_path, redis_url, redis_prefix, budgets, reservation_ttl_s=5)
@@ -75,7 +78,9 @@ async def test_a_crashed_replicas_reservations_expire(tmp_path: Path, redis_url:
     await survivor.close()
 
 
-async def test_settle_release_and_exact_large_amounts(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+async def test_settle_release_and_exact_large_amounts(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
     budgets = [{"name": "big", "window": "month", "limit": {"usd": 1_000_000}}]
     lim = await replica(tmp_path, redis_url, redis_prefix, budgets)
     a = await lim.reserve(ctx(), bound("123456.789012345"))
@@ -88,7 +93,13 @@ async def test_settle_release_and_exact_large_amounts(tmp_path: Path, redis_url:
     s = by_name(await lim.snapshot())["big"]
     assert s.spent_usd == Decimal("234567.890123457")  # rounded up to the nano-dollar
     assert s.spent_requests == 1
-    assert s.spent_tokens == {"input_uncached": 1, "cache_read": 2, "cache_write": 7, "output": 5, "total": 15}
+    assert s.spent_tokens == {
+        "input_uncached": 1,
+        "cache_read": 2,
+        "cache_write": 7,
+        "output": 5,
+        "total": 15,
+    }
     assert s.reserved_usd == 0 and s.reserved_requests == 0
     await lim.close()
 
@@ -112,7 +123,9 @@ async def test_all_or_none_and_refusal_figures(tmp_path: Path, redis_url: str, r
 
 
 async def test_rolling_window_in_redis(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
-    lim = await replica(tmp_path, redis_url, redis_prefix, [{"name": "r", "window": "rolling: 1h", "limit": {"requests": 1}}])
+    lim = await replica(
+        tmp_path, redis_url, redis_prefix, [{"name": "r", "window": "rolling: 1h", "limit": {"requests": 1}}]
+    )
     t = time.time()
     a = await lim.reserve(ctx(), bound(), now=t)
     await lim.settle(a, Usage(output=1), Decimal("0.001"), now=t)
@@ -121,8 +134,12 @@ async def test_rolling_window_in_redis(tmp_path: Path, redis_url: str, redis_pre
     await lim.close()
 
 
-async def test_counter_keys_expire_after_their_window(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
-    lim = await replica(tmp_path, redis_url, redis_prefix, [{"name": "m", "window": "minute", "limit": {"requests": 5}}])
+async def test_counter_keys_expire_after_their_window(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    lim = await replica(
+        tmp_path, redis_url, redis_prefix, [{"name": "m", "window": "minute", "limit": {"requests": 5}}]
+    )
     a = await lim.reserve(ctx(), bound())
     await lim.settle(a, Usage(output=1), Decimal("0.001"))
     client = redis.Redis.from_url(redis_url)
@@ -150,25 +167,14 @@ async def test_session_caps_hold_across_replicas(tmp_path: Path, redis_url: str,
     await b.close()
 
 
-def _insert(store: str, rows: list[dict[str, Any]]) -> None:
-    conn = schema.connect(store)
-    cols = ", ".join(schema.COLUMN_NAMES)
-    marks = ", ".join("?" for _ in schema.COLUMN_NAMES)
-    for r in rows:
-        full = {c: None for c in schema.COLUMN_NAMES} | {"outcome": "ok", "request_id": "x"} | r
-        for c in ("input_uncached", "cache_read", "cache_write", "cache_write_1h", "output", "estimated"):
-            full[c] = full[c] or 0
-        full["cost_usd"] = full["cost_usd"] or "0"
-        conn.execute(f"INSERT INTO requests ({cols}) VALUES ({marks})", [full[c] for c in schema.COLUMN_NAMES])
-    conn.close()
-
-
 async def test_concurrent_replicas_rebuild_from_the_ledger_once(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
     store = f"sqlite:///{tmp_path / 'ledger.db'}"
     now = time.time()
-    _insert(store, [{"ts": now - 1, "principal": "alice", "cost_usd": "0.30", "output": 10} for _ in range(2)])
+    insert_rows(
+        store, [{"ts": now - 1, "principal": "alice", "cost_usd": "0.30", "output": 10} for _ in range(2)]
+    )
     a, b = await asyncio.gather(
         replica(tmp_path, redis_url, redis_prefix, [CAP]), replica(tmp_path, redis_url, redis_prefix, [CAP])
     )
