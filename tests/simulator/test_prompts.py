@@ -35,6 +35,12 @@ def test_include_usage_needs_an_explicit_true() -> None:
     assert not prompts.include_usage({})
 
 
+def test_obfuscation_is_on_unless_turned_off() -> None:
+    assert prompts.include_obfuscation({})
+    assert prompts.include_obfuscation({"stream_options": {"include_usage": True}})
+    assert not prompts.include_obfuscation({"stream_options": {"include_obfuscation": False}})
+
+
 def test_responses_text_reads_instructions_and_items() -> None:
     body = {
         "instructions": "be brief",

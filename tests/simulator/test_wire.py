@@ -51,12 +51,12 @@ outputs = st.integers(min_value=0, max_value=60)
 chunks = st.integers(min_value=1, max_value=9)
 
 
-@given(outputs, chunks, st.booleans())
+@given(outputs, chunks, st.booleans(), st.booleans())
 def test_chat_stream_reassembles_and_reports_usage_only_when_asked(
-    output: int, chunk: int, ask: bool
+    output: int, chunk: int, ask: bool, pad: bool
 ) -> None:
     reply = make_reply(output, chunk)
-    plan = wire_openai.chat_stream(reply, ask)
+    plan = wire_openai.chat_stream(reply, ask, pad)
     events = sse(plan.frames)
     assert events[-1] == (None, "[DONE]")
     chunks_ = [json.loads(data) for _, data in events[:-1]]
@@ -77,6 +77,8 @@ def test_chat_stream_reassembles_and_reports_usage_only_when_asked(
         assert all("usage" not in c for c in chunks_)
     assert plan.emitted[-1] == output
     assert 1 <= plan.break_at < len(plan.frames)
+    padded = [c for c in chunks_ if "obfuscation" in c]
+    assert len(padded) == (len(reply.deltas()) if pad else 0)
 
 
 def test_chat_body_counts_reasoning_inside_completion_tokens() -> None:

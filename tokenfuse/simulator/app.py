@@ -269,13 +269,14 @@ class Simulator:
         call.stream = body.get("stream") is True
         limit = prompts.chat_limit(body)
         with_usage = prompts.include_usage(body)
+        padded = prompts.include_obfuscation(body)
 
         def produce() -> Answer:
             usage = automatic_input("openai\0" + call.model, text, self.cache)
             reply = self._reply(call, usage, limit, "chatcmpl-", reasoning=True)
             if call.stream:
                 call.content_type = _SSE_TYPE
-                return Answer(usage, plan=wire_openai.chat_stream(reply, with_usage))
+                return Answer(usage, plan=wire_openai.chat_stream(reply, with_usage, padded))
             return Answer(usage, body=wire_openai.chat_body(reply))
 
         return produce
@@ -291,7 +292,8 @@ class Simulator:
             reply = self._reply(call, usage, limit, "resp_", reasoning=True)
             if call.stream:
                 call.content_type = _SSE_TYPE
-                return Answer(usage, plan=wire_openai.responses_stream(reply, body))
+                plan = wire_openai.responses_stream(reply, body, prompts.include_obfuscation(body))
+                return Answer(usage, plan=plan)
             return Answer(usage, body=wire_openai.responses_body(reply, body))
 
         return produce

@@ -95,6 +95,12 @@ def include_usage(body: dict[str, JSON]) -> bool:
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
+def include_obfuscation(body: dict[str, JSON]) -> bool:
+    """On unless the request turns it off (Chat and Responses alike)."""
+    options = body.get("stream_options")
+    return not (isinstance(options, dict) and options.get("include_obfuscation") is False)
+
+
 def responses_text(body: JSON) -> bytes:
     body = _require_dict(body)
     parts: list[str] = []

@@ -13,6 +13,13 @@ from tokenfuse.simulator.reply import Reply, StreamPlan, dumps, text_tokens
 
 _DONE = b"data: [DONE]\n\n"
 _FINGERPRINT = "fp_tokenfuse_sim"
+_OBFUSCATION = "Zk3pQx9LmT2vWb7Rn4Hs"
+
+
+def obfuscation(index: int) -> str:
+    """Padding the API adds to delta events so their sizes leak nothing; real
+    padding is random, this one is deterministic so streams can be compared."""
+    return _OBFUSCATION[: 1 + index % len(_OBFUSCATION)]
 
 
 def _data(value: Any) -> bytes:
@@ -78,8 +85,10 @@ def chat_body(reply: Reply) -> bytes:
     )
 
 
-def chat_stream(reply: Reply, include_usage: bool) -> StreamPlan:
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+def chat_stream(reply: Reply, include_usage: bool, include_obfuscation: bool = True) -> StreamPlan:
+    def chunk(
+        choices: list[dict[str, Any]], usage: dict[str, Any] | None = None, pad: str | None = None
+    ) -> bytes:
         body: dict[str, Any] = {
             "id": reply.id,
             "object": "chat.completion.chunk",
@@ -92,6 +101,8 @@ def chat_stream(reply: Reply, include_usage: bool) -> StreamPlan:
         # With include_usage every chunk carries "usage": null until the last.
         if include_usage:
             body["usage"] = usage
+        if pad is not None:
+            body["obfuscation"] = pad
         return _data(body)
 
     def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
@@ -104,7 +115,8 @@ def chat_stream(reply: Reply, include_usage: bool) -> StreamPlan:
     sent = ""
     for i, text in enumerate(deltas):
         sent += text
-        plan.add(chunk(choice({"content": text})), text_tokens(sent))
+        pad = obfuscation(i) if include_obfuscation else None
+        plan.add(chunk(choice({"content": text}), pad=pad), text_tokens(sent))
         if i + 1 == half:
             plan.mark_break()
     emitted = text_tokens(sent)
@@ -183,7 +195,7 @@ def responses_body(reply: Reply, request: dict[str, Any]) -> bytes:
     return dumps(_response(reply, request, _final_state(reply)))
 
 
-def responses_stream(reply: Reply, request: dict[str, Any]) -> StreamPlan:
+def responses_stream(reply: Reply, request: dict[str, Any], include_obfuscation: bool = True) -> StreamPlan:
     plan = StreamPlan()
     seq = 0
     item_id = "msg_" + reply.id[5:]
@@ -203,7 +215,10 @@ def responses_stream(reply: Reply, request: dict[str, Any]) -> StreamPlan:
     sent = ""
     for i, text in enumerate(deltas):
         sent += text
-        add("response.output_text.delta", {**where, "delta": text, "logprobs": []}, text_tokens(sent))
+        fields: dict[str, Any] = {**where, "delta": text, "logprobs": []}
+        if include_obfuscation:
+            fields["obfuscation"] = obfuscation(i)
+        add("response.output_text.delta", fields, text_tokens(sent))
         if i + 1 == half:
             plan.mark_break()
     emitted = text_tokens(sent)
