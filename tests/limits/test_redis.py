@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
+import subprocess
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 
 import redis
 
-from tests.limits.conftest import bound, ctx, insert_rows, make_config
+from tests.limits.conftest import bound, ctx, insert_rows, make_config, unavailable
 from tokenfuse.config import SessionCaps
 from tokenfuse.limits.budgets import BudgetStatus
 from tokenfuse.limits.limiter import Limiter
@@ -230,3 +232,57 @@ async def test_a_burst_of_1000_across_two_replicas_stays_under_the_cap(
     assert s.spent_requests == 333
     await a.close()
     await b.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_redis(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    return proc
+
+
+async def test_an_outage_refuses_then_recovers_and_replays_usage(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server binary", "not on PATH")
+    port = _free_port()
+    proc = _start_redis(port)
+    try:
+        lim = await replica(tmp_path, f"redis://127.0.0.1:{port}/0", "outage", [CAP])
+        t = time.time()
+        held = await lim.reserve(ctx(), bound("0.5"), now=t)
+        assert held.ok
+        proc.terminate()
+        proc.wait()
+        # Usage of a request in flight when Redis went away is kept for later.
+        await lim.settle(held, Usage(output=1), Decimal("0.4"), now=t + 0.1)
+        down = await lim.reserve(ctx(), bound("0.1"), now=t + 0.2)
+        assert down.refusal is not None and down.refusal.kind == "counters_unavailable"
+        assert "redis://127.0.0.1" in down.refusal.message
+        proc = _start_redis(port)  # back, but empty: it kept nothing on disk
+        back = await lim.reserve(ctx(), bound("0.1"), now=t + 2)
+        assert back.ok
+        await asyncio.sleep(0.05)  # let the replay task run
+        s = by_name(await lim.snapshot(now=t + 2))["cap"]
+        assert s.spent_usd == Decimal("0.4") and s.reserved_usd == Decimal("0.1")
+        await lim.close()
+    finally:
+        proc.terminate()
+        proc.wait()

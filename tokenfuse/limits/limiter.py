@@ -64,6 +64,10 @@ class Refusal:
     resets_at: datetime | None
 
 
+class _BreakerOpen(CountersUnavailable):
+    """The store failed moments ago; not retried yet."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Session:
     session: str
@@ -275,7 +279,8 @@ class Limiter:
             try:
                 short = await self._remote_reserve(ent, res_id, amount, t)
             except CountersUnavailable as exc:
-                self._trip(t, str(exc))
+                if not isinstance(exc, _BreakerOpen):
+                    self._trip(t, str(exc))
                 if self._fallback is None:
                     return Admission(False, self._unavailable(owners))
                 backend = self._fallback
@@ -288,7 +293,7 @@ class Limiter:
         self, ent: tuple[Entry, ...], res_id: str, amount: Vec, t: float
     ) -> Shortfall | None:
         if t < self._down_until:
-            raise CountersUnavailable("the counter store failed moments ago")
+            raise _BreakerOpen("the counter store failed moments ago")
         if self._unseeded:
             seeds, self._unseeded = self._unseeded, []
             try:
