@@ -60,3 +60,33 @@ def test_unknown_kind_or_protocol() -> None:
         refusal("openai", "nope", "x")
     with pytest.raises(ValueError, match="unknown protocol"):
         refusal("gemini", "budget", "x")
+
+
+@pytest.mark.parametrize("mode", ["legacy", "standard"])
+@pytest.mark.parametrize("kind", NON_RETRYABLE)
+def test_botocore_sends_each_non_retryable_refusal_once(kind: str, mode: str) -> None:
+    from .test_bedrock import boto_call
+
+    status, headers, body = refusal("bedrock", kind, f"refused: {kind}")
+    err, calls = boto_call(status, headers, body, mode)
+    assert calls == 1
+    assert err.response["Error"]["Code"] == dict(headers)["x-amzn-errortype"]
+    assert err.response["Error"]["Message"] == f"refused: {kind}"
+
+
+@pytest.mark.parametrize("kind", NON_RETRYABLE)
+def test_openai_sdk_sends_each_non_retryable_refusal_once(kind: str) -> None:
+    from .test_openai import sdk_call
+
+    err, calls = sdk_call(*refusal("openai", kind, f"refused: {kind}"))
+    assert calls == 1 and err.status_code == table()[kind]["openai"][0]
+    assert f"refused: {kind}" in err.message
+
+
+@pytest.mark.parametrize("kind", NON_RETRYABLE)
+def test_anthropic_sdk_sends_each_non_retryable_refusal_once(kind: str) -> None:
+    from .test_anthropic import sdk_call
+
+    err, calls = sdk_call(*refusal("anthropic", kind, f"refused: {kind}"))
+    assert calls == 1 and err.status_code == table()[kind]["anthropic"][0]
+    assert f"refused: {kind}" in err.message
