@@ -30,7 +30,9 @@ def test_rebinding_a_name_forgets_the_client() -> None:
     src = OPENAI + "client = make_other()\nclient.responses.create(model='m', input='x')\n"
     # `responses.create` on an unknown object only counts in a module that imports openai.
     assert _lint(src) == [(4, "TF001")]
-    assert _lint("client = make()\nclient.responses.create(model='m', input='x')\n") == []
+    assert _lint("client = make()\nclient.responses.create(customer='c', status='ok')\n") == []
+    # ...or when the call has the endpoint's shape.
+    assert _lint("client = make()\nclient.responses.create(model='m', input='x')\n") == [(2, "TF001")]
 
 
 def test_self_attribute_client_and_annotations() -> None:
@@ -214,3 +216,32 @@ def test_negated_budget_call_guard_bounds_loop() -> None:
     """)
     assert _lint(src) == []
     assert _lint(src.replace("budget.allows()", "queue.empty()")) == [(4, "TF004")]
+
+
+def test_mutual_recursion_and_its_guard() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        def plan(goal, depth=0):
+            r = client.chat.completions.create(model="m", messages=[goal], max_tokens=5)
+            return [run(s, depth) for s in r.choices]
+
+        def run(step, depth):
+            if step.startswith("SUB"):
+                return plan(step, depth + 1)
+            return step
+    """)
+    assert _lint(src) == [(3, "TF004")]
+    assert "plan() recurses through run() (line 5)" in _messages(src)[0]
+    guarded = src.replace('if step.startswith("SUB"):', 'if step.startswith("SUB") and depth < 3:')
+    assert _lint(guarded) == []
+
+
+def test_injected_langchain_model_in_a_loop() -> None:
+    src = textwrap.dedent("""\
+        from langchain_core.language_models import BaseChatModel
+
+        def loop(llm: BaseChatModel, text: str) -> str:
+            while "OK" not in text:
+                text = llm.invoke(text).content
+            return text
+    """)
+    assert _lint(src) == [(4, "TF004")]

@@ -453,7 +453,11 @@ class Analyzer(ast.NodeVisitor):
             return
         if n >= 2 and last in sdk.OPENAI_CHAT_METHODS and names[-2] in ("responses", "completions"):
             kind = self._kind(receivers[-2])
-            if kind == sdk.OPENAI or (kind is None and self.seen_openai):
+            # An unresolved receiver counts in a module that imports openai, or when the
+            # call has the endpoint's own shape (model= plus input= / prompt=).
+            shape = {"model", "input" if names[-2] == "responses" else "prompt"}
+            has_shape = shape <= {kw.arg for kw in call.keywords}
+            if kind == sdk.OPENAI or (kind is None and (self.seen_openai or has_shape)):
                 label = _label(call)
                 self._model_call(call, label)
                 if names[-2] == "responses":
@@ -875,7 +879,7 @@ class Analyzer(ast.NodeVisitor):
         for loop in self.all_loops:
             self._judge_loop(loop, calls_model)
         for fn in self.functions:
-            self._judge_recursion(fn, calls_model)
+            self._judge_recursion(fn, calls_model, by_name)
         self._judge_forwards(by_name)
         return self.findings
 
@@ -917,25 +921,69 @@ class Analyzer(ast.NodeVisitor):
             whole=False,
         )
 
-    def _judge_recursion(self, fn: _Function, calls_model: dict[str, tuple[ast.Call, str]]) -> None:
-        recursive = next((call for name, call in fn.local_calls if name == fn.name), None)
-        if recursive is None or fn.guarded:
+    def _judge_recursion(
+        self,
+        fn: _Function,
+        calls_model: dict[str, tuple[ast.Call, str]],
+        by_name: dict[str, list[_Function]],
+    ) -> None:
+        direct = next((call for name, call in fn.local_calls if name == fn.name), None)
+        if direct is not None:
+            cycle = [fn]
+            how = f"recurses (line {direct.lineno})"
+            trigger = self._loop_trigger(fn.model_calls, fn.local_calls, calls_model, exclude=fn.name)
+        elif fn.model_calls:
+            # Mutual recursion: only reported at members that call the model themselves.
+            found = self._cycle_through(fn, by_name)
+            if found is None:
+                return
+            cycle, via = found
+            how = f"recurses through {via[0]}() (line {via[1].lineno})"
+            trigger = self._loop_trigger(fn.model_calls, [], calls_model)
+        else:
             return
-        trigger = self._loop_trigger(fn.model_calls, fn.local_calls, calls_model, exclude=fn.name)
         if trigger is None:
             return
-        for if_node in fn.ifs:
-            if loops.condition_bounds(if_node.test, fn.params, negation_ok=True) and any(
-                isinstance(sub, ast.Return | ast.Raise) for stmt in if_node.body for sub in ast.walk(stmt)
+        for member in cycle:
+            if member.guarded or any(
+                self._returns_on_bound(if_node, member.params) for if_node in member.ifs
             ):
                 return
         self._report(
             "TF004",
             fn.node,
-            f"{fn.name}() recurses (line {recursive.lineno}) and {trigger}, with no depth or budget "
+            f"{fn.name}() {how} and {trigger}, with no depth or budget "
             "check that returns or raises; pass a depth and stop at a limit",
             whole=False,
         )
+
+    @staticmethod
+    def _returns_on_bound(node: ast.If, params: set[str]) -> bool:
+        return loops.condition_bounds(node.test, params, negation_ok=True) and any(
+            isinstance(sub, ast.Return | ast.Raise) for stmt in node.body for sub in ast.walk(stmt)
+        )
+
+    @staticmethod
+    def _cycle_through(
+        fn: _Function, by_name: dict[str, list[_Function]]
+    ) -> tuple[list[_Function], tuple[str, ast.Call]] | None:
+        """Functions on a call cycle back to `fn` (other than a direct self-call), and its first hop."""
+        for first, call in fn.local_calls:
+            if first == fn.name or first not in by_name:
+                continue
+            seen = {first}
+            stack = [first]
+            while stack:
+                name = stack.pop()
+                for member in by_name.get(name, ()):
+                    for callee, _ in member.local_calls:
+                        if callee == fn.name:
+                            cycle = [fn, *(f for n in seen for f in by_name.get(n, ()))]
+                            return cycle, (first, call)
+                        if callee not in seen and callee in by_name:
+                            seen.add(callee)
+                            stack.append(callee)
+        return None
 
     def _judge_forwards(self, by_name: dict[str, list[_Function]]) -> None:
         sites: list[tuple[str, ast.Call]] = list(self.module_calls)

@@ -24,6 +24,10 @@ BUDGET_NAME = re.compile(
     r"step|turn|iter|round|count|tries|tokens|elapsed|expire",
     re.IGNORECASE,
 )
+BUDGET_METHOD = re.compile(
+    r"budget|quota|limit|allow|exceed|exhaust|within|remaining|afford|should_stop|can_continue", re.IGNORECASE
+)
+BUDGET_OBJECT = re.compile(r"budget|quota|limit|meter|tracker|guard", re.IGNORECASE)
 GUARD_CALL = re.compile(r"budget|quota|limit|guard|enforce|charge", re.IGNORECASE)
 _ORDERING = (ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq)
 
@@ -73,13 +77,24 @@ def condition_bounds(test: ast.expr, counters: set[str], *, negation_ok: bool = 
         key = target_key(test)
         return key is not None and key in counters
     if isinstance(test, ast.Call):
-        # `budget.allows()`, `within_limit(x)`: the callee's dotted name, not its arguments.
-        func: ast.expr = test.func
-        while isinstance(func, ast.Attribute):
-            if BUDGET_NAME.search(func.attr):
+        return is_budget_check(test)
+    return False
+
+
+def is_budget_check(call: ast.Call) -> bool:
+    """`budget.allows()`, `within_limit(x)`, `tracker.exhausted()`: a call that asks about a budget."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return bool(BUDGET_METHOD.search(func.id))
+    if isinstance(func, ast.Attribute):
+        if BUDGET_METHOD.search(func.attr):
+            return True
+        receiver = func.value
+        while isinstance(receiver, ast.Attribute):
+            if BUDGET_OBJECT.search(receiver.attr):
                 return True
-            func = func.value
-        return isinstance(func, ast.Name) and bool(BUDGET_NAME.search(func.id))
+            receiver = receiver.value
+        return isinstance(receiver, ast.Name) and bool(BUDGET_OBJECT.search(receiver.id))
     return False
 
 

@@ -30,11 +30,14 @@ BEDROCK_CLIENT_TYPES = frozenset({"BedrockRuntimeClient"})
 LANGCHAIN_MODELS = frozenset(
     {"ChatOpenAI", "AzureChatOpenAI", "ChatAnthropic", "ChatBedrock", "ChatBedrockConverse"}
 )
+# Abstract types a chat model is injected as; they are never constructed, only annotated.
+LANGCHAIN_BASES = frozenset({"BaseChatModel", "BaseLanguageModel", "BaseLLM"})
 LANGCHAIN_PACKAGES = (
     "langchain_openai",
     "langchain_anthropic",
     "langchain_aws",
     "langchain_community",
+    "langchain_core",
     "langchain",
 )
 # Methods on a chat model that return another chat model with the same limits.
@@ -131,6 +134,6 @@ def client_kind_of_class(qualname: str) -> str | None:
         return BEDROCK
     if cls == "Router" and root == "litellm":
         return LITELLM_ROUTER
-    if is_langchain_model(qualname):
+    if is_langchain_model(qualname) or (cls in LANGCHAIN_BASES and root in LANGCHAIN_PACKAGES):
         return LANGCHAIN
     return None
