@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from tokenfuse.config import BudgetConfig
-from tokenfuse.limits import admin as admin_module
 from tokenfuse.limits.admin import AdminApp
 from tokenfuse.limits.budgets import BudgetStatus
 from tokenfuse.limits.context import RequestContext
@@ -35,7 +34,7 @@ class StubLimiter:
     def set_runtime_budgets(self, budgets: list[BudgetConfig]) -> None:
         self.runtime = budgets
 
-    async def snapshot(self, now: datetime | None = None) -> list[BudgetStatus]:
+    async def snapshot(self, now: float | None = None) -> list[BudgetStatus]:
         start = datetime(2026, 11, 1, tzinfo=UTC)
         config = BudgetStatus(
             name="alice-monthly", window="month", window_start=start, resets_at=datetime(2026, 12, 1, tzinfo=UTC),
@@ -103,7 +102,7 @@ def run(tmp_path: Path) -> Run:
 
         asyncio.run(main())
 
-    return go  # type: ignore[return-value]
+    return go
 
 
 def test_no_token_configured_means_every_call_is_403(tmp_path: Path) -> None:
@@ -147,7 +146,7 @@ def test_token_compared_in_constant_time(run: Run, monkeypatch: pytest.MonkeyPat
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(admin_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
 
     async def body(client: httpx.AsyncClient, h: Harness) -> None:
         assert (await client.get(BASE + "/kills")).status_code == 200

@@ -104,6 +104,10 @@ class AdminApp:
         self.limiter = limiter
         self.runtime_store = runtime_store
 
+    async def close(self) -> None:
+        await asyncio.to_thread(self.kills_store.close)
+        await asyncio.to_thread(self.runtime_store.close)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
@@ -190,7 +194,11 @@ class AdminApp:
         # The store write is what counts; other replicas poll. Refreshing here
         # makes this replica exact for the very next request.
         if self.watcher is not None:
-            await self.watcher.refresh_now()
+            try:
+                await self.watcher.refresh_now()
+            except Exception as exc:
+                # The write landed; the regular poll applies it once the store reads again.
+                log.warning("applied to the store but not yet to this replica: %s", exc)
 
     async def _kill(self, body: dict[str, Any]) -> tuple[int, Any]:
         scope, value = _scope_value(body)

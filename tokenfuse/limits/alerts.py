@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -197,7 +198,7 @@ class AlertManager:
 
     # -- request path -------------------------------------------------------
 
-    def observe(self, statuses: list[StatusLike], now: float | None = None) -> None:
+    def observe(self, statuses: Sequence[StatusLike], now: float | None = None) -> None:
         """Queue the alerts these statuses newly cross. No I/O, no awaiting."""
         ts = time.time() if now is None else now
         for status in statuses:
