@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -368,9 +369,9 @@ class _Raw:
         yield self._body
 
 
-def boto_call(status: int, headers: list[tuple[str, str]], body: bytes, mode: str) -> tuple[ClientError, int]:
-    session = botocore.session.get_session()
-    client = session.create_client(
+@functools.cache
+def _client(mode: str) -> Any:
+    return botocore.session.get_session().create_client(
         "bedrock-runtime",
         region_name="us-east-1",
         endpoint_url="http://gw.test",
@@ -378,6 +379,10 @@ def boto_call(status: int, headers: list[tuple[str, str]], body: bytes, mode: st
         aws_secret_access_key="secret",
         config=Config(retries={"mode": mode, "max_attempts": 4}),
     )
+
+
+def boto_call(status: int, headers: list[tuple[str, str]], body: bytes, mode: str) -> tuple[ClientError, int]:
+    client = _client(mode)
     calls = 0
 
     def respond(request: Any, **_: Any) -> AWSResponse:
@@ -385,9 +390,13 @@ def boto_call(status: int, headers: list[tuple[str, str]], body: bytes, mode: st
         calls += 1
         return AWSResponse(request.url, status, dict(headers), _Raw(body))
 
-    client.meta.events.register("before-send.bedrock-runtime.Converse", respond)
-    with pytest.raises(client.exceptions.ClientError) as exc:
-        client.converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    event = "before-send.bedrock-runtime.Converse"
+    client.meta.events.register(event, respond, unique_id="tokenfuse-test")
+    try:
+        with pytest.raises(ClientError) as exc:
+            client.converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    finally:
+        client.meta.events.unregister(event, unique_id="tokenfuse-test")
     return exc.value, calls
 
 
