@@ -92,3 +92,26 @@ def test_redact_hides_passwords_only() -> None:
     assert "s3cret" not in redact("postgresql://u@db/x?sslmode=require&password=s3cret")
     assert redact("postgresql://u@db/x") == "postgresql://u@db/x"
     assert redact("sqlite:///a.db") == "sqlite:///a.db"
+
+
+def test_many_openers_of_one_new_file_all_succeed(tmp_path: Path) -> None:
+    import threading
+
+    failures: list[BaseException] = []
+    for trial in range(20):
+        url = f"sqlite:///{tmp_path / f'race{trial}.db'}"
+        barrier = threading.Barrier(4)
+
+        def open_it(url: str = url, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                connect(url).close()
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []

@@ -9,6 +9,7 @@ NUMERIC in PostgreSQL.
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,13 +159,28 @@ def schema_version(conn: Any) -> int | None:
     return None if raw is None else int(raw)
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    # Switching the journal mode answers "database is locked" at once, without
+    # the busy handler, while another connection is creating or migrating the
+    # same new file; wait for it like any other lock.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 def connect(url: str) -> Any:
     """Open a DB-API connection to the store and make sure the schema exists and is current."""
     store = StoreURL.parse(url)
     if store.dialect == "sqlite":
         conn = sqlite3.connect(store.target, timeout=30, check_same_thread=False, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             # IMMEDIATE takes the write lock up front, so two processes starting
