@@ -309,3 +309,40 @@ def test_a_row_the_store_refuses_does_not_hold_back_the_others(store_url: str, t
     assert w.rejected_to is not None
     saved = [json.loads(line) for line in w.rejected_to.read_text().splitlines()]
     assert [s[1] for s in saved] == [None, "req-00000012"]
+
+
+def test_sigkill_keeps_every_committed_batch_whole(sqlite_url: str, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import itertools, sys
+        from tests.ledger.conftest import make_row
+        from tokenfuse.ledger.writer import LedgerWriter
+        w = LedgerWriter({sqlite_url!r}, batch_interval_ms=600_000, batch_size=100)
+        w.start()
+        for i in range(1000):
+            w.write(make_row(i))
+        assert w.flush(60)
+        print("flushed", flush=True)
+        for i in itertools.count(1000):
+            w.write(make_row(i))
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "flushed"
+        assert wait_until(lambda: _count(sqlite_url) > 1000)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    n = _count(sqlite_url)
+    assert n > 1000 and n % 100 == 0  # whole batches only, nothing committed was lost
+    assert _ids(sqlite_url) == [f"req-{i:08d}" for i in range(n)]
+    conn = sqlite3.connect(tmp_path / "ledger.db")
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
