@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any
 
 from tokenfuse.usage import Usage
@@ -57,5 +58,52 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def text_tokens(text: str) -> int:
-    return (len(text.encode()) + 3) // 4
+def jstr(text: str) -> bytes:
+    """A JSON string literal, quotes included, as :func:`dumps` writes it."""
+    literal: str = encode_basestring(text)
+    return literal.encode()
+
+
+def hole(index: int) -> str:
+    """A placeholder value for :class:`Template`."""
+    return f"\x00hole{index}\x00"
+
+
+class Template:
+    """JSON serialised once with placeholder values, then filled per frame.
+
+    Stream frames differ only in a few values (the delta text, a sequence
+    number); re-serialising the whole envelope for every delta was most of the
+    cost of a stream.
+    """
+
+    __slots__ = ("_order", "_parts")
+
+    def __init__(self, value: Any, prefix: bytes = b"", suffix: bytes = b"") -> None:
+        raw = prefix + dumps(value) + suffix
+        found: list[tuple[int, int, int]] = []
+        index = 0
+        while True:
+            marker = dumps(hole(index))
+            at = raw.find(marker)
+            if at < 0:
+                break
+            found.append((at, index, len(marker)))
+            index += 1
+        found.sort()
+        self._parts: list[bytes] = []
+        self._order: list[int] = []
+        pos = 0
+        for at, i, size in found:
+            self._parts.append(raw[pos:at])
+            self._order.append(i)
+            pos = at + size
+        self._parts.append(raw[pos:])
+
+    def fill(self, *values: bytes) -> bytes:
+        """``values[i]`` (JSON bytes: use :func:`jstr` for strings) replaces hole ``i``."""
+        out = [self._parts[0]]
+        for k, i in enumerate(self._order):
+            out.append(values[i])
+            out.append(self._parts[k + 1])
+        return b"".join(out)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenfuse.simulator.reply import Reply, StreamPlan, dumps, text_tokens
+from tokenfuse.simulator.reply import Reply, StreamPlan, Template, dumps, hole, jstr
+
+# (event type, event JSON, output delivered once it is sent)
+Event = tuple[str, bytes, int]
 
 
 def error_body(kind: str, message: str, request_id: str | None = None) -> bytes:
@@ -57,29 +60,31 @@ def message_body(reply: Reply) -> bytes:
     return dumps(message(reply))
 
 
-def events(reply: Reply, *, bedrock: bool = False) -> tuple[list[tuple[dict[str, Any], int]], int]:
-    """The stream's events with the output delivered after each, and how many
-    events a broken stream delivers."""
-    out: list[tuple[dict[str, Any], int]] = []
-    out.append(
-        ({"type": "message_start", "message": message(reply, [], output=min(1, reply.usage.output))}, 0)
-    )
+_DELTA = Template(
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": hole(0)}}
+)
+
+
+def events(reply: Reply, *, bedrock: bool = False) -> tuple[list[Event], int]:
+    """The stream's events, and how many of them a broken stream delivers."""
+    out: list[Event] = []
+    start = {"type": "message_start", "message": message(reply, [], output=min(1, reply.usage.output))}
+    out.append(("message_start", dumps(start), 0))
     if not bedrock:
-        out.append(({"type": "ping"}, 0))
+        out.append(("ping", b'{"type":"ping"}', 0))
     block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-    out.append((block, 0))
+    out.append(("content_block_start", dumps(block), 0))
     deltas = reply.deltas()
     half = (len(deltas) + 1) // 2
     cut = len(out)
-    sent = ""
+    sent = 0
     for i, text in enumerate(deltas):
-        sent += text
-        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
-        out.append((delta, text_tokens(sent)))
+        sent += len(text.encode())
+        out.append(("content_block_delta", _DELTA.fill(jstr(text)), (sent + 3) // 4))
         if i + 1 == half:
             cut = len(out)
-    emitted = text_tokens(sent)
-    out.append(({"type": "content_block_stop", "index": 0}, emitted))
+    emitted = (sent + 3) // 4
+    out.append(("content_block_stop", b'{"type":"content_block_stop","index":0}', emitted))
     # message_delta usage is cumulative: the whole answer's output so far.
     delta_usage: dict[str, Any] = {"output_tokens": reply.usage.output}
     if not bedrock:
@@ -87,16 +92,15 @@ def events(reply: Reply, *, bedrock: bool = False) -> tuple[list[tuple[dict[str,
         for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
             delta_usage[key] = full[key]
     stop = {"type": "message_delta", "delta": {"stop_reason": _stop(reply), "stop_sequence": None}}
-    out.append(({**stop, "usage": delta_usage}, reply.usage.output))
-    out.append(({"type": "message_stop"}, reply.usage.output))
+    out.append(("message_delta", dumps({**stop, "usage": delta_usage}), reply.usage.output))
+    out.append(("message_stop", b'{"type":"message_stop"}', reply.usage.output))
     return out, cut
 
 
 def message_stream(reply: Reply) -> StreamPlan:
     plan = StreamPlan()
     items, cut = events(reply)
-    for event, emitted in items:
-        kind = event["type"].encode()
-        plan.add(b"event: " + kind + b"\ndata: " + dumps(event) + b"\n\n", emitted)
+    for kind, body, emitted in items:
+        plan.add(b"event: " + kind.encode() + b"\ndata: " + body + b"\n\n", emitted)
     plan.break_at = cut
     return plan

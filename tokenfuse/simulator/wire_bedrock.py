@@ -9,7 +9,7 @@ from typing import Any
 
 from tokenfuse.protocols.eventstream import encode_event
 from tokenfuse.simulator import wire_anthropic
-from tokenfuse.simulator.reply import Reply, StreamPlan, dumps, text_tokens
+from tokenfuse.simulator.reply import Reply, StreamPlan, Template, dumps, hole, jstr
 
 ERROR_NAMESPACE = ":http://internal.amazon.com/coral/com.amazon.bedrock/"
 # Real frames carry a random-length "p" field so that sizes leak nothing.
@@ -59,6 +59,9 @@ def converse_body(reply: Reply) -> bytes:
     )
 
 
+_CONVERSE_DELTA = Template({"contentBlockIndex": 0, "delta": {"text": hole(0)}, "p": hole(1)})
+
+
 def converse_stream(reply: Reply) -> StreamPlan:
     plan = StreamPlan()
     n = 0
@@ -71,13 +74,15 @@ def converse_stream(reply: Reply) -> StreamPlan:
     add("messageStart", {"role": "assistant"}, 0)
     deltas = reply.deltas()
     half = (len(deltas) + 1) // 2
-    sent = ""
+    sent = 0
     for i, text in enumerate(deltas):
-        sent += text
-        add("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": text}}, text_tokens(sent))
+        sent += len(text.encode())
+        payload = _CONVERSE_DELTA.fill(jstr(text), jstr(_pad(n)))
+        plan.add(encode_event("contentBlockDelta", payload), (sent + 3) // 4)
+        n += 1
         if i + 1 == half:
             plan.mark_break()
-    emitted = text_tokens(sent)
+    emitted = (sent + 3) // 4
     add("contentBlockStop", {"contentBlockIndex": 0}, emitted)
     add("messageStop", {"stopReason": _stop(reply)}, emitted)
     metadata = {"usage": converse_usage(reply), "metrics": {"latencyMs": reply.latency_ms}}
@@ -146,46 +151,52 @@ def invoke_body(family: str, reply: Reply) -> bytes:
     )
 
 
-def _family_events(family: str, reply: Reply) -> tuple[list[tuple[dict[str, Any], int]], int]:
+_NOVA_DELTA = Template({"contentBlockDelta": {"delta": {"text": hole(0)}, "contentBlockIndex": 0}})
+_LLAMA_CHUNK = Template(
+    {
+        "generation": hole(0),
+        "prompt_token_count": hole(1),
+        "generation_token_count": hole(2),
+        "stop_reason": None,
+    }
+)
+
+
+def _family_events(family: str, reply: Reply) -> tuple[list[tuple[bytes, int]], int]:
+    """Model events as JSON with the output delivered after each, and how
+    many a broken stream delivers."""
     if family == "anthropic":
-        return wire_anthropic.events(reply, bedrock=True)
-    out: list[tuple[dict[str, Any], int]] = []
+        items, cut = wire_anthropic.events(reply, bedrock=True)
+        return [(body, emitted) for _, body, emitted in items], cut
+    out: list[tuple[bytes, int]] = []
     deltas = reply.deltas()
     half = (len(deltas) + 1) // 2
     cut = 1
-    sent = ""
+    sent = 0
     if family == "nova":
-        out.append(({"messageStart": {"role": "assistant"}}, 0))
+        out.append((b'{"messageStart":{"role":"assistant"}}', 0))
         for i, text in enumerate(deltas):
-            sent += text
-            out.append(
-                ({"contentBlockDelta": {"delta": {"text": text}, "contentBlockIndex": 0}}, text_tokens(sent))
-            )
+            sent += len(text.encode())
+            out.append((_NOVA_DELTA.fill(jstr(text)), (sent + 3) // 4))
             if i + 1 == half:
                 cut = len(out)
-        emitted = text_tokens(sent)
-        out.append(({"contentBlockStop": {"contentBlockIndex": 0}}, emitted))
-        out.append(({"messageStop": {"stopReason": _stop(reply)}}, emitted))
+        emitted = (sent + 3) // 4
+        out.append((b'{"contentBlockStop":{"contentBlockIndex":0}}', emitted))
+        out.append((dumps({"messageStop": {"stopReason": _stop(reply)}}), emitted))
         usage = {"inputTokens": reply.usage.input_uncached, "outputTokens": reply.usage.output}
-        out.append(({"metadata": {"usage": usage, "metrics": {}, "trace": {}}}, reply.usage.output))
+        out.append((dumps({"metadata": {"usage": usage, "metrics": {}, "trace": {}}}), reply.usage.output))
         return out, cut
     # Llama: every chunk is a generation fragment; the last one carries counts.
-    first = True
     for i, text in enumerate(deltas):
-        sent += text
-        chunk: dict[str, Any] = {
-            "generation": text,
-            "prompt_token_count": reply.usage.input_uncached if first else None,
-            "generation_token_count": text_tokens(sent),
-            "stop_reason": None,
-        }
-        first = False
-        out.append((chunk, text_tokens(sent)))
+        sent += len(text.encode())
+        prompt = str(reply.usage.input_uncached).encode() if i == 0 else b"null"
+        tokens = (sent + 3) // 4
+        out.append((_LLAMA_CHUNK.fill(jstr(text), prompt, str(tokens).encode()), tokens))
         if i + 1 == half:
             cut = len(out)
     stop = "length" if reply.truncated else "stop"
     last = {"generation": "", "prompt_token_count": None, "generation_token_count": reply.usage.output}
-    out.append(({**last, "stop_reason": stop}, reply.usage.output))
+    out.append((dumps({**last, "stop_reason": stop}), reply.usage.output))
     return out, min(cut, len(out) - 1) or 1
 
 
@@ -195,8 +206,9 @@ def invoke_stream(family: str, reply: Reply, first_byte_ms: int) -> StreamPlan:
     last = len(items) - 1
     for i, (event, emitted) in enumerate(items):
         if i == last:
-            event = {**event, "amazon-bedrock-invocationMetrics": invocation_metrics(reply, first_byte_ms)}
-        payload = {"bytes": base64.b64encode(dumps(event)).decode(), "p": _pad(i)}
-        plan.add(encode_event("chunk", dumps(payload)), emitted)
+            metrics = dumps(invocation_metrics(reply, first_byte_ms))
+            event = event[:-1] + b',"amazon-bedrock-invocationMetrics":' + metrics + b"}"
+        payload = b'{"bytes":"' + base64.b64encode(event) + b'","p":' + jstr(_pad(i)) + b"}"
+        plan.add(encode_event("chunk", payload), emitted)
     plan.break_at = cut
     return plan

@@ -9,7 +9,7 @@ import struct
 from functools import lru_cache
 from typing import Any
 
-from tokenfuse.simulator.reply import Reply, StreamPlan, dumps, text_tokens
+from tokenfuse.simulator.reply import Reply, StreamPlan, Template, dumps, hole, jstr
 
 _DONE = b"data: [DONE]\n\n"
 _FINGERPRINT = "fp_tokenfuse_sim"
@@ -88,7 +88,7 @@ def chat_body(reply: Reply) -> bytes:
 def chat_stream(reply: Reply, include_usage: bool, include_obfuscation: bool = True) -> StreamPlan:
     def chunk(
         choices: list[dict[str, Any]], usage: dict[str, Any] | None = None, pad: str | None = None
-    ) -> bytes:
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": reply.id,
             "object": "chat.completion.chunk",
@@ -103,26 +103,27 @@ def chat_stream(reply: Reply, include_usage: bool, include_obfuscation: bool = T
             body["usage"] = usage
         if pad is not None:
             body["obfuscation"] = pad
-        return _data(body)
+        return body
 
     def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
     plan = StreamPlan()
-    plan.add(chunk(choice({"role": "assistant", "content": "", "refusal": None})), 0)
+    plan.add(_data(chunk(choice({"role": "assistant", "content": "", "refusal": None}))), 0)
+    pad = hole(1) if include_obfuscation else None
+    delta = Template(chunk(choice({"content": hole(0)}), pad=pad), b"data: ", b"\n\n")
     deltas = reply.deltas()
     half = (len(deltas) + 1) // 2
-    sent = ""
+    sent = 0
     for i, text in enumerate(deltas):
-        sent += text
-        pad = obfuscation(i) if include_obfuscation else None
-        plan.add(chunk(choice({"content": text}), pad=pad), text_tokens(sent))
+        sent += len(text.encode())
+        plan.add(delta.fill(jstr(text), jstr(obfuscation(i))), (sent + 3) // 4)
         if i + 1 == half:
             plan.mark_break()
-    emitted = text_tokens(sent)
-    plan.add(chunk(choice({}, _finish(reply))), emitted)
+    emitted = (sent + 3) // 4
+    plan.add(_data(chunk(choice({}, _finish(reply)))), emitted)
     if include_usage:
-        plan.add(chunk([], chat_usage(reply)), reply.usage.output)
+        plan.add(_data(chunk([], chat_usage(reply))), reply.usage.output)
     plan.add(_DONE, plan.emitted[-1])
     return plan
 
@@ -210,18 +211,21 @@ def responses_stream(reply: Reply, request: dict[str, Any], include_obfuscation:
     add("response.in_progress", {"response": _response(reply, request, "in_progress")}, 0)
     add("response.output_item.added", {"output_index": 0, "item": _message_item(reply, False)}, 0)
     add("response.content_part.added", {**where, "part": _text_part("")}, 0)
+    fields: dict[str, Any] = {"type": "response.output_text.delta", "sequence_number": hole(0), **where}
+    fields.update({"delta": hole(1), "logprobs": []})
+    if include_obfuscation:
+        fields["obfuscation"] = hole(2)
+    delta = Template(fields, b"event: response.output_text.delta\ndata: ", b"\n\n")
     deltas = reply.deltas()
     half = (len(deltas) + 1) // 2
-    sent = ""
+    sent = 0
     for i, text in enumerate(deltas):
-        sent += text
-        fields: dict[str, Any] = {**where, "delta": text, "logprobs": []}
-        if include_obfuscation:
-            fields["obfuscation"] = obfuscation(i)
-        add("response.output_text.delta", fields, text_tokens(sent))
+        sent += len(text.encode())
+        plan.add(delta.fill(str(seq).encode(), jstr(text), jstr(obfuscation(i))), (sent + 3) // 4)
+        seq += 1
         if i + 1 == half:
             plan.mark_break()
-    emitted = text_tokens(sent)
+    emitted = (sent + 3) // 4
     add("response.output_text.done", {**where, "text": reply.text, "logprobs": []}, emitted)
     add("response.content_part.done", {**where, "part": _text_part(reply.text)}, emitted)
     add("response.output_item.done", {"output_index": 0, "item": _message_item(reply, True)}, emitted)
