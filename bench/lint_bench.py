@@ -16,6 +16,7 @@ interpreter start-up included), best of --repeat runs.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import subprocess
@@ -325,7 +326,8 @@ def main() -> int:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tokenfuse-lint-bench-"))
     try:
-        print(f"python {sys.version.split()[0]} on {sys.platform}")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"python {sys.version.split()[0]} on {sys.platform}, {os.cpu_count()} CPUs, load average {load}")
         for name, build in (("generated", generate), ("stdlib", collect_stdlib)):
             root = tmp / name
             root.mkdir()

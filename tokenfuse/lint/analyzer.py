@@ -11,12 +11,25 @@ summarised during the walk and judged in `finish()`.
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from tokenfuse.lint import dicts, loops, sdk
 from tokenfuse.lint.dicts import DictInfo, Presence
 
 _MAX_DEPTH = 8
+
+# Nodes that never contain a call, a loop or a binding worth tracking: the walk
+# skips them instead of dispatching, which is most of its cost on real code.
+_SKIP: frozenset[type] = frozenset(
+    {ast.Name, ast.Constant, ast.Load, ast.Store, ast.Del, ast.Pass, ast.Break, ast.Continue}
+    | {ast.alias, ast.Global, ast.Nonlocal, ast.arguments, ast.arg}
+    | set(ast.operator.__subclasses__())
+    | set(ast.cmpop.__subclasses__())
+    | set(ast.unaryop.__subclasses__())
+    | set(ast.boolop.__subclasses__())
+)
 
 
 @dataclass(slots=True)
@@ -100,6 +113,28 @@ def _is_none(node: ast.expr | None) -> bool:
 
 
 class Analyzer(ast.NodeVisitor):
+    _dispatch: ClassVar[dict[type, Any]] = {}
+
+    def visit(self, node: ast.AST) -> None:
+        kind = type(node)
+        if kind in _SKIP:
+            return
+        method: Callable[[Analyzer, ast.AST], None] | None = self._dispatch.get(kind)
+        if method is None:
+            method = getattr(type(self), f"visit_{kind.__name__}", type(self).generic_visit)
+            self._dispatch[kind] = method
+        method(self, node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if type(value) is list:
+                for item in value:
+                    if isinstance(item, ast.AST) and type(item) not in _SKIP:
+                        self.visit(item)
+            elif isinstance(value, ast.AST) and type(value) not in _SKIP:
+                self.visit(value)
+
     def __init__(self, *, ceiling: int, strict: bool) -> None:
         self.ceiling = ceiling
         self.strict = strict
