@@ -238,7 +238,8 @@ class Gateway:
         try:
             info: RequestInfo = proto.parse_request(route.route, body, route.model_from_path)
         except ProtocolError as exc:
-            raise _Refused("bad_request", exc.message, "bad_request") from None
+            kind = {404: "not_found", 413: "too_large"}.get(exc.status, "bad_request")
+            raise _Refused(kind, exc.message, "bad_request") from None
         req.info = info
         price = self.prices.lookup(info.model)
         if price is None and not self.config.pricing.allow_unpriced:
