@@ -292,7 +292,7 @@ def test_a_row_the_store_refuses_does_not_hold_back_the_others(store_url: str, t
     try:
         for i in range(20):
             if i == 7:
-                w.write(make_row(i, request_id=None))  # type: ignore[arg-type]  # NOT NULL violated
+                w.write(make_row(i, request_id=None))  # NOT NULL violated
             elif i == 12:
                 w.write(make_row(i, cost_usd=_Unstorable()))  # no way to store this value
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +114,7 @@ def _scalar(conn: Any, sql: str) -> Any:
 
 
 def migrate(
-    conn: Any, dialect: str, target: int = SCHEMA_VERSION, migrations: dict[int, Migration] | None = None
+    conn: Any, dialect: str, target: int = SCHEMA_VERSION, migrations: Mapping[int, Migration] | None = None
 ) -> int:
     """Create or upgrade the schema on an open connection; return the version it ends at.
 
