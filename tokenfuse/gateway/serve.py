@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from tokenfuse.config import Config, ConfigError, load_config
 
 
-def build_server(config: Config, host: str | None = None, port: int | None = None) -> object:
+def build_server(config: Config, host: str | None = None, port: int | None = None) -> Any:
     import uvicorn
 
     from tokenfuse.gateway.app import Gateway
@@ -49,5 +50,5 @@ def main(argv: list[str]) -> int:
         level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     server = build_server(config, args.host, args.port)
-    server.run()  # type: ignore[attr-defined]
-    return 0 if server.started else 1  # type: ignore[attr-defined]
+    server.run()
+    return 0 if server.started else 1
