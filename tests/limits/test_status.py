@@ -236,3 +236,15 @@ def test_gateway_url_maps_wildcard_binds_to_loopback(tmp_path: Path) -> None:
     assert status_cli.gateway_url(cfg) == "http://127.0.0.1:1"
     wild = cfg.model_copy(update={"server": cfg.server.model_copy(update={"host": "::", "port": 8787})})
     assert status_cli.gateway_url(wild) == "http://[::1]:8787"
+
+
+def test_dispatcher_routes_status_without_the_word(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tokenfuse import cli
+
+    cfg = write_config(tmp_path)
+    assert cli.main(["status", "--config", str(cfg), "--json", "--ledger"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["source"] == "ledger" and "--ledger given" in report["note"]
+    assert sorted(b["name"] for b in report["budgets"]) == ["alice-day", "opus-total"]
