@@ -57,10 +57,9 @@ _GARBAGE_FRAMES = b"\x00\x00\x00\x20\x00\x00\x00\x00\xde\xad\xbe\xef" + b"\x00" 
 class SimFault(Exception):
     """Raised inside a handler when the request must fail with an error status."""
 
-    def __init__(self, status: int, kind: str, message: str) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-        self.kind = kind
         self.message = message
 
 
@@ -168,7 +167,6 @@ class Simulator:
         request_id = f"{next(self._ids):024x}"
         auth = _auth_style(headers)
         route = self._routes.get(path)
-        bedrock_op = None
         if route is None and path.startswith("/model/"):
             model, bedrock_op = _bedrock_target(scope)
             handler: Handler | None = self._bedrock if bedrock_op in _BEDROCK_OPS else None
@@ -183,7 +181,7 @@ class Simulator:
         raw = await _read_body(receive)
         if handler is None or scope["method"] != "POST":
             message = f"Invalid URL ({scope['method']} {path})"
-            await self._refuse(call, send, SimFault(404, "not_found", message))
+            await self._refuse(call, send, SimFault(404, message))
             return
         try:
             try:
@@ -193,12 +191,10 @@ class Simulator:
             produce = handler(call, body)
             call.fault = self._fault(call)
             if call.fault in ("500", "429"):
-                status = int(call.fault)
-                kind = "server_error" if status == 500 else "rate_limit"
-                raise SimFault(status, kind, f"simulated {status} (x-sim-fault)")
+                raise SimFault(int(call.fault), f"simulated {call.fault} fault")
             answer = produce()
         except BadRequest as exc:
-            await self._refuse(call, send, SimFault(400, "invalid_request", str(exc)))
+            await self._refuse(call, send, SimFault(400, str(exc)))
             return
         except SimFault as exc:
             await self._refuse(call, send, exc)
