@@ -131,9 +131,13 @@ def _lint_batch(batch: list[str], settings: Settings) -> list[tuple[list[Finding
 def lint_paths(paths: list[Path], settings: Settings, *, jobs: int | None = None) -> Result:
     files = list(iter_files(paths, settings))
     result = Result(files=len(files))
-    workers = jobs if jobs is not None else min(os.cpu_count() or 1, 8)
-    total = sum(_size(p) for p in files) if workers > 1 else 0
-    if workers > 1 and total >= _PARALLEL_MIN_BYTES and len(files) > 1:
+    if jobs is None:
+        workers = min(os.cpu_count() or 1, 8)
+        parallel = workers > 1 and len(files) > 1 and sum(_size(p) for p in files) >= _PARALLEL_MIN_BYTES
+    else:
+        workers = jobs
+        parallel = jobs > 1 and len(files) > 1
+    if parallel:
         batches = [files[i::workers] for i in range(workers)]
         with ProcessPoolExecutor(max_workers=workers) as pool:
             outcomes = [o for chunk in pool.map(_lint_batch, batches, [settings] * workers) for o in chunk]
