@@ -245,3 +245,14 @@ def test_injected_langchain_model_in_a_loop() -> None:
             return text
     """)
     assert _lint(src) == [(4, "TF004")]
+
+
+def test_clock_comparison_bounds_a_loop() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        import time
+
+        def hammer(t0):
+            while time.monotonic() - t0 < 3:
+                client.chat.completions.create(model="m", messages=[], max_tokens=2)
+    """)
+    assert _lint(src) == []

@@ -2,8 +2,8 @@
 
 A loop counts as bounded when
   * its condition compares an iteration counter (a name the loop body
-    increments or decrements) or a budget-like name (max_steps, deadline,
-    remaining_budget, ...) or `len(...)`; in an `and` one such conjunct is
+    increments or decrements), a budget-like name (max_steps, deadline,
+    remaining_budget, ...), `len(...)` or a clock reading (`time.monotonic()`); in an `and` one such conjunct is
     enough, in an `or` every disjunct needs one; or
   * its body has an `if` on such a comparison whose branch leaves the loop
     (`break` at the loop's own level, `return`, or `raise`); or
@@ -29,6 +29,8 @@ BUDGET_METHOD = re.compile(
 )
 BUDGET_OBJECT = re.compile(r"budget|quota|limit|meter|tracker|guard", re.IGNORECASE)
 GUARD_CALL = re.compile(r"budget|quota|limit|guard|enforce|charge", re.IGNORECASE)
+# Comparing a clock reading (`time.monotonic() - t0 < 30`) bounds a loop in time.
+_CLOCKS = frozenset({"monotonic", "monotonic_ns", "perf_counter", "time", "time_ns", "now", "utcnow"})
 _ORDERING = (ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq)
 
 
@@ -50,8 +52,10 @@ def _operand_is_bounding(node: ast.expr, counters: set[str]) -> bool:
             key = target_key(sub)
             if (key is not None and key in counters) or BUDGET_NAME.search(sub.attr):
                 return True
-        elif isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id == "len":
-            return True
+        elif isinstance(sub, ast.Call):
+            name = call_name(sub)
+            if name == "len" or name in _CLOCKS:
+                return True
     return False
 
 
