@@ -102,9 +102,9 @@ class Counters(Protocol):
         ...
 
     async def settle(
-        self, entries: Sequence[Entry], res_id: str, actual: Vec, now: float, want: bool
+        self, entries: Sequence[Entry], res_id: str, actual: Vec, now: float, want: bool, amount: Vec
     ) -> list[Reading] | None:
-        """Drop the reservation (if still held) and add ``actual`` to spent.
+        """Drop the reservation of ``amount`` (if still held) and add ``actual`` to spent.
 
         With ``want`` the entries' figures after the update are returned.
         """

@@ -84,6 +84,7 @@ class _Held:
     owners: tuple[_Owner, ...]
     backend: Counters
     at: float
+    amount: Vec
 
 
 @dataclass(slots=True)
@@ -165,7 +166,8 @@ class Limiter:
         self._seq = itertools.count(1)
         self._down_until = 0.0
         self._last_loud = -LOUD_LOG_EVERY_S
-        self._replay: list[tuple[tuple[Entry, ...], str, Vec, float]] = []
+        self._replay: list[tuple[tuple[Entry, ...], str, Vec, float, Vec]] = []
+        self._flushing = False
         self._unseeded: list[Seed] = []
         self._pending: dict[str, asyncio.Future[None]] = {}
 
@@ -287,7 +289,7 @@ class Limiter:
                 short = self._fallback.reserve_now(ent, res_id, amount, t, self._ttl)
         if short is not None:
             return Admission(False, self._refusal(short, ent, owners, amount, t))
-        return Admission(True, held=_Held(res_id, ent, tuple(owners), backend, t))
+        return Admission(True, held=_Held(res_id, ent, tuple(owners), backend, t, amount))
 
     async def _remote_reserve(
         self, ent: tuple[Entry, ...], res_id: str, amount: Vec, t: float
@@ -302,7 +304,8 @@ class Limiter:
                 self._unseeded = seeds + self._unseeded
                 raise
         short = await self._backend.reserve(ent, res_id, amount, t, self._ttl)
-        if self._replay:
+        if self._replay and not self._flushing:
+            self._flushing = True
             spawn(self._flush_replay())
         return short
 
@@ -329,15 +332,15 @@ class Limiter:
             readings = held.backend.settle_now(held.entries, held.res_id, actual, t, want)
             if held.backend is not self._backend and actual != ZERO:
                 # Spent through the fail-open fallback: Redis hears of it when it is back.
-                self._queue_replay(held.entries, held.res_id, actual, t)
+                self._queue_replay(held.entries, held.res_id, actual, t, held.amount)
         else:
             try:
-                readings = await held.backend.settle(held.entries, held.res_id, actual, t, want)
+                readings = await held.backend.settle(held.entries, held.res_id, actual, t, want, held.amount)
             except CountersUnavailable as exc:
                 self._trip(t, f"{exc}; the usage will be written when it answers")
                 readings = None
                 if actual != ZERO:
-                    self._queue_replay(held.entries, held.res_id, actual, t)
+                    self._queue_replay(held.entries, held.res_id, actual, t, held.amount)
                     if self._fallback is not None:
                         readings = self._fallback.settle_now(held.entries, held.res_id, actual, t, want)
         if want and readings is not None and self._on_settle is not None:
@@ -363,20 +366,25 @@ class Limiter:
             )
             log.error("budget counters unavailable (%s); on_counter_failure is %s", why, mode)
 
-    def _queue_replay(self, entries: tuple[Entry, ...], res_id: str, actual: Vec, t: float) -> None:
+    def _queue_replay(
+        self, entries: tuple[Entry, ...], res_id: str, actual: Vec, t: float, amount: Vec
+    ) -> None:
         if len(self._replay) < REPLAY_MAX:
-            self._replay.append((entries, res_id, actual, t))
+            self._replay.append((entries, res_id, actual, t, amount))
         else:
             log.error("budget counters unavailable for too long: dropping usage that could not be recorded")
 
     async def _flush_replay(self) -> None:
-        while self._replay:
-            entries, res_id, actual, t = self._replay[0]
-            try:
-                await self._backend.settle(entries, res_id, actual, t, False)
-            except CountersUnavailable:
-                return
-            self._replay.pop(0)
+        try:
+            while self._replay:
+                entries, res_id, actual, t, amount = self._replay[0]
+                try:
+                    await self._backend.settle(entries, res_id, actual, t, False, amount)
+                except CountersUnavailable:
+                    return
+                self._replay.pop(0)
+        finally:
+            self._flushing = False
 
     def _unavailable(self, owners: Sequence[_Owner]) -> Refusal:
         url = getattr(self._backend, "url", self.config.counters)
@@ -539,7 +547,8 @@ class Limiter:
         return rows[:limit]
 
     async def close(self) -> None:
-        if self._replay:
+        if self._replay and not self._flushing:
+            self._flushing = True
             await self._flush_replay()
         await self._backend.close()
         if self._fallback is not None:

@@ -60,7 +60,7 @@ class MemoryCounters:
         return self.reserve_now(entries, res_id, amount, now, ttl_s)
 
     async def settle(
-        self, entries: Sequence[Entry], res_id: str, actual: Vec, now: float, want: bool
+        self, entries: Sequence[Entry], res_id: str, actual: Vec, now: float, want: bool, amount: Vec
     ) -> list[Reading] | None:
         return self.settle_now(entries, res_id, actual, now, want)
 

@@ -94,17 +94,16 @@ class RedisCounters:
         )
         self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._specs: dict[Entry, str] = {}
+        self._held = f"{prefix}:held"
+        self._info = f"{prefix}:heldinfo"
         self._reserve = self._r.register_script(_script("reserve"))
         self._settle = self._r.register_script(_script("settle"))
         self._read = self._r.register_script(_script("read"))
         self._seed = self._r.register_script(_script("seed"))
 
     def _keys(self, entries: Sequence[Entry]) -> list[str]:
-        keys: list[str] = []
         p = self.prefix
-        for e in entries:
-            keys += (f"{p}:{e.key}", f"{p}:z:{e.key}")
-        return keys
+        return [self._held, self._info, *(f"{p}:{e.key}" for e in entries)]
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -136,9 +135,16 @@ class RedisCounters:
         return Shortfall(int(res[0]) - 1, int(res[1]) - 1, int(res[2]), int(res[3]))
 
     async def settle(
-        self, entries: Sequence[Entry], res_id: str, actual: Vec, now: float, want: bool
+        self, entries: Sequence[Entry], res_id: str, actual: Vec, now: float, want: bool, amount: Vec
     ) -> list[Reading] | None:
-        args: list[Any] = [_ms(now), res_id, int(want), len(entries), ",".join(map(str, actual))]
+        args: list[Any] = [
+            _ms(now),
+            res_id,
+            int(want),
+            len(entries),
+            ",".join(map(str, actual)),
+            ",".join(map(str, amount)),
+        ]
         args += [self._spec(e) for e in entries]
         res = await self._call(self._settle, self._keys(entries), args)
         return [_reading(r) for r in res] if want else None

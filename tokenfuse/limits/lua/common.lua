@@ -1,11 +1,16 @@
 -- Shared by every tokenfuse counter script (prepended by redis.py).
--- A counter hash holds s1..s7 (spent), r1..r7 (reserved), x:<id> (a held
--- reservation's amounts, comma-separated), L (a session's caps), and for
--- rolling windows b<i>:<d> (bucket i's spend) with lo/hi (the oldest/newest
--- bucket held). Lua numbers are doubles: integers are exact below 2^53, and
--- are written back with %d, never with tostring (which would print 1e+15).
+--
+-- A counter hash holds s1..s7 (spent), r1..r7 (reserved), e (set once its
+-- expiry is set), L (a session's caps), and for rolling windows b<i>:<d>
+-- (bucket i's spend) with lo/hi (the oldest and newest bucket held).
+-- Reservations in flight live in one sorted set (KEYS[1], id scored by
+-- expiry) and one hash (KEYS[2], id -> "amounts\nhash1\nhash2..."), so purging
+-- expired ones costs one call when there are none.
+-- Lua numbers are doubles: integers are exact below 2^53, and are written
+-- back with %d, never with tostring (which would print 1e+15).
 local N = 7
-local FIELDS = {'s1', 's2', 's3', 's4', 's5', 's6', 's7', 'r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7'}
+local FIELDS = {'s1', 's2', 's3', 's4', 's5', 's6', 's7', 'r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7', 'e'}
+local RFIELDS = {'r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7'}
 
 local function fmt(x)
   return string.format('%d', x)
@@ -17,33 +22,41 @@ local function nums(s)
   return t
 end
 
+-- s1..s7, r1..r7 as numbers, and whether the expiry marker is set.
 local function figures(h)
   local raw = redis.call('HMGET', h, unpack(FIELDS))
   local v = {}
   for k = 1, 2 * N do v[k] = tonumber(raw[k]) or 0 end
-  return v
-end
-
--- Add (sign 1) or subtract (sign -1) a vector to s<d> or r<d> in place.
-local function incr(h, prefix, vals, sign)
-  for d = 1, N do
-    local v = tonumber(vals[d])
-    if v and v ~= 0 then redis.call('HINCRBY', h, prefix .. d, fmt(sign * v)) end
-  end
+  return v, raw[2 * N + 1] ~= false
 end
 
 -- Drop reservations whose TTL has passed (their replica died or forgot them).
-local function purge(h, z, now)
-  local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-  if #ids == 0 then return end
+local function purge(held, info, now)
+  local ids = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'LIMIT', 0, 200)
   for _, id in ipairs(ids) do
-    local x = redis.call('HGET', h, 'x:' .. id)
+    local x = redis.call('HGET', info, id)
     if x then
-      incr(h, 'r', nums(x), -1)
-      redis.call('HDEL', h, 'x:' .. id)
+      local parts = {}
+      for s in string.gmatch(x, '[^\n]+') do parts[#parts + 1] = s end
+      local a = nums(parts[1])
+      for k = 2, #parts do
+        local h = parts[k]
+        if redis.call('EXISTS', h) == 1 then
+          local raw = redis.call('HMGET', h, unpack(RFIELDS))
+          local args = {}
+          for d = 1, N do
+            if a[d] ~= 0 then
+              args[#args + 1] = RFIELDS[d]
+              args[#args + 1] = fmt(math.max(0, (tonumber(raw[d]) or 0) - a[d]))
+            end
+          end
+          if #args > 0 then redis.call('HSET', h, unpack(args)) end
+        end
+      end
+      redis.call('HDEL', info, id)
     end
+    redis.call('ZREM', held, id)
   end
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
 end
 
 local function bucket_fields(i)
@@ -62,7 +75,11 @@ local function roll(h, now, bucket, nb)
   local hi = tonumber(redis.call('HGET', h, 'hi')) or lo
   for i = lo, math.min(hi, new_lo - 1) do
     local f = bucket_fields(i)
-    incr(h, 's', redis.call('HMGET', h, unpack(f)), -1)
+    local raw = redis.call('HMGET', h, unpack(f))
+    for d = 1, N do
+      local v = tonumber(raw[d])
+      if v and v ~= 0 then redis.call('HINCRBY', h, 's' .. d, fmt(-v)) end
+    end
     redis.call('HDEL', h, unpack(f))
   end
   redis.call('HSET', h, 'lo', fmt(new_lo))
@@ -78,12 +95,15 @@ local function add_bucket(h, idx, vals)
   end
 end
 
-local function expire(h, z, at, rel)
+-- Absolute expiries (calendar windows) are set once; relative ones (sessions,
+-- rolling windows) are pushed back on every write.
+local function expire(h, at, rel, marked)
   if at > 0 then
-    redis.call('PEXPIREAT', h, fmt(at))
-    redis.call('PEXPIREAT', z, fmt(at))
+    if not marked then
+      redis.call('PEXPIREAT', h, fmt(at))
+      redis.call('HSET', h, 'e', '1')
+    end
   elseif rel > 0 then
     redis.call('PEXPIRE', h, fmt(rel))
-    redis.call('PEXPIRE', z, fmt(rel))
   end
 end

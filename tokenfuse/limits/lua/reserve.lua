@@ -1,23 +1,22 @@
--- Reserve one request's bound against every entry, or against none.
--- KEYS: hash1, zset1, hash2, zset2, ...
+-- Reserve one request's bound against every counter, or against none.
+-- KEYS: held zset, held info hash, counter hash 1..n
 -- ARGV: now_ms, res_id, expiry_ms, n, "a1,...,a7",
---       then per entry "bucket_ms,nbuckets,pexpireat_ms,pexpire_ms,keep_limits,l1,...,l7"
--- Returns {0} when admitted, else {entry, dim, spent, reserved} (1-based).
+--       then per counter "bucket_ms,nbuckets,pexpireat_ms,pexpire_ms,keep_limits,l1,...,l7"
+-- Returns {0} when admitted, else {counter, dim, spent, reserved} (1-based).
 local now = tonumber(ARGV[1])
 local id = ARGV[2]
-local expiry = ARGV[3]
 local n = tonumber(ARGV[4])
 local a = nums(ARGV[5])
-local specs, figs = {}, {}
+local specs, figs, marks = {}, {}, {}
 
+purge(KEYS[1], KEYS[2], now)
 for i = 1, n do
-  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local h = KEYS[2 + i]
   local p = nums(ARGV[5 + i])
   specs[i] = p
-  purge(h, z, now)
   roll(h, now, p[1], p[2])
-  local v = figures(h)
-  figs[i] = v
+  local v, marked = figures(h)
+  figs[i], marks[i] = v, marked
   for d = 1, N do
     local cap = p[5 + d]
     if cap >= 0 and v[d] + v[N + d] + a[d] > cap then
@@ -26,13 +25,14 @@ for i = 1, n do
   end
 end
 
+local where = {ARGV[5]}
 for i = 1, n do
-  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local h = KEYS[2 + i]
   local p, v = specs[i], figs[i]
-  local args = {'x:' .. id, ARGV[5]}
+  local args = {}
   for d = 1, N do
     if a[d] ~= 0 then
-      args[#args + 1] = 'r' .. d
+      args[#args + 1] = RFIELDS[d]
       args[#args + 1] = fmt(v[N + d] + a[d])
     end
   end
@@ -42,8 +42,10 @@ for i = 1, n do
     args[#args + 1] = 'L'
     args[#args + 1] = table.concat(lim, ',')
   end
-  redis.call('HSET', h, unpack(args))
-  redis.call('ZADD', z, expiry, id)
-  expire(h, z, p[3], p[4])
+  if #args > 0 then redis.call('HSET', h, unpack(args)) end
+  expire(h, p[3], p[4], marks[i])
+  where[#where + 1] = h
 end
+redis.call('ZADD', KEYS[1], ARGV[3], id)
+redis.call('HSET', KEYS[2], id, table.concat(where, '\n'))
 return {0}
