@@ -156,6 +156,7 @@ class Gateway:
             self.alerts.stop() if self.alerts else None,
             self.http.close() if self.http else None,
             self.limiter.close() if self.limiter else None,
+            self.admin.close() if self.admin else None,
         ):
             if closer is not None:
                 try:
