@@ -256,3 +256,21 @@ def test_clock_comparison_bounds_a_loop() -> None:
                 client.chat.completions.create(model="m", messages=[], max_tokens=2)
     """)
     assert _lint(src) == []
+
+
+def test_init_chat_model_and_twilio_messages() -> None:
+    src = textwrap.dedent("""\
+        import anthropic
+        from langchain.chat_models import init_chat_model
+        from twilio.rest import Client
+
+        llm = init_chat_model("gpt-4o", model_provider="openai")
+        bounded = init_chat_model("claude-sonnet-4-5", model_provider="anthropic", max_tokens=512)
+        sms = Client()
+
+        def notify_forever(numbers):
+            while True:
+                for n in numbers:
+                    sms.messages.create(to=n, from_="+100", body="hi")
+    """)
+    assert _lint(src) == [(5, "TF003")]

@@ -514,7 +514,9 @@ class Analyzer(ast.NodeVisitor):
             return
         if n >= 2 and names[-2] == "messages" and last in sdk.OPENAI_CHAT_METHODS:
             kind = self._kind(receivers[-2])
-            if kind == sdk.ANTHROPIC or (kind is None and self.seen_anthropic):
+            # Twilio and others also have `messages.create`; an unresolved receiver needs model=.
+            has_model = any(kw.arg in ("model", None) for kw in call.keywords)
+            if kind == sdk.ANTHROPIC or (kind is None and self.seen_anthropic and has_model):
                 label = _label(call)
                 self._model_call(call, label)
                 # The Messages API requires max_tokens, so only its size is checked.
