@@ -32,3 +32,22 @@ def test_worker_processes_give_the_same_findings() -> None:
     two = lint_paths([CORPUS], Settings(), jobs=2)
     assert one.findings == two.findings and one.files == two.files
     assert len(one.findings) > 40
+
+
+def test_a_directory_named_on_the_command_line_is_walked_even_under_an_excluded_name(tmp_path: Path) -> None:
+    inside = tmp_path / "build" / "pkg"
+    (inside / "dist").mkdir(parents=True)
+    (inside / "a.py").write_text("x = 1\n")
+    (inside / "dist" / "b.py").write_text("x = 1\n")
+    settings = Settings(exclude=DEFAULT_EXCLUDE, root=str(tmp_path))
+    assert [Path(p).name for p in iter_files([inside], settings)] == ["a.py"]
+    assert list(iter_files([tmp_path], settings)) == []
+
+
+def test_coding_declaration_is_honoured(tmp_path: Path) -> None:
+    src = "# -*- coding: latin-1 -*-\nimport litellm\nname = 'caf\xe9'\nlitellm.completion(model='m', messages=[])\n"
+    path = tmp_path / "latin.py"
+    path.write_bytes(src.encode("latin-1"))
+    result = lint_paths([path], Settings(), jobs=1)
+    assert result.errors == []
+    assert [(f.line, f.rule) for f in result.findings] == [(4, "TF003")]

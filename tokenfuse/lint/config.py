@@ -53,9 +53,15 @@ class Settings:
         rel = os.path.relpath(os.path.abspath(path), self.root or os.getcwd())
         return rel.replace(os.sep, "/")
 
-    def excluded(self, path: str) -> bool:
+    def excluded(self, path: str, base: str | None = None) -> bool:
+        """Whether a pattern matches the path (relative to root) or one of its components.
+
+        Components are taken below `base` when given (the directory being walked),
+        so linting a directory that itself sits under `build/` still works.
+        """
         rel_path = self.relative(path)
-        parts = rel_path.split("/")
+        below = rel_path if base is None else os.path.relpath(path, base).replace(os.sep, "/")
+        parts = below.split("/")
         for pattern in self.exclude:
             if fnmatch.fnmatch(rel_path, pattern) or any(fnmatch.fnmatch(p, pattern) for p in parts):
                 return True

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import io
 import os
 import re
+import tokenize
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -98,13 +100,14 @@ def iter_files(paths: list[Path], settings: Settings) -> Iterator[str]:
                 seen.add(shown)
                 yield shown
             continue
+        base = str(root)
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not settings.excluded(_display(Path(dirpath, d))))
+            dirnames[:] = sorted(d for d in dirnames if not settings.excluded(os.path.join(dirpath, d), base))
             for name in sorted(filenames):
                 if not name.endswith((".py", ".pyi")):
                     continue
                 shown = _display(Path(dirpath, name))
-                if shown not in seen and not settings.excluded(shown):
+                if shown not in seen and not settings.excluded(os.path.join(dirpath, name), base):
                     seen.add(shown)
                     yield shown
 
@@ -113,8 +116,10 @@ def lint_file(path: str, settings: Settings) -> tuple[list[Finding], str | None]
     try:
         with open(path, "rb") as fh:
             data = fh.read()
-        source = data.decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        # Honour a PEP 263 coding declaration (and a UTF-8 BOM) as the interpreter would.
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        source = data.decode(encoding)
+    except (OSError, UnicodeDecodeError, SyntaxError, LookupError) as exc:
         return [], f"{path}: cannot read ({exc})"
     try:
         return lint_source(source, path, settings), None
