@@ -274,3 +274,16 @@ def test_init_chat_model_and_twilio_messages() -> None:
                     sms.messages.create(to=n, from_="+100", body="hi")
     """)
     assert _lint(src) == [(5, "TF003")]
+
+
+def test_invoke_model_request_as_kwargs_dict() -> None:
+    src = textwrap.dedent("""\
+        import json, boto3
+        brt = boto3.client("bedrock-runtime")
+        ok = {"modelId": "anthropic.claude-3-5-haiku-20241022-v1:0", "body": json.dumps({"max_tokens": 200})}
+        brt.invoke_model(**ok)
+        bad = {"modelId": "meta.llama3-8b-instruct-v1:0", "body": json.dumps({"max_tokens": 200})}
+        brt.invoke_model(**bad)
+    """)
+    assert _lint(src) == [(6, "TF002")]
+    assert _lint(src, strict=True) == [(6, "TF002")]

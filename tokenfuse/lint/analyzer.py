@@ -602,6 +602,13 @@ class Analyzer(ast.NodeVisitor):
                 model_id = self._resolve_const(kw.value)
             elif kw.arg == "body":
                 body = kw.value
+            elif kw.arg is None:
+                # invoke_model(**request) with the request built as a dict literal.
+                request = self._dict_of(kw.value)
+                if request is not None:
+                    body = request.keys.get("body", body)
+                    if "modelId" in request.keys:
+                        model_id = self._resolve_const(request.keys["modelId"])
         family: str | None = None
         if isinstance(model_id, ast.Constant) and isinstance(model_id.value, str):
             family = sdk.bedrock_family(model_id.value)
