@@ -9,7 +9,7 @@ over-count by at most one nano-dollar per request and never under-count.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from typing import Protocol
 
@@ -51,6 +51,11 @@ class Entry:
     expire_at: float | None = None
     idle_s: float | None = None
     keep_limits: bool = False  # sessions: store the caps so status can show them
+    # (dim, cap) for every limited dimension, so a check skips the others.
+    checks: tuple[tuple[int, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checks", tuple((d, c) for d, c in enumerate(self.limits) if c != UNLIMITED))
 
 
 @dataclass(frozen=True, slots=True)

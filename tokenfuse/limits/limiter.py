@@ -254,12 +254,13 @@ class Limiter:
                     await fut
         entries: list[Entry] = []
         owners: list[_Owner] = []
+        keys: set[str] = set()
         for b in budgets:
             e = b.entry(t)
-            if any(x.key == e.key for x in entries):
-                continue
-            entries.append(e)
-            owners.append(b)
+            if e.key not in keys:  # the same budget defined twice counts once
+                keys.add(e.key)
+                entries.append(e)
+                owners.append(b)
         if capped:
             assert ctx.session is not None and session_caps is not None
             entries.append(

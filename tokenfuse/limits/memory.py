@@ -125,17 +125,14 @@ class MemoryCounters:
                 self._purge(slot, now)
             if e.rolling_bucket_s:
                 self._roll(slot, e, now)
-            lim, spent, res = e.limits, slot.spent, slot.reserved
-            for d in range(NDIMS):
-                cap = lim[d]
-                if cap >= 0 and spent[d] + res[d] + amount[d] > cap:
+            spent, res = slot.spent, slot.reserved
+            for d, cap in e.checks:
+                if spent[d] + res[d] + amount[d] > cap:
                     return Shortfall(i, d, spent[d], res[d])
             slots.append(slot)
         held = (now + ttl_s, amount)
         for slot, e in zip(slots, entries, strict=True):
-            res = slot.reserved
-            for d in range(NDIMS):
-                res[d] += amount[d]
+            slot.reserved = [r + a for r, a in zip(slot.reserved, amount, strict=True)]
             slot.held[res_id] = held
             slot.touched = now
             if e.keep_limits:
@@ -150,22 +147,19 @@ class MemoryCounters:
             slot = self._slot(e, now)
             held = slot.held.pop(res_id, None)
             if held is not None:
-                amount = held[1]
-                for d in range(NDIMS):
-                    slot.reserved[d] -= amount[d]
+                slot.reserved = [r - a for r, a in zip(slot.reserved, held[1], strict=True)]
             if e.rolling_bucket_s:
                 self._roll(slot, e, now)
                 cur = math.floor(now / e.rolling_bucket_s)
                 bucket = slot.buckets.get(cur)
                 if bucket is None:
                     bucket = slot.buckets[cur] = [0] * NDIMS
-                    if not slot.buckets or len(slot.buckets) == 1:
-                        slot.lo = cur
+                    if len(slot.buckets) == 1:
+                        slot.lo = slot.hi = cur
                     slot.lo, slot.hi = min(slot.lo, cur), max(slot.hi, cur)
                 for d in range(NDIMS):
                     bucket[d] += actual[d]
-            for d in range(NDIMS):
-                slot.spent[d] += actual[d]
+            slot.spent = [s + u for s, u in zip(slot.spent, actual, strict=True)]
             slot.touched = now
             if out is not None:
                 out.append(Reading(tuple(slot.spent), tuple(slot.reserved)))
