@@ -287,3 +287,20 @@ def test_invoke_model_request_as_kwargs_dict() -> None:
     """)
     assert _lint(src) == [(6, "TF002")]
     assert _lint(src, strict=True) == [(6, "TF002")]
+
+
+def test_self_calls_resolve_to_the_same_class() -> None:
+    src = OPENAI + textwrap.dedent("""\
+        class A:
+            def ask(self, prompt, **kw):
+                return client.chat.completions.create(model="m", messages=[prompt], **kw)
+
+        class B:
+            def ask(self, prompt):
+                return prompt
+
+            def go(self):
+                while True:
+                    self.ask("x")
+    """)
+    assert _lint(src) == []

@@ -142,6 +142,7 @@ class Analyzer(ast.NodeVisitor):
         self.imports: dict[str, str] = {}
         self.scopes: list[_Scope] = [_Scope(is_class=False)]
         self.classes: list[dict[str, Value]] = []
+        self.class_names: list[str] = []
         self.func_returns: dict[str, str] = {}
         self.loops: list[_Loop] = []
         self.all_loops: list[_Loop] = []
@@ -771,7 +772,9 @@ class Analyzer(ast.NodeVisitor):
             if star is not None:
                 params.add(star.arg)
                 scope.names[star.arg] = _UNKNOWN
-        summary = _Function(node.name, node, params, args.kwarg.arg if args.kwarg else None)
+        # Methods are keyed `Class.name` so `self.name()` finds this class's method only.
+        key = f"{self.class_names[-1]}.{node.name}" if self.scopes[-1].is_class else node.name
+        summary = _Function(key, node, params, args.kwarg.arg if args.kwarg else None)
         saved_loops, saved_func = self.loops, self.func
         self.loops, self.func = [], summary
         self.scopes.append(scope)
@@ -801,8 +804,10 @@ class Analyzer(ast.NodeVisitor):
         self._bind(node.name, _UNKNOWN)
         self.scopes.append(_Scope(is_class=True))
         self.classes.append({})
+        self.class_names.append(node.name)
         for stmt in node.body:
             self.visit(stmt)
+        self.class_names.pop()
         self.classes.pop()
         self.scopes.pop()
 
@@ -866,8 +871,9 @@ class Analyzer(ast.NodeVisitor):
             isinstance(func, ast.Attribute)
             and isinstance(func.value, ast.Name)
             and func.value.id in ("self", "cls")
+            and self.class_names
         ):
-            local = func.attr
+            local = f"{self.class_names[-1]}.{func.attr}"
         if local is not None:
             entry = (local, node)
             for loop in self.loops:
