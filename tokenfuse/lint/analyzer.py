@@ -1071,5 +1071,5 @@ class Analyzer(ast.NodeVisitor):
             fwd.rule,
             site,
             f"{fn.name}() forwards **{fn.kwargs_param} to {fwd.label}() (line {fwd.call.lineno}) "
-            f"and this call passes no {fwd.limits[0]}; pass {fwd.limits[0]}=N",
+            f"and this call passes no {' or '.join(fwd.limits)}; pass {fwd.limits[0]}=N",
         )
