@@ -101,3 +101,10 @@ def test_classify_kinds() -> None:
     assert classify("amazons3", "TimedStorage", None, None).kind == "other"
     # Token-looking usage types of an unrelated service are not Bedrock inference.
     assert classify("amazoncomprehend", "USE1-input-tokens", None, None).kind == "other"
+
+
+def test_unknown_usage_type_with_an_inference_operation_still_counts() -> None:
+    k = classify("amazonbedrock", "USE1-SomeNewModel-weird-units", "InvokeModelInference", None)
+    assert (k.kind, k.token_class) == ("inference", None)
+    assert classify("amazonbedrock", "USE1-SomeNewModel-weird-units", "Converse", None).kind == "inference"
+    assert classify("amazonbedrock", "USE1-ProvisionedThroughput", "CreateProvisionedModelThroughput", None).kind == "bedrock"

@@ -289,7 +289,8 @@ def cache_health(exp: Export, as_of: date) -> list[CacheMiss]:
         """
         SELECT account, model, any_value(model_label) AS label, token_class, sum(tokens), sum(cost)
         FROM bill
-        WHERE kind = 'inference' AND is_usage AND model IS NOT NULL AND day >= ? AND day < ?
+        WHERE kind = 'inference' AND is_usage AND model IS NOT NULL AND token_class IS NOT NULL
+          AND day >= ? AND day < ?
         GROUP BY account, model, token_class
         """,
         [start, as_of],

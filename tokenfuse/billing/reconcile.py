@@ -102,7 +102,7 @@ def _bill_cells(exp: Export, account: str | None) -> tuple[list[tuple[Any, ...]]
         SELECT day, model, any_value(model_label),
                CASE WHEN token_class = 'cache_write_1h' THEN 'cache_write' ELSE token_class END AS cls,
                sum(tokens), sum(quantity), sum(cost), list(DISTINCT unit)
-        FROM bill WHERE kind = 'inference' AND is_usage AND model IS NOT NULL {acct_sql}
+        FROM bill WHERE kind = 'inference' AND is_usage AND model IS NOT NULL AND token_class IS NOT NULL {acct_sql}
         GROUP BY day, model, cls
         """,
         params,

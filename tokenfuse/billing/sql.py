@@ -15,6 +15,8 @@ from datetime import date, timedelta
 from tokenfuse.billing.usagetypes import (
     BEDROCK_SERVICES,
     COMPUTE_SERVICES,
+    INFERENCE_OPERATION_PATTERN,
+    LLM_API_SERVICES,
     MARKETPLACE_PATTERN,
     TOKEN_CLASS_PATTERNS,
 )
@@ -95,6 +97,7 @@ _NORMALISE: dict[str, dict[str, str]] = {
         "service": "lower(coalesce(product_servicecode, line_item_product_code))",
         "usage_type": "lower(line_item_usage_type)",
         "charge": "lower(line_item_line_item_type)",
+        "operation": "lower(line_item_operation)",
         "cost": "line_item_unblended_cost",
     },
     "focus-1.0": {
@@ -103,6 +106,7 @@ _NORMALISE: dict[str, dict[str, str]] = {
         "service": "lower(coalesce(x_ServiceCode, ServiceName))",
         "usage_type": "lower(x_UsageType)",
         "charge": "lower(ChargeCategory)",
+        "operation": "lower(x_Operation)",
         "cost": "BilledCost",
     },
     "focus-1.2": {
@@ -111,6 +115,7 @@ _NORMALISE: dict[str, dict[str, str]] = {
         "service": "lower(coalesce(x_ServiceCode, ServiceName))",
         "usage_type": "lower(SkuMeter)",
         "charge": "lower(ChargeCategory)",
+        "operation": "lower(x_Operation)",
         "cost": "BilledCost",
     },
 }
@@ -130,6 +135,7 @@ def warehouse_sql(dialect: str, flavour: str, table: str, as_of: date, first_day
     ) + " END"
     bedrock = ", ".join(_lit(s) for s in sorted(BEDROCK_SERVICES))
     compute = ", ".join(_lit(s) for s in sorted(COMPUTE_SERVICES))
+    llm = ", ".join(_lit(s) for s in sorted(LLM_API_SERVICES))
     mp = _lit("%" + MARKETPLACE_PATTERN + "%")
     recent = f"back BETWEEN 1 AND {RECENT_DAYS}"
     base = f"back BETWEEN {BASELINE_FIRST_BACK} AND {BASELINE_LAST_BACK}"
@@ -142,19 +148,23 @@ def warehouse_sql(dialect: str, flavour: str, table: str, as_of: date, first_day
 -- days without usage count as $0; flag when recent > mean + {SIGMA} * max(sigma, {SIGMA_FLOOR_FRACTION} * mean) and mean > ${MIN_BASELINE_USD}/day.
 WITH raw AS (
     SELECT {n['day']} AS day, {n['account']} AS account, {n['service']} AS service,
-           {n['usage_type']} AS usage_type, {n['charge']} AS charge, CAST({n['cost']} AS DECIMAL(38,12)) AS cost
+           {n['usage_type']} AS usage_type, {n['operation']} AS operation, {n['charge']} AS charge, CAST({n['cost']} AS DECIMAL(38,12)) AS cost
     FROM {table}
     WHERE {n['day']} >= {_date(max(first_day, as_of - timedelta(days=BASELINE_LAST_BACK)))}
       AND {n['day']} < {_date(as_of)}
 ),
 typed AS (
     SELECT day, account, cost, {cls_case} AS token_class,
-           replace(charge, ' ', '') IN ('usage', 'discountedusage', 'savingsplancoveredusage') AS is_usage, service, usage_type
+           replace(charge, ' ', '') IN ('usage', 'discountedusage', 'savingsplancoveredusage') AS is_usage, service, usage_type,
+           operation
     FROM raw
 ),
 classified AS (
     SELECT day, account, cost, token_class, is_usage,
-           CASE WHEN token_class IS NOT NULL AND (service IN ({bedrock}) OR usage_type LIKE {mp}) THEN 'inference'
+           CASE WHEN token_class IS NOT NULL AND (service IN ({bedrock}) OR service IN ({llm}) OR usage_type LIKE {mp})
+                     THEN 'inference'
+                WHEN service IN ({bedrock}) AND {_regex(dialect, "coalesce(operation, '')", INFERENCE_OPERATION_PATTERN)}
+                     THEN 'inference'
                 WHEN service IN ({compute}) THEN 'compute' ELSE 'other' END AS kind
     FROM typed
 ),

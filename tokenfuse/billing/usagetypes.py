@@ -32,6 +32,9 @@ TOKEN_CLASS_PATTERNS: tuple[tuple[str, str], ...] = (
     ("input_uncached", r"input-tokens?|input_tokens?|inputtokencount|input-token-count"),
 )
 
+INFERENCE_OPERATION_PATTERN = r"^(invokemodel|converse)|inference"
+INFERENCE_OPERATION = re.compile(INFERENCE_OPERATION_PATTERN)
+
 _COMPILED = tuple((cls, re.compile(p)) for cls, p in TOKEN_CLASS_PATTERNS)
 
 MARKETPLACE_PATTERN = r"-mp:"
@@ -163,6 +166,10 @@ def service_kind(service: str | None, usage_type: str | None, operation: str | N
     ):
         return "inference"
     if svc in BEDROCK_SERVICES or "bedrock" in svc:
+        # A model-invocation operation is inference even when its usage type is a spelling
+        # we do not know yet: its dollars count, its token class stays unknown.
+        if operation and INFERENCE_OPERATION.search(operation.lower()):
+            return "inference"
         return "bedrock"
     if svc in COMPUTE_SERVICES:
         return "compute"
