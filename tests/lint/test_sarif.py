@@ -102,3 +102,10 @@ def test_cli_writes_sarif_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert _validator().is_valid(log)
     assert [r["ruleId"] for r in log["runs"][0]["results"]] == ["TF002"]
     assert capsys.readouterr().out == ""
+
+
+def test_absolute_paths_become_file_uris(tmp_path: Path) -> None:
+    log = to_sarif([Finding(str(tmp_path / "a.py"), 1, 1, "TF001", "m")])
+    location = log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
+    assert location == {"uri": (tmp_path / "a.py").as_uri()}
+    assert _validator().is_valid(log)
