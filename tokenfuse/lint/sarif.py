@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import PurePosixPath
+import os
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tokenfuse import __version__
@@ -35,6 +36,13 @@ def _rule(code: str) -> dict[str, Any]:
         "defaultConfiguration": {"level": "warning"},
         "properties": {"tags": ["llm", "cost", "reliability"]},
     }
+
+
+def _artifact(path: str) -> dict[str, str]:
+    # Paths under the working directory are shown relative to it; others stay absolute.
+    if os.path.isabs(path):
+        return {"uri": Path(path).as_uri()}
+    return {"uri": PurePosixPath(path).as_posix(), "uriBaseId": "%SRCROOT%"}
 
 
 def _fingerprint(finding: Finding, line_text: str, occurrence: int) -> str:
@@ -72,10 +80,7 @@ def to_sarif(findings: list[Finding]) -> dict[str, Any]:
                 "locations": [
                     {
                         "physicalLocation": {
-                            "artifactLocation": {
-                                "uri": PurePosixPath(f.path).as_posix(),
-                                "uriBaseId": "%SRCROOT%",
-                            },
+                            "artifactLocation": _artifact(f.path),
                             "region": {"startLine": f.line, "startColumn": f.col},
                         }
                     }
