@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -42,13 +43,13 @@ class Plan:
     sat_duration: float
     startups: int
     profile_s: int
-    cells: list[tuple[int, float]]  # (connections, offered requests/s)
+    cells: list[tuple[int, float | None]]  # (connections, offered requests/s or None: back to back)
 
 
 FULL = Plan(duration=5.0, warmup=1.0, sat_duration=10.0, startups=3, profile_s=10,
-            cells=[(1, 100.0), (16, 500.0), (64, 500.0)])
+            cells=[(1, None), (1, 100.0), (16, 500.0), (64, 500.0)])
 QUICK = Plan(duration=2.0, warmup=0.5, sat_duration=4.0, startups=1, profile_s=4,
-             cells=[(1, 100.0), (16, 500.0), (64, 500.0)])
+             cells=[(1, None), (1, 100.0), (16, 500.0), (64, 500.0)])
 
 
 @dataclass
@@ -71,10 +72,12 @@ class Bench:
         path.write_bytes(shape.body)
         return path
 
-    def open_loop(self, port: int, shape: gs.Shape, conns: int, rate: float | None) -> dict[str, Any]:
+    def open_loop(
+        self, port: int, shape: gs.Shape, conns: int, rate: float | None, seconds: float | None = None
+    ) -> dict[str, Any]:
         argv = [sys.executable, str(HERE / "gateway_load.py"), "--url", f"http://127.0.0.1:{port}{shape.path}",
                 "--body-file", str(self.body_file(shape)), "--expect", shape.expect, "--conns", str(conns),
-                "--duration", str(self.plan.duration if rate else self.plan.sat_duration),
+                "--duration", str(seconds or self.plan.duration),
                 "--warmup", str(self.plan.warmup)]
         argv += ["--rate", str(rate)] if rate else ["--closed"]
         for k, v in shape.headers.items():
@@ -96,7 +99,7 @@ class Bench:
                 cpu0 = cpu_seconds(pid)
                 result = self.run_wrk(proc.port, shape, conns, self.plan.sat_duration)
             else:
-                result = self.open_loop(proc.port, shape, conns, None)
+                result = self.open_loop(proc.port, shape, conns, None, self.plan.sat_duration)
                 result["tool"] = "python closed loop"
             cpu1 = cpu_seconds(pid)
         done = result["ok"] + result["errors"]
@@ -135,6 +138,28 @@ def parse_wrk(text: str) -> dict[str, Any]:
             "p50_ms": pct.get("50"), "p90_ms": pct.get("90"), "p99_ms": pct.get("99")}
 
 
+def ledger_overhead(db: Path, run: dict[str, Any]) -> dict[str, float] | None:
+    """The gateway's own view: overhead_ms (its time minus the upstream's) of the run's ledger rows."""
+    time.sleep(0.5)  # rows are committed every batch_interval_ms (200 ms)
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            vals = sorted(v for (v,) in conn.execute(
+                "SELECT overhead_ms FROM requests WHERE ts >= ? AND ts <= ? AND outcome = 'ok'",
+                (run["epoch_start"], run["epoch_end"] + 0.05)))
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    if not vals:
+        return None
+
+    def pick(q: float) -> float:
+        return round(float(vals[min(len(vals) - 1, round(q * (len(vals) - 1)))]), 3)
+
+    return {"rows": len(vals), "p50_ms": pick(0.5), "p99_ms": pick(0.99)}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process tree so far (all threads), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -163,20 +188,22 @@ def stage_startup(b: Bench, sim: gs.Proc) -> None:
     log(f"start-up: {rows}")
 
 
-def stage_latency(b: Bench, sim: gs.Proc, gw: gs.Proc, lite: gs.Proc | None) -> None:
+def stage_latency(b: Bench, sim: gs.Proc, gw: gs.Proc, lite: gs.Proc | None, db: Path) -> None:
     shapes = gs.shapes()
     rows = []
     matrix = [(s, c, r) for s in ("openai", "openai-stream") for c, r in b.plan.cells]
-    matrix += [(s, c, r) for s in ("anthropic", "bedrock") for c, r in b.plan.cells[:2]]
+    matrix += [(s, c, r) for s in ("anthropic", "bedrock") for c, r in b.plan.cells[1:3]]
     for name, conns, rate in matrix:
         shape = shapes[name]
         row: dict[str, Any] = {"shape": name, "conns": conns, "rate": rate}
+        # Interleaved per cell, so drift in the machine's other load hits all three alike.
         row["direct"] = b.open_loop(sim.port, shape, conns, rate)
         row["tokenfuse"] = b.open_loop(gw.port, shape, conns, rate)
+        row["tokenfuse_ledger"] = ledger_overhead(db, row["tokenfuse"])
         if lite is not None and name.startswith("openai"):
             row["litellm"] = b.open_loop(lite.port, shape, conns, rate)
         rows.append(row)
-        log(f"latency {name} c={conns} {rate:.0f}/s: direct p50 {row['direct']['p50_ms']} ms, "
+        log(f"latency {name} c={conns} {rate or 'back-to-back'}: direct p50 {row['direct']['p50_ms']} ms, "
             f"tokenfuse p50 {row['tokenfuse']['p50_ms']} ms"
             + (f", litellm p50 {row['litellm']['p50_ms']} ms" if "litellm" in row else ""))
     b.results["latency"] = rows
@@ -186,6 +213,7 @@ def stage_saturation(b: Bench, sim: gs.Proc, gw: gs.Proc, lite: gs.Proc | None) 
     shapes = gs.shapes()
     rows = []
     targets: list[tuple[str, gs.Proc, str]] = [("simulator (direct)", sim, "openai"),
+                                               ("simulator (direct)", sim, "openai-stream"),
                                                ("tokenfuse", gw, "openai"), ("tokenfuse", gw, "openai-stream")]
     if lite is not None:
         targets += [("LiteLLM proxy", lite, "openai"), ("LiteLLM proxy", lite, "openai-stream")]
@@ -198,7 +226,7 @@ def stage_saturation(b: Bench, sim: gs.Proc, gw: gs.Proc, lite: gs.Proc | None) 
     b.results["saturation"] = rows
 
 
-def stage_budgets(b: Bench, sim: gs.Proc, redis_ok: bool) -> None:
+def stage_budgets(b: Bench, sim: gs.Proc, redis_ok: bool, profile: bool) -> None:
     shape = gs.shapes()["openai"]
     variants = [("none", "memory", 0), ("memory", "memory", 5)]
     if redis_ok:
@@ -210,36 +238,42 @@ def stage_budgets(b: Bench, sim: gs.Proc, redis_ok: bool) -> None:
                               b.server_cpu)
         try:
             lat = b.open_loop(gw.port, shape, 16, 500.0)
-            sat = b.saturate(gw, shape)
+            row: dict[str, Any] = {"counters": label, "budgets": budgets, "open": lat,
+                                   "ledger": ledger_overhead(db, lat)}
+            row["saturation"] = b.saturate(gw, shape)
+            if profile and budgets:
+                stage_profile(b, gw, shape, f"OpenAI non-stream, {label} counters, 5 budgets")
         finally:
             gw.stop()
-        rows.append({"counters": label, "budgets": budgets, "open": lat, "saturation": sat})
+        rows.append(row)
         log(f"budgets {label}x{budgets}: p50 {lat['p50_ms']} ms p99 {lat['p99_ms']} ms, "
-            f"max {sat['achieved_rps']} req/s")
+            f"max {row['saturation']['achieved_rps']} req/s")
     b.results["budgets"] = rows
 
 
-def stage_profile(b: Bench, gw: gs.Proc) -> None:
+def stage_profile(b: Bench, gw: gs.Proc, shape: gs.Shape, label: str) -> None:
+    profiles = b.results.setdefault("profiles", [])
     if shutil.which("py-spy") is None:
-        b.results["profile"] = {"skipped": "py-spy is not installed"}
+        profiles.append({"label": label, "skipped": "py-spy is not installed"})
         return
-    shape = gs.shapes()["openai"]
-    raw = b.workdir / "profile.txt"
+    raw = b.workdir / f"profile-{len(profiles)}.txt"
     spy = subprocess.Popen(["py-spy", "record", "--pid", str(gw.popen.pid), "--duration", str(b.plan.profile_s),
                             "--rate", "200", "--format", "raw", "-o", str(raw)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)
     cpu0 = cpu_seconds(gw.popen.pid)
     load = b.run_wrk(gw.port, shape, 64, b.plan.profile_s - 1) if shutil.which("wrk") else \
-        b.open_loop(gw.port, shape, 64, None)
+        b.open_loop(gw.port, shape, 64, None, b.plan.profile_s - 1)
     cpu1 = cpu_seconds(gw.popen.pid)
     _, err = spy.communicate(timeout=60)
     if spy.returncode != 0:
-        b.results["profile"] = {"skipped": f"py-spy failed: {err.decode().strip()[-300:]}"}
+        profiles.append({"label": label, "skipped": f"py-spy failed: {err.decode().strip()[-300:]}"})
         return
     done = load["ok"] + load["errors"]
-    b.results["profile"] = summarise_profile(raw.read_text(), (cpu1 - cpu0) * 1e6 / max(done, 1))
-    b.results["profile"]["raw"] = str(raw)
+    summary = summarise_profile(raw.read_text(), (cpu1 - cpu0) * 1e6 / max(done, 1))
+    summary.update(label=label, raw=str(raw), rps=load["achieved_rps"])
+    profiles.append(summary)
+    log(f"profile {label}: {summary['samples']} samples, {summary['cpu_us_per_req']} CPU us/req")
 
 
 _FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>.+?)(?::\d+)?\)$")
@@ -317,26 +351,34 @@ def _flag(r: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
+def _lat(r: dict[str, Any] | None) -> str:
+    return f"{_f(r['p50_ms'])} / {_f(r['p99_ms'])}" if r else "–"
+
+
+def _diff(a: dict[str, Any] | None, d: dict[str, Any]) -> str:
+    return f"{_f(a['p50_ms'] - d['p50_ms'])} / {_f(a['p99_ms'] - d['p99_ms'])}" if a else "–"
+
+
+_BORING = ("<module> (", "main (cli.py)", "main (serve.py)", "run (", "_run_once (", "_run (events.py)")
+
+
 def render(res: dict[str, Any]) -> str:
     out: list[str] = []
     m = res["machine"]
     out.append(f"Run {res['date']} on {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}; pinning: {m['pinning']}; "
-               f"load average before {m['load_before']}, after {m.get('load_after', '?')}.\n")
+               f"nice {m.get('nice', 0)}; load average before {m['load_before']}, after {m.get('load_after', '?')}.\n")
     if "latency" in res:
-        out.append("### Added latency, open loop (ms; latency = whole answer, incl. the whole stream)\n")
+        out.append("### Added latency (ms; latency = the whole answer, for streams the whole stream)\n")
         out.append("| request | conns | offered req/s | direct p50 / p99 | tokenfuse p50 / p99 | **added p50 / p99** "
-                   "| LiteLLM p50 / p99 | LiteLLM added p50 / p99 | notes |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+                   "| in-gateway (ledger) p50 / p99 | LiteLLM p50 / p99 | LiteLLM added p50 / p99 | notes |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in res["latency"]:
             d, t, lite = r["direct"], r["tokenfuse"], r.get("litellm")
-            add = (t["p50_ms"] - d["p50_ms"], t["p99_ms"] - d["p99_ms"])
-            lcol = f"{_f(lite['p50_ms'])} / {_f(lite['p99_ms'])}" if lite else "–"
-            ladd = f"{_f(lite['p50_ms'] - d['p50_ms'])} / {_f(lite['p99_ms'] - d['p99_ms'])}" if lite else "–"
             notes = "; ".join(f"{who}: {n}" for who, n in (("direct", _flag(d)), ("tokenfuse", _flag(t)),
                                                            ("LiteLLM", _flag(lite) if lite else "")) if n)
-            out.append(f"| {r['shape']} | {r['conns']} | {r['rate']:.0f} | {_f(d['p50_ms'])} / {_f(d['p99_ms'])} | "
-                       f"{_f(t['p50_ms'])} / {_f(t['p99_ms'])} | **{_f(add[0])} / {_f(add[1])}** | {lcol} | "
-                       f"{ladd} | {notes} |")
+            rate = f"{r['rate']:.0f}" if r["rate"] else "back to back"
+            out.append(f"| {r['shape']} | {r['conns']} | {rate} | {_lat(d)} | {_lat(t)} | **{_diff(t, d)}** | "
+                       f"{_lat(r.get('tokenfuse_ledger'))} | {_lat(lite)} | {_diff(lite, d)} | {notes} |")
         out.append("")
     if "saturation" in res:
         out.append("### Saturation, closed loop (64 connections)\n")
@@ -350,15 +392,14 @@ def render(res: dict[str, Any]) -> str:
                        f"{_f(r['p99_ms'])} | {r['errors']} | {_f(cpu, 0)} | {per_core} | {_f(r['peak_rss_mib'], 0)} |")
         out.append("")
     if "budgets" in res:
-        out.append("### Budget counters (5 budgets matching every request), OpenAI non-stream\n")
-        out.append("| counters | budgets | p50 ms @500/s, 16 conns | p99 ms | p50 vs none | p99 vs none | "
+        out.append("### Budget counters (5 budgets matching every request), OpenAI non-stream, 500 req/s on 16 conns\n")
+        out.append("| counters | budgets | p50 / p99 ms | vs none p50 / p99 | in-gateway (ledger) p50 / p99 | "
                    "max req/s | CPU µs/req | notes |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---|")
         base = res["budgets"][0]["open"]
         for r in res["budgets"]:
             o, s = r["open"], r["saturation"]
-            out.append(f"| {r['counters']} | {r['budgets']} | {_f(o['p50_ms'])} | {_f(o['p99_ms'])} | "
-                       f"{_f(o['p50_ms'] - base['p50_ms'])} | {_f(o['p99_ms'] - base['p99_ms'])} | "
+            out.append(f"| {r['counters']} | {r['budgets']} | {_lat(o)} | {_diff(o, base)} | {_lat(r.get('ledger'))} | "
                        f"{s['achieved_rps']:,.0f} | {_f(s.get('server_cpu_us_per_req'), 0)} | {_flag(o)} |")
         out.append("")
     if "startup" in res:
@@ -369,20 +410,21 @@ def render(res: dict[str, Any]) -> str:
         for i, r in enumerate(st, 1):
             out.append(f"| {i} | {r['ready_s']:.3f} | {r['cpu_s_at_ready']:.3f} |")
         out.append("")
-    prof = res.get("profile")
-    if prof and "self_functions" in prof:
-        out.append(f"### Profile (py-spy, {prof['samples']} samples of the gateway at saturation, "
+    for prof in res.get("profiles", []):
+        if "skipped" in prof:
+            out.append(f"Profile {prof['label']} skipped: {prof['skipped']}\n")
+            continue
+        out.append(f"### Profile: {prof['label']} (py-spy, {prof['samples']} samples at {prof['rps']:,.0f} req/s, "
                    f"{prof['cpu_us_per_req']} CPU µs/request)\n")
-        out.append("| self time by package | share | µs/req |")
+        out.append("| self time by package/file | share | µs/req |")
         out.append("|---|---:|---:|")
-        out += [f"| {x['name']} | {x['share']:.1%} | {x['us_per_req']} |" for x in prof["self_packages"]]
+        out += [f"| {x['name']} | {x['share']:.1%} | {x['us_per_req']} |" for x in prof["self_packages"][:10]]
         out.append("")
         out.append("| tokenfuse function (inclusive) | share | µs/req |")
         out.append("|---|---:|---:|")
-        out += [f"| `{x['name']}` | {x['share']:.1%} | {x['us_per_req']} |" for x in prof["tokenfuse_inclusive"]]
+        fns = [x for x in prof["tokenfuse_inclusive"] if not x["name"].startswith(_BORING)]
+        out += [f"| `{x['name']}` | {x['share']:.1%} | {x['us_per_req']} |" for x in fns[:14]]
         out.append("")
-    elif prof:
-        out.append(f"Profile skipped: {prof['skipped']}\n")
     out.append(render_targets(res))
     return "\n".join(out)
 
@@ -392,12 +434,12 @@ def render_targets(res: dict[str, Any]) -> str:
     lat = res.get("latency", [])
 
     def cell(shape: str, conns: int) -> dict[str, Any] | None:
-        return next((r for r in lat if r["shape"] == shape and r["conns"] == conns), None)
+        return next((r for r in lat if r["shape"] == shape and r["conns"] == conns and r["rate"]), None)
 
-    c1 = cell("openai", 1)
-    if c1:
+    for c1 in (r for r in lat if r["shape"] == "openai" and r["conns"] == 1):
         add = c1["tokenfuse"]["p50_ms"] - c1["direct"]["p50_ms"]
-        rows.append(("added p50 ≤ 0.5 ms at concurrency 1", f"{add:.2f} ms", add <= 0.5))
+        how = f"{c1['rate']:.0f} req/s" if c1["rate"] else "back to back"
+        rows.append((f"added p50 ≤ 0.5 ms at concurrency 1 ({how})", f"{add:.2f} ms", add <= 0.5))
     for conns in (16, 64):
         c = cell("openai", conns)
         if c and c["rate"] == 500.0:
@@ -452,10 +494,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis counters variant")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs with taskset")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="run every process of the bench at this niceness (e.g. -10 as root on a shared machine)")
     parser.add_argument("--only", choices=["startup", "latency", "saturation", "budgets", "profile"], action="append",
                         help="run only these stages (repeatable)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.nice:
+        os.nice(args.nice)  # inherited by every child: simulator, gateway, LiteLLM, load generators
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     workdir = HERE / "results" / f"gateway-{stamp}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -467,14 +513,15 @@ def main(argv: list[str]) -> int:
     b.results["machine"] = {
         "nproc": os.cpu_count(), "python": platform.python_version(), "cpu": _cpu_model(),
         "pinning": f"gateway/LiteLLM on CPU {SERVER_CPU}, simulator + load generator on CPU {CLIENT_CPU}" if pin
-        else "none", "load_before": _loadavg(),
+        else "none", "load_before": _loadavg(), "nice": args.nice,
     }
     sim = gs.start_simulator(workdir, b.client_cpu)
     gw = lite = None
     try:
         if "startup" in stages:
             stage_startup(b, sim)
-        gw = gs.start_gateway(gs.gateway_config(sim.url, workdir / "ledger.db"), workdir, "base", b.server_cpu)
+        base_db = workdir / "ledger.db"
+        gw = gs.start_gateway(gs.gateway_config(sim.url, base_db), workdir, "base", b.server_cpu)
         if not args.no_litellm and stages & {"latency", "saturation"}:
             try:
                 lite = gs.start_litellm(sim.url, workdir, b.server_cpu)
@@ -484,14 +531,15 @@ def main(argv: list[str]) -> int:
                 b.results["litellm_error"] = str(exc)
                 log(f"LiteLLM skipped: {exc}")
         if "latency" in stages:
-            stage_latency(b, sim, gw, lite)
+            stage_latency(b, sim, gw, lite, base_db)
         if "saturation" in stages:
             stage_saturation(b, sim, gw, lite)
         if lite is not None:
             lite.stop()
             lite = None
         if "profile" in stages and not args.no_profile:
-            stage_profile(b, gw)
+            for name in ("openai", "openai-stream"):
+                stage_profile(b, gw, gs.shapes()[name], f"{name}, no budgets")
         gw.stop()
         gw = None
         if "budgets" in stages:
@@ -499,7 +547,7 @@ def main(argv: list[str]) -> int:
             if not redis_ok and not args.no_redis:
                 b.results["redis_error"] = f"{REDIS_URL} is unreachable"
             try:
-                stage_budgets(b, sim, redis_ok)
+                stage_budgets(b, sim, redis_ok, "profile" in stages and not args.no_profile)
             finally:
                 if redis_ok:
                     redis_cleanup()

@@ -140,12 +140,14 @@ async def run(
             else:
                 await _open_loop(session, target, rate, warmup, None)
         tally = Tally()
+        epoch0 = time.time()
         t_start = time.perf_counter()
         if rate is None:
             sent, _ = await _closed_loop(session, target, conns, seconds, tally)
         else:
             sent, _ = await _open_loop(session, target, rate, seconds, tally)
         wall = time.perf_counter() - t_start
+        epoch1 = time.time()
     lat = sorted(tally.latencies)
     return {
         "sent": sent,
@@ -160,6 +162,8 @@ async def run(
         "p90_ms": round(percentile(lat, 0.90), 3),
         "p99_ms": round(percentile(lat, 0.99), 3),
         "max_ms": round(lat[-1], 3) if lat else float("nan"),
+        "epoch_start": epoch0,
+        "epoch_end": epoch1,
     }
 
 

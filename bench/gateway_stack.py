@@ -21,7 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-KEY = "tf-bench-key-0001"
+# Also the LiteLLM proxy's master key, so both proxies authenticate the same header.
+KEY = "sk-tfbench-5f0c2a9e81d34b7c9a6e0f1d2c3b4a5968778695a4b3c2d1"
 PROMPT = (
     "You are reviewing a pull request in a large Python repository. Summarise the change below, list any "
     "bugs you see and suggest one test that would have caught each. "
@@ -230,6 +231,7 @@ def start_litellm(sim_url: str, workdir: Path, cpus: str | None) -> Proc:
         "LITELLM_LOG": "ERROR",
         "LITELLM_TELEMETRY": "False",
         "DISABLE_SCHEMA_UPDATE": "True",
+        "LITELLM_MASTER_KEY": KEY,
     }
     argv = pinned(cpus, [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port),
                          "--num_workers", "1"])
