@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from tokenfuse.lint import dicts, loops, sdk
+from tokenfuse.lint import agents, dicts, loops, sdk
 from tokenfuse.lint.dicts import DictInfo, Presence
+from tokenfuse.lint.summary import Forward, Function, Loop, RawFinding
 
 _MAX_DEPTH = 8
 
@@ -44,54 +45,10 @@ _UNKNOWN = Value(None, None)
 
 
 @dataclass(slots=True)
-class RawFinding:
-    rule: str
-    node: ast.AST
-    message: str
-    # Lines on which a `# tokenfuse: ignore` comment suppresses this finding.
-    first_line: int
-    last_line: int
-
-
-@dataclass(slots=True)
 class _Scope:
     is_class: bool
     names: dict[str, Value] = field(default_factory=dict)
     added_keys: dict[str, set[dicts.Path]] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Loop:
-    node: ast.While | ast.For | ast.AsyncFor
-    model_calls: list[tuple[ast.Call, str]] = field(default_factory=list)
-    local_calls: list[tuple[str, ast.Call]] = field(default_factory=list)
-    counters: set[str] = field(default_factory=set)
-    ifs: list[tuple[ast.If, bool]] = field(default_factory=list)
-    guarded: bool = False
-    inner_depth: int = 0
-
-
-@dataclass(slots=True)
-class _Forward:
-    """A model call whose limit may arrive through the enclosing function's **kwargs."""
-
-    call: ast.Call
-    rule: str
-    limits: tuple[str, ...]
-    label: str
-
-
-@dataclass(slots=True)
-class _Function:
-    name: str
-    node: ast.FunctionDef | ast.AsyncFunctionDef
-    params: set[str]
-    kwargs_param: str | None
-    model_calls: list[tuple[ast.Call, str]] = field(default_factory=list)
-    local_calls: list[tuple[str, ast.Call]] = field(default_factory=list)
-    ifs: list[ast.If] = field(default_factory=list)
-    guarded: bool = False
-    forwards: list[_Forward] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -144,10 +101,10 @@ class Analyzer(ast.NodeVisitor):
         self.classes: list[dict[str, Value]] = []
         self.class_names: list[str] = []
         self.func_returns: dict[str, str] = {}
-        self.loops: list[_Loop] = []
-        self.all_loops: list[_Loop] = []
-        self.func: _Function | None = None
-        self.functions: list[_Function] = []
+        self.loops: list[Loop] = []
+        self.all_loops: list[Loop] = []
+        self.func: Function | None = None
+        self.functions: list[Function] = []
         self.module_calls: list[tuple[str, ast.Call]] = []
         self.seen_openai = False
         self.seen_anthropic = False
@@ -411,7 +368,7 @@ class Analyzer(ast.NodeVisitor):
             self._report(rule, call, f"{label}() has no output-token limit; {want}")
             return
         if limit.forwarded and limits and self.func is not None:
-            self.func.forwards.append(_Forward(call, rule, limits, label))
+            self.func.forwards.append(Forward(call, rule, limits, label))
         if self.strict:
             self._report(
                 rule,
@@ -774,7 +731,7 @@ class Analyzer(ast.NodeVisitor):
                 scope.names[star.arg] = _UNKNOWN
         # Methods are keyed `Class.name` so `self.name()` finds this class's method only.
         key = f"{self.class_names[-1]}.{node.name}" if self.scopes[-1].is_class else node.name
-        summary = _Function(key, node, params, args.kwarg.arg if args.kwarg else None)
+        summary = Function(key, node, params, args.kwarg.arg if args.kwarg else None)
         saved_loops, saved_func = self.loops, self.func
         self.loops, self.func = [], summary
         self.scopes.append(scope)
@@ -813,7 +770,7 @@ class Analyzer(ast.NodeVisitor):
 
     # ---- visitors: loops and calls ---------------------------------------
 
-    def _visit_loop_body(self, loop: _Loop | None, node: ast.While | ast.For | ast.AsyncFor) -> None:
+    def _visit_loop_body(self, loop: Loop | None, node: ast.While | ast.For | ast.AsyncFor) -> None:
         for outer in self.loops:
             outer.inner_depth += 1
         if loop is not None:
@@ -833,12 +790,12 @@ class Analyzer(ast.NodeVisitor):
             self.visit(stmt)
 
     def visit_While(self, node: ast.While) -> None:
-        self._visit_loop_body(_Loop(node), node)
+        self._visit_loop_body(Loop(node), node)
 
     def _visit_for(self, node: ast.For | ast.AsyncFor) -> None:
         self.visit(node.iter)
         endless = isinstance(node.iter, ast.Call) and self._qualname(node.iter.func) == "itertools.count"
-        self._visit_loop_body(_Loop(node) if endless else None, node)
+        self._visit_loop_body(Loop(node) if endless else None, node)
 
     visit_For = _visit_for
     visit_AsyncFor = _visit_for
@@ -905,171 +862,10 @@ class Analyzer(ast.NodeVisitor):
             keys |= {(k,) for k in info.keys} | info.added
         found[1].added_keys.setdefault(func.value.id, set()).update(keys)
 
-    # ---- after the walk: TF004 and forwarded **kwargs --------------------
+    # ---- after the walk ---------------------------------------------------
 
     def finish(self) -> list[RawFinding]:
-        by_name: dict[str, list[_Function]] = {}
-        for fn in self.functions:
-            by_name.setdefault(fn.name, []).append(fn)
-        calls_model: dict[str, tuple[ast.Call, str]] = {}
-        for fn in self.functions:
-            if fn.model_calls and fn.name not in calls_model:
-                calls_model[fn.name] = fn.model_calls[0]
-        changed = True
-        while changed:
-            changed = False
-            for fn in self.functions:
-                if fn.name in calls_model:
-                    continue
-                for name, call in fn.local_calls:
-                    if name in calls_model and name != fn.name:
-                        calls_model[fn.name] = (call, f"{name}()")
-                        changed = True
-                        break
-        for loop in self.all_loops:
-            self._judge_loop(loop, calls_model)
-        for fn in self.functions:
-            self._judge_recursion(fn, calls_model, by_name)
-        self._judge_forwards(by_name)
-        return self.findings
-
-    @staticmethod
-    def _loop_trigger(
-        model_calls: list[tuple[ast.Call, str]],
-        local_calls: list[tuple[str, ast.Call]],
-        calls_model: dict[str, tuple[ast.Call, str]],
-        exclude: str | None = None,
-    ) -> str | None:
-        if model_calls:
-            call, label = model_calls[0]
-            return f"calls a model ({label} at line {call.lineno})"
-        for name, call in local_calls:
-            if name in calls_model and name != exclude:
-                return f"calls {name}() at line {call.lineno}, which calls a model"
-        return None
-
-    def _judge_loop(self, loop: _Loop, calls_model: dict[str, tuple[ast.Call, str]]) -> None:
-        trigger = self._loop_trigger(loop.model_calls, loop.local_calls, calls_model)
-        if trigger is None or loop.guarded:
-            return
-        node = loop.node
-        if isinstance(node, ast.While):
-            if loops.condition_bounds(node.test, loop.counters):
-                return
-            head = f"`while {loops.describe_condition(node.test)}` loop"
-            cond = "its condition has no iteration counter or budget"
-        else:
-            head = f"`for ... in {loops.describe_condition(node.iter)}` loop"
-            cond = "it iterates forever"
-        if any(loops.guard_exits(if_node, loop.counters, nested=nested) for if_node, nested in loop.ifs):
-            return
-        self._report(
-            "TF004",
-            node,
-            f"{head} {trigger}, {cond}, and no break/return/raise is guarded by a step counter "
-            "or budget check; count iterations and stop at a max-steps limit",
-            whole=False,
-        )
-
-    def _judge_recursion(
-        self,
-        fn: _Function,
-        calls_model: dict[str, tuple[ast.Call, str]],
-        by_name: dict[str, list[_Function]],
-    ) -> None:
-        direct = next((call for name, call in fn.local_calls if name == fn.name), None)
-        if direct is not None:
-            cycle = [fn]
-            how = f"recurses (line {direct.lineno})"
-            trigger = self._loop_trigger(fn.model_calls, fn.local_calls, calls_model, exclude=fn.name)
-        elif fn.model_calls:
-            # Mutual recursion: only reported at members that call the model themselves.
-            found = self._cycle_through(fn, by_name)
-            if found is None:
-                return
-            cycle, via = found
-            how = f"recurses through {via[0]}() (line {via[1].lineno})"
-            trigger = self._loop_trigger(fn.model_calls, [], calls_model)
-        else:
-            return
-        if trigger is None:
-            return
-        for member in cycle:
-            if member.guarded or any(
-                self._returns_on_bound(if_node, member.params) for if_node in member.ifs
-            ):
-                return
-        self._report(
-            "TF004",
-            fn.node,
-            f"{fn.name}() {how} and {trigger}, with no depth or budget "
-            "check that returns or raises; pass a depth and stop at a limit",
-            whole=False,
-        )
-
-    @staticmethod
-    def _returns_on_bound(node: ast.If, params: set[str]) -> bool:
-        return loops.condition_bounds(node.test, params, negation_ok=True) and any(
-            isinstance(sub, ast.Return | ast.Raise) for stmt in node.body for sub in ast.walk(stmt)
-        )
-
-    @staticmethod
-    def _cycle_through(
-        fn: _Function, by_name: dict[str, list[_Function]]
-    ) -> tuple[list[_Function], tuple[str, ast.Call]] | None:
-        """Functions on a call cycle back to `fn` (other than a direct self-call), and its first hop."""
-        for first, call in fn.local_calls:
-            if first == fn.name or first not in by_name:
-                continue
-            seen = {first}
-            stack = [first]
-            while stack:
-                name = stack.pop()
-                for member in by_name.get(name, ()):
-                    for callee, _ in member.local_calls:
-                        if callee == fn.name:
-                            cycle = [fn, *(f for n in seen for f in by_name.get(n, ()))]
-                            return cycle, (first, call)
-                        if callee not in seen and callee in by_name:
-                            seen.add(callee)
-                            stack.append(callee)
-        return None
-
-    def _judge_forwards(self, by_name: dict[str, list[_Function]]) -> None:
-        sites: list[tuple[str, ast.Call]] = list(self.module_calls)
-        for fn in self.functions:
-            sites.extend(fn.local_calls)
-        for name, call in sites:
-            for fn in by_name.get(name, ()):
-                for fwd in fn.forwards:
-                    self._judge_forward_site(fn, fwd, call)
-
-    def _judge_forward_site(self, fn: _Function, fwd: _Forward, site: ast.Call) -> None:
-        if fn.node.lineno <= site.lineno <= (fn.node.end_lineno or fn.node.lineno):
-            return
-        for kw in site.keywords:
-            if kw.arg in fwd.limits:
-                if _is_none(kw.value):
-                    break
-                # Only module-level names are still in scope after the walk.
-                number = self._int_value(kw.value)
-                if number is not None and number > self.ceiling:
-                    self._report(
-                        "TF005",
-                        kw.value,
-                        f"{fn.name}() passes {kw.arg}={number:,} on to {fwd.label}(), "
-                        f"above the ceiling of {self.ceiling:,}",
-                    )
-                return
-            if kw.arg is None and not isinstance(kw.value, ast.Dict):
-                return  # cannot see what is unpacked here; --strict already reported the inner call
-            if kw.arg is None and isinstance(kw.value, ast.Dict):
-                keys = {k.value for k in kw.value.keys if isinstance(k, ast.Constant)}
-                if keys & set(fwd.limits) or None in kw.value.keys:
-                    return
-        self._report(
-            fwd.rule,
-            site,
-            f"{fn.name}() forwards **{fn.kwargs_param} to {fwd.label}() (line {fwd.call.lineno}) "
-            f"and this call passes no {' or '.join(fwd.limits)}; pass {fwd.limits[0]}=N",
+        """All findings: the per-call ones from the walk, then TF004 and wrapper call sites."""
+        return self.findings + agents.judge(
+            self.functions, self.all_loops, self.module_calls, ceiling=self.ceiling, int_value=self._int_value
         )
