@@ -151,3 +151,15 @@ def test_groups_are_matched_in_python_with_globs(tmp_path: Path) -> None:
     )
     seeds = ledger_seeds(store, [b], t, None)
     assert len(seeds) == 1 and seeds[0].buckets[0][:2] == (300_000_000, 2)
+
+
+async def test_a_new_runtime_budget_is_rebuilt_before_it_is_enforced(store: str) -> None:
+    insert_rows(store, [row(NOW - 60, cost_usd="0.80", output=10)])
+    lim = await Limiter.create(make_config([], store=store))
+    lim.set_runtime_budgets(
+        [BudgetConfig.model_validate({"name": "rt", "match": {"principal": "alice"}, "limit": {"usd": 1}})]
+    )
+    refused = await lim.reserve(ctx(), bound("0.30"))
+    assert refused.refusal is not None and refused.refusal.spent == "$0.8"
+    assert (await lim.reserve(ctx(), bound("0.20"))).ok
+    await lim.close()

@@ -7,16 +7,22 @@ import random
 import shutil
 import subprocess
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.limits.conftest import bound, ctx, insert_rows, make_config, unavailable
 from tokenfuse.config import SessionCaps
 from tokenfuse.limits.budgets import BudgetStatus
+from tokenfuse.limits.counters import Entry, Vec
 from tokenfuse.limits.limiter import Limiter
+from tokenfuse.limits.memory import MemoryCounters
+from tokenfuse.limits.redis import RedisCounters
 from tokenfuse.usage import Usage
 
 CAP = {"name": "cap", "match": {"principal": "alice"}, "window": "day", "limit": {"usd": "1.00"}}
@@ -193,10 +199,11 @@ async def test_concurrent_replicas_rebuild_from_the_ledger_once(
 
 
 async def test_unreachable_redis_fails_closed(tmp_path: Path) -> None:
-    lim = await replica(tmp_path, "redis://127.0.0.1:9/0", "x", [CAP])
+    lim = await replica(tmp_path, "redis://:hunter2@127.0.0.1:9/0", "x", [CAP])
     adm = await lim.reserve(ctx(), bound("0.01"))
     assert not adm.ok and adm.refusal is not None
     assert adm.refusal.kind == "counters_unavailable" and adm.refusal.budget == "cap"
+    assert "127.0.0.1:9" in adm.refusal.message and "hunter2" not in adm.refusal.message
     # Requests no budget applies to are not refused.
     assert (await lim.reserve(ctx(principal="bob"), bound("0.01"))).ok
     await lim.close()
@@ -286,3 +293,59 @@ async def test_an_outage_refuses_then_recovers_and_replays_usage(tmp_path: Path)
     finally:
         proc.terminate()
         proc.wait()
+
+
+# The Lua scripts and the in-process backend implement one contract; driven by
+# the same random operations they must agree on every figure.
+_T0 = 1_900_000_000.0
+_ENTRIES = (
+    Entry("b:fixed:1", (5_000, 6, -1, -1, -1, 400, -1), expire_at=_T0 + 10**6),
+    Entry("b:roll:r", (8_000, 10, -1, -1, -1, -1, -1), rolling_bucket_s=60, rolling_buckets=10, idle_s=10**6),
+    # Idle expiry is Redis's own key TTL, in real time; keep it out of simulated time.
+    Entry("s:agent", (-1, 4, -1, -1, -1, -1, -1), idle_s=10**6, keep_limits=True),
+)
+_op = st.one_of(
+    st.tuples(
+        st.just("reserve"),
+        st.lists(st.sampled_from(range(3)), min_size=1, max_size=3, unique=True),
+        st.integers(0, 3_000),
+        st.integers(0, 200),
+    ),
+    st.tuples(st.just("settle"), st.integers(0, 30), st.integers(0, 3_000), st.integers(0, 200)),
+    st.tuples(st.just("release"), st.integers(0, 30), st.just(0), st.just(0)),
+    st.tuples(st.just("wait"), st.integers(1, 400), st.just(0), st.just(0)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(_op, max_size=30))
+def test_redis_and_memory_backends_agree(redis_url: str, ops: list[tuple[Any, ...]]) -> None:
+    async def run() -> None:
+        mem = MemoryCounters()
+        red = RedisCounters(redis_url, prefix=f"tftest:{uuid.uuid4().hex[:12]}")
+        now = _T0
+        held: dict[int, tuple[tuple[Entry, ...], Vec]] = {}
+        try:
+            for n, (kind, a, b, c) in enumerate(ops):
+                if kind == "reserve":
+                    entries = tuple(_ENTRIES[i] for i in a)
+                    amount = (b, 1, 0, 0, 0, c, 0)
+                    want = mem.reserve_now(entries, str(n), amount, now, 300)
+                    got = await red.reserve(entries, str(n), amount, now, 300)
+                    assert got == want
+                    if want is None:
+                        held[n] = (entries, amount)
+                elif kind in ("settle", "release") and held:
+                    rid = sorted(held)[a % len(held)]
+                    entries, amount = held.pop(rid)
+                    actual = (b, 1, 0, 0, 0, c, 0) if kind == "settle" else (0,) * 7
+                    mem.settle_now(entries, str(rid), actual, now, False)
+                    await red.settle(entries, str(rid), actual, now, False, amount)
+                elif kind == "wait":
+                    now += a
+                assert await red.read(_ENTRIES, now) == await mem.read(_ENTRIES, now)
+        finally:
+            await red.flush_prefix()
+            await red.close()
+
+    asyncio.run(run())
