@@ -599,9 +599,10 @@ class Analyzer(ast.NodeVisitor):
                         if p not in paths and dicts.lookup(info, p, self._dict_of)[0] == "yes"
                     ]
                     if wrong:
+                        shown = " or ".join(repr(".".join(p)) for p in paths)
                         want = (
-                            f"the body sets {'.'.join(wrong[0])!r}, which {family} models do not read; "
-                            + want
+                            f"the body sets {'.'.join(wrong[0])!r}, which {family} models ignore; "
+                            f"set {shown} instead"
                         )
         self._judge(call, "TF002", limit, label, want, ())
 

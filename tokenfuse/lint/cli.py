@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", "-o", metavar="FILE", type=Path, help="write the report here, not stdout")
     parser.add_argument(
-        "--jobs", "-j", metavar="N", type=_positive_int, help="worker processes (default: CPUs)"
+        "--jobs",
+        "-j",
+        metavar="N",
+        type=_positive_int,
+        help="worker processes (default: 1 below ~8 MB of source, else one per CPU)",
     )
     return parser
 
