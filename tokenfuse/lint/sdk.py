@@ -120,7 +120,8 @@ def bedrock_limit_paths(family: str | None) -> tuple[Path, ...]:
 def is_langchain_model(qualname: str) -> bool:
     """A LangChain chat model class, or `init_chat_model`, which builds one from the same arguments."""
     module, _, cls = qualname.rpartition(".")
-    return (cls in LANGCHAIN_MODELS or cls == "init_chat_model") and module.split(".", 1)[0] in LANGCHAIN_PACKAGES
+    package = module.split(".", 1)[0]
+    return (cls in LANGCHAIN_MODELS or cls == "init_chat_model") and package in LANGCHAIN_PACKAGES
 
 
 def client_kind_of_class(qualname: str) -> str | None:
