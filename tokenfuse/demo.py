@@ -119,7 +119,9 @@ def run(out: Any = sys.stdout, keep_db: str | None = None) -> int:
                 print(f"step {step}: " + ", ".join(results), file=out)
             last_refusal = ""
             try:
-                oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "again"}])
+                oai.chat.completions.create(
+                    model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "again"}]
+                )
             except openai.APIStatusError as exc:
                 last_refusal = str(exc.message)
             gw.gateway.ledger.flush(10.0)
