@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -24,6 +23,7 @@ from typing import Any
 
 import duckdb
 
+from tokenfuse.billing import progress
 from tokenfuse.billing.errors import BillingInputError
 from tokenfuse.billing.usagetypes import classify, unit_multiplier
 
@@ -100,10 +100,9 @@ def connect() -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone='UTC'")
     con.execute("SET preserve_insertion_order=false")
     con.execute("SET memory_limit='1200MB'")
-    if sys.stderr.isatty():
-        con.execute("SET enable_progress_bar=true")
-    else:
-        con.execute("SET enable_progress_bar=false")
+    # Progress is tracked for tokenfuse.billing.progress; DuckDB's own bar would print to stdout.
+    con.execute("SET enable_progress_bar=true")
+    con.execute("SET enable_progress_bar_print=false")
     return con
 
 
@@ -317,7 +316,8 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
     groups = _groups(con, files)
     selects = " UNION ALL ".join(f"({_select(g)})" for g in groups)
     try:
-        con.execute(
+        progress.execute(
+            con,
             f"""
             CREATE OR REPLACE TABLE bill_lines AS
             SELECT day, any_value(account) AS account, any_value(service) AS service,
@@ -332,7 +332,8 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
                 FROM ({selects})
             )
             GROUP BY day, line
-            """
+            """,
+            f"loading {len(files)} file(s)",
         )
     except duckdb.Error as e:
         for g in groups:
