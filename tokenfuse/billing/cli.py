@@ -83,14 +83,18 @@ def _detect_text(det: object, rows: int, flavours: tuple[str, ...]) -> str:
     assert isinstance(det, Detection)
     out = [f"{rows:,} rows ({', '.join(flavours)}), as of {det.as_of.isoformat()}", ""]
     out.append("Runaway inference (recent 3 days vs baseline days -30..-8, $0 for days without usage)")
-    hdr = f"  {'account':<14} {'recent/day':>11} {'baseline/day':>13} {'sigma':>9} {'ratio':>7} {'driver':<12} compute  flag"
+    spending = [r for r in det.runaways if r.recent_avg > 0 or r.baseline_avg > 0]
+    w = max([14, *(len(r.account) for r in spending)])
+    hdr = f"  {'account':<{w}} {'recent/day':>11} {'baseline/day':>13} {'sigma':>9} {'ratio':>7} {'driver':<12} compute  flag"
     out.append(hdr)
-    for r in det.runaways:
+    for r in spending:
         ratio = f"{r.spike_ratio:.1f}x" if r.spike_ratio is not None else "-"
         out.append(
-            f"  {r.account:<14} {r.recent_avg:>11.2f} {r.baseline_avg:>13.2f} {r.baseline_stddev:>9.2f} {ratio:>7} "
+            f"  {r.account:<{w}} {r.recent_avg:>11.2f} {r.baseline_avg:>13.2f} {r.baseline_stddev:>9.2f} {ratio:>7} "
             f"{r.driver if r.flagged else '':<12} {'flat' if r.compute_flat else 'moved':<8} {'RUNAWAY' if r.flagged else ''}"
         )
+    if len(spending) < len(det.runaways):
+        out.append(f"  ({len(det.runaways) - len(spending)} account(s) without Bedrock inference spend in the window not shown)")
     out += ["", "Caching health (models that support prompt caching, reads small against uncached input)"]
     if not det.cache_misses:
         out.append("  no cache misses found")
