@@ -45,15 +45,22 @@ def test_settle_replaces_the_reservation_and_release_drops_it() -> None:
     assert r.spent[:2] == (7, 1) and r.reserved[:2] == (0, 0)
 
 
-def test_expired_reservations_free_their_headroom() -> None:
+def test_expired_reservations_are_charged_until_a_late_settle_corrects_them() -> None:
     m = MemoryCounters()
-    e = Entry("a", lim(requests=1))
-    assert m.reserve_now([e], "crashed", amt(0), NOW, 5) is None
-    assert m.reserve_now([e], "next", amt(0), NOW + 4, 5) is not None
-    assert m.reserve_now([e], "next", amt(0), NOW + 5, 5) is None
-    # A late settle of an expired reservation still counts its usage.
+    e = Entry("a", lim(usd=100, requests=3))
+    assert m.reserve_now([e], "crashed", amt(60), NOW, 5) is None
+    assert m.reserve_now([e], "next", amt(50), NOW + 4, 5) is not None
+    # Expired: no longer reserved, but charged as spent (it may have been billed).
+    r = run(m.read([e], NOW + 5))[0]
+    assert (r.spent[:2], r.reserved[:2]) == ((60, 1), (0, 0))
+    assert m.reserve_now([e], "next", amt(50), NOW + 5, 5) is not None
+    assert m.reserve_now([e], "small", amt(40), NOW + 5, 5) is None
+    # A late settle replaces the charge by the actual usage; a late release removes it.
     m.settle_now([e], "crashed", amt(3), NOW + 6, False)
     assert run(m.read([e], NOW + 6))[0].spent[:2] == (3, 1)
+    m.settle_now([e], "small", (0,) * NDIMS, NOW + 20, False)
+    r = run(m.read([e], NOW + 20))[0]
+    assert (r.spent[:2], r.reserved[:2]) == ((3, 1), (0, 0))
 
 
 def test_rolling_buckets_age_out() -> None:

@@ -68,22 +68,37 @@ async def test_two_replicas_never_exceed_a_shared_cap(
     await b.close()
 
 
-async def test_a_crashed_replicas_reservations_expire(
+async def test_a_crashed_replicas_reservations_expire_into_charges(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    budgets = [{"name": "calls", "window": "total", "limit": {"requests": 2}}]
-    crashed = await replica(tmp_path, redis_url, redis_prefix, budgets, reservation_ttl_s=5)
-    survivor = await replica(tmp_path, redis_url, redis_prefix, budgets, reservation_ttl_s=5)
+    crashed = await replica(tmp_path, redis_url, redis_prefix, [CAP], reservation_ttl_s=5)
+    survivor = await replica(tmp_path, redis_url, redis_prefix, [CAP], reservation_ttl_s=5)
     t = time.time()
-    assert (await crashed.reserve(ctx(), bound(), now=t)).ok
-    assert (await crashed.reserve(ctx(), bound(), now=t)).ok
+    assert (await crashed.reserve(ctx(), bound("0.4"), now=t)).ok
+    assert (await crashed.reserve(ctx(), bound("0.4"), now=t)).ok
     await crashed.close()  # dies without settling
-    assert not (await survivor.reserve(ctx(), bound(), now=t + 4)).ok
-    after = await survivor.reserve(ctx(), bound(), now=t + 5)
-    assert after.ok
-    s = by_name(await survivor.snapshot(now=t + 5))["calls"]
-    assert (s.reserved_requests, s.spent_requests) == (1, 0)
+    assert not (await survivor.reserve(ctx(), bound("0.3"), now=t + 4)).ok
+    # Expired, the reservations no longer hold headroom as reservations, but the
+    # provider may have billed those requests up to their bound: they are charged.
+    s = by_name(await survivor.snapshot(now=t + 5))["cap"]
+    assert (s.reserved_usd, s.reserved_requests) == (0, 0)
+    assert (s.spent_usd, s.spent_requests) == (Decimal("0.8"), 2)
+    assert not (await survivor.reserve(ctx(), bound("0.3"), now=t + 5)).ok
+    assert (await survivor.reserve(ctx(), bound("0.2"), now=t + 5)).ok
     await survivor.close()
+
+
+async def test_a_late_settle_replaces_the_charge(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    lim = await replica(tmp_path, redis_url, redis_prefix, [CAP], reservation_ttl_s=5)
+    t = time.time()
+    slow = await lim.reserve(ctx(), bound("0.4"), now=t)
+    unbilled = await lim.reserve(ctx(), bound("0.4"), now=t)
+    assert by_name(await lim.snapshot(now=t + 6))["cap"].spent_usd == Decimal("0.8")
+    await lim.settle(slow, Usage(output=1), Decimal("0.1"), now=t + 7)
+    await lim.release(unbilled, now=t + 7)
+    s = by_name(await lim.snapshot(now=t + 7))["cap"]
+    assert (s.spent_usd, s.spent_requests, s.reserved_usd) == (Decimal("0.1"), 1, 0)
+    await lim.close()
 
 
 async def test_settle_release_and_exact_large_amounts(

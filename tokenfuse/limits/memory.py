@@ -4,6 +4,11 @@ Every operation runs to completion without awaiting, so on one event loop a
 reserve is atomic across all its entries. Reservations are kept in insertion
 order; with one TTL for all of them that is also expiry order, so purging
 expired ones looks only at the oldest.
+
+An expired reservation is *charged*: its amount moves from reserved to spent,
+because nobody knows what the provider billed for a request whose gateway
+stopped tracking it. A settle that arrives later replaces the charge by the
+actual usage (see docs/limits.md, "Reservation TTL").
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from tokenfuse.limits.counters import (
 )
 
 _SWEEP_EVERY_S = 60.0
+# How long a charged reservation can still be corrected by a late settle.
+CHARGED_KEEP_S = 86400.0
 
 
 class _Slot:
-    __slots__ = ("buckets", "held", "hi", "limits", "lo", "reserved", "spent", "touched")
+    __slots__ = ("buckets", "charged", "held", "hi", "limits", "lo", "reserved", "spent", "touched")
 
     def __init__(self, now: float) -> None:
         self.spent = [0] * NDIMS
         self.reserved = [0] * NDIMS
         self.held: OrderedDict[str, tuple[float, Vec]] = OrderedDict()
+        self.charged: OrderedDict[str, tuple[float, Vec]] = OrderedDict()
         self.buckets: dict[int, list[int]] = {}
         self.lo = 0
         self.hi = -1
@@ -71,7 +79,7 @@ class MemoryCounters:
             if slot is None:
                 out.append(Reading(ZERO, ZERO))
             else:
-                self._purge(slot, now)
+                self._purge(slot, e, now)
                 self._roll(slot, e, now)
                 out.append(Reading(tuple(slot.spent), tuple(slot.reserved)))
         return out
@@ -103,7 +111,7 @@ class MemoryCounters:
         for key, (slot, e) in list(self._slots.items()):
             if not key.startswith("s:") or _dead(slot, e, now):
                 continue
-            self._purge(slot, now)
+            self._purge(slot, e, now)
             expires = None if e.idle_s is None else slot.touched + e.idle_s
             out.append(SessionReading(key[2:], tuple(slot.spent), tuple(slot.reserved), slot.limits, expires))
         return out
@@ -121,8 +129,8 @@ class MemoryCounters:
         slots = []
         for i, e in enumerate(entries):
             slot = self._slot(e, now)
-            if slot.held:
-                self._purge(slot, now)
+            if slot.held or slot.charged:
+                self._purge(slot, e, now)
             if e.rolling_bucket_s:
                 self._roll(slot, e, now)
             spent, res = slot.spent, slot.reserved
@@ -145,25 +153,33 @@ class MemoryCounters:
         out: list[Reading] | None = [] if want else None
         for e in entries:
             slot = self._slot(e, now)
+            delta = actual
             held = slot.held.pop(res_id, None)
             if held is not None:
                 slot.reserved = [r - a for r, a in zip(slot.reserved, held[1], strict=True)]
-            if e.rolling_bucket_s:
-                self._roll(slot, e, now)
-                cur = math.floor(now / e.rolling_bucket_s)
-                bucket = slot.buckets.get(cur)
-                if bucket is None:
-                    bucket = slot.buckets[cur] = [0] * NDIMS
-                    if len(slot.buckets) == 1:
-                        slot.lo = slot.hi = cur
-                    slot.lo, slot.hi = min(slot.lo, cur), max(slot.hi, cur)
-                for d in range(NDIMS):
-                    bucket[d] += actual[d]
-            slot.spent = [s + u for s, u in zip(slot.spent, actual, strict=True)]
+            else:
+                charged = slot.charged.pop(res_id, None)
+                if charged is not None:
+                    delta = tuple(u - a for u, a in zip(actual, charged[1], strict=True))
+            self._spend(slot, e, delta, now)
             slot.touched = now
             if out is not None:
                 out.append(Reading(tuple(slot.spent), tuple(slot.reserved)))
         return out
+
+    def _spend(self, slot: _Slot, e: Entry, vec: Vec, now: float) -> None:
+        if e.rolling_bucket_s:
+            self._roll(slot, e, now)
+            cur = math.floor(now / e.rolling_bucket_s)
+            bucket = slot.buckets.get(cur)
+            if bucket is None:
+                bucket = slot.buckets[cur] = [0] * NDIMS
+                if len(slot.buckets) == 1:
+                    slot.lo = slot.hi = cur
+                slot.lo, slot.hi = min(slot.lo, cur), max(slot.hi, cur)
+            for d in range(NDIMS):
+                bucket[d] += vec[d]
+        slot.spent = [s + v for s, v in zip(slot.spent, vec, strict=True)]
 
     def _existing(self, e: Entry, now: float) -> _Slot | None:
         found = self._slots.get(e.key)
@@ -185,16 +201,22 @@ class MemoryCounters:
         self._slots[e.key] = (slot, e)
         return slot
 
-    @staticmethod
-    def _purge(slot: _Slot, now: float) -> None:
+    def _purge(self, slot: _Slot, e: Entry, now: float) -> None:
         held = slot.held
         while held:
             res_id, (expiry, amount) = next(iter(held.items()))
             if expiry > now:
-                return
+                break
             del held[res_id]
-            for d in range(NDIMS):
-                slot.reserved[d] -= amount[d]
+            slot.reserved = [r - a for r, a in zip(slot.reserved, amount, strict=True)]
+            self._spend(slot, e, amount, now)
+            slot.charged[res_id] = (now + CHARGED_KEEP_S, amount)
+        charged = slot.charged
+        while charged:
+            res_id, (expiry, _) = next(iter(charged.items()))
+            if expiry > now:
+                break
+            del charged[res_id]
 
     @staticmethod
     def _roll(slot: _Slot, e: Entry, now: float) -> None:

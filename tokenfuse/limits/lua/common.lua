@@ -4,13 +4,17 @@
 -- expiry is set), L (a session's caps), and for rolling windows b<i>:<d>
 -- (bucket i's spend) with lo/hi (the oldest and newest bucket held).
 -- Reservations in flight live in one sorted set (KEYS[1], id scored by
--- expiry) and one hash (KEYS[2], id -> "amounts\nhash1\nhash2..."), so purging
--- expired ones costs one call when there are none.
+-- expiry) and one hash (KEYS[2], id -> "H\namounts\nbucket_ms,nb,hash1\n..."),
+-- so purging expired ones costs one call when there are none. An expired
+-- reservation is charged: its amounts move from reserved to spent (nobody knows
+-- what the provider billed for it) and it stays a day as "C\n..." so that a
+-- late settle can replace the charge by the actual usage.
 -- Lua numbers are doubles: integers are exact below 2^53, and are written
 -- back with %d, never with tostring (which would print 1e+15).
 local N = 7
 local FIELDS = {'s1', 's2', 's3', 's4', 's5', 's6', 's7', 'r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7', 'e'}
 local RFIELDS = {'r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7'}
+local CHARGED_KEEP_MS = 86400000
 
 local function fmt(x)
   return string.format('%d', x)
@@ -28,35 +32,6 @@ local function figures(h)
   local v = {}
   for k = 1, 2 * N do v[k] = tonumber(raw[k]) or 0 end
   return v, raw[2 * N + 1] ~= false
-end
-
--- Drop reservations whose TTL has passed (their replica died or forgot them).
-local function purge(held, info, now)
-  local ids = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'LIMIT', 0, 200)
-  for _, id in ipairs(ids) do
-    local x = redis.call('HGET', info, id)
-    if x then
-      local parts = {}
-      for s in string.gmatch(x, '[^\n]+') do parts[#parts + 1] = s end
-      local a = nums(parts[1])
-      for k = 2, #parts do
-        local h = parts[k]
-        if redis.call('EXISTS', h) == 1 then
-          local raw = redis.call('HMGET', h, unpack(RFIELDS))
-          local args = {}
-          for d = 1, N do
-            if a[d] ~= 0 then
-              args[#args + 1] = RFIELDS[d]
-              args[#args + 1] = fmt(math.max(0, (tonumber(raw[d]) or 0) - a[d]))
-            end
-          end
-          if #args > 0 then redis.call('HSET', h, unpack(args)) end
-        end
-      end
-      redis.call('HDEL', info, id)
-    end
-    redis.call('ZREM', held, id)
-  end
 end
 
 local function bucket_fields(i)
@@ -97,6 +72,52 @@ end
 
 -- Absolute expiries (calendar windows) are set once; relative ones (sessions,
 -- rolling windows) are pushed back on every write.
+local function lines(s)
+  local t = {}
+  for x in string.gmatch(s, '[^\n]+') do t[#t + 1] = x end
+  return t
+end
+
+-- Charge an expired reservation to the counters that held it.
+local function charge(parts, now)
+  local a = nums(parts[2])
+  for k = 3, #parts do
+    local bucket, nb, h = string.match(parts[k], '^(%d+),(%d+),(.*)$')
+    bucket, nb = tonumber(bucket), tonumber(nb)
+    if redis.call('EXISTS', h) == 1 then
+      roll(h, now, bucket, nb)
+      local raw = redis.call('HMGET', h, unpack(RFIELDS))
+      local args = {}
+      for d = 1, N do
+        if a[d] ~= 0 then
+          args[#args + 1] = RFIELDS[d]
+          args[#args + 1] = fmt(math.max(0, (tonumber(raw[d]) or 0) - a[d]))
+          redis.call('HINCRBY', h, 's' .. d, fmt(a[d]))
+        end
+      end
+      if #args > 0 then redis.call('HSET', h, unpack(args)) end
+      if bucket > 0 then add_bucket(h, math.floor(now / bucket), a) end
+    end
+  end
+end
+
+-- Charge reservations whose TTL has passed (their replica died or lost track),
+-- and forget charged ones nobody settled within a day.
+local function purge(held, info, now)
+  local ids = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'LIMIT', 0, 200)
+  for _, id in ipairs(ids) do
+    local x = redis.call('HGET', info, id)
+    if x and string.sub(x, 1, 1) == 'H' then
+      charge(lines(x), now)
+      redis.call('HSET', info, id, 'C' .. string.sub(x, 2))
+      redis.call('ZADD', held, fmt(now + CHARGED_KEEP_MS), id)
+    else
+      redis.call('HDEL', info, id)
+      redis.call('ZREM', held, id)
+    end
+  end
+end
+
 local function expire(h, at, rel, marked)
   if at > 0 then
     if not marked then

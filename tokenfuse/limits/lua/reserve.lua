@@ -25,7 +25,7 @@ for i = 1, n do
   end
 end
 
-local where = {ARGV[5]}
+local where = {'H', ARGV[5]}
 for i = 1, n do
   local h = KEYS[2 + i]
   local p, v = specs[i], figs[i]
@@ -44,7 +44,7 @@ for i = 1, n do
   end
   if #args > 0 then redis.call('HSET', h, unpack(args)) end
   expire(h, p[3], p[4], marks[i])
-  where[#where + 1] = h
+  where[#where + 1] = fmt(p[1]) .. ',' .. fmt(p[2]) .. ',' .. h
 end
 redis.call('ZADD', KEYS[1], ARGV[3], id)
 redis.call('HSET', KEYS[2], id, table.concat(where, '\n'))

@@ -2,17 +2,26 @@
 -- KEYS: held zset, held info hash, counter hash 1..n
 -- ARGV: now_ms, res_id, want, n, "u1,...,u7", "a1,...,a7" (what was reserved),
 --       then per counter "bucket_ms,nbuckets,pexpireat_ms,pexpire_ms"
--- If the reservation already expired (and was purged), only the usage is added.
+-- If the reservation expired and was charged, the charge is replaced by the usage.
 -- Returns, when want = 1, each counter's figures (s1..s7, r1..r7) after the update.
 local now = tonumber(ARGV[1])
 local id = ARGV[2]
 local want = ARGV[3] == '1'
 local n = tonumber(ARGV[4])
 local u = nums(ARGV[5])
-local a = nil
-if redis.call('ZREM', KEYS[1], id) == 1 then
+-- 'H': still held; 'C': expired and charged at the reserved amounts; nil: forgotten.
+local mode = nil
+local x = redis.call('HGET', KEYS[2], id)
+if x then
+  mode = string.sub(x, 1, 1)
   redis.call('HDEL', KEYS[2], id)
-  a = nums(ARGV[6])
+  redis.call('ZREM', KEYS[1], id)
+end
+local a = nums(ARGV[6])
+local delta = u
+if mode == 'C' then
+  delta = {}
+  for d = 1, N do delta[d] = u[d] - a[d] end
 end
 local out = {}
 
@@ -22,11 +31,11 @@ for i = 1, n do
   local v, marked = figures(h)
   local args = {}
   for d = 1, N do
-    if u[d] ~= 0 then
+    if delta[d] ~= 0 then
       args[#args + 1] = 's' .. d
-      args[#args + 1] = fmt(v[d] + u[d])
+      args[#args + 1] = fmt(v[d] + delta[d])
     end
-    if a and a[d] ~= 0 then
+    if mode == 'H' and a[d] ~= 0 then
       args[#args + 1] = RFIELDS[d]
       args[#args + 1] = fmt(math.max(0, v[N + d] - a[d]))
     end
@@ -34,7 +43,7 @@ for i = 1, n do
   if #args > 0 then redis.call('HSET', h, unpack(args)) end
   if p[1] > 0 then
     roll(h, now, p[1], p[2])
-    add_bucket(h, math.floor(now / p[1]), u)
+    add_bucket(h, math.floor(now / p[1]), delta)
   end
   expire(h, p[3], p[4], marked)
   if want then out[#out + 1] = redis.call('HMGET', h, unpack(FIELDS)) end
