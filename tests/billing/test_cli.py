@@ -56,6 +56,8 @@ def test_detect_text_escalation_and_html(export: tuple[Path, Manifest], tmp_path
     page = html.read_text()
     assert page.startswith("<!doctype html>")
     assert "<svg" in page and acct in page
+    assert page.count('fill="#dc2626"') == 3  # the three flagged days
+    assert "baseline mean ± 1σ" in page and "threshold (mean + 2σ)" in page
     # Self-contained: nothing is fetched when the file opens.
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)
     assert "<script" not in page

@@ -197,3 +197,15 @@ def test_bad_value_names_file_and_column(tmp_path: Path) -> None:
 
 def test_missing_path() -> None:
     assert "no such file" in _err(["/nonexistent/export.csv"])
+
+
+def test_scientific_notation_and_padding_in_numbers(tmp_path: Path) -> None:
+    f = tmp_path / "sci.csv"
+    f.write_text(
+        FOCUS_HEADER + "\n"
+        "1.5E-7,USD,2026-09-01 00:00:00,Usage,1,AmazonEC2,Box,Run, 2e3 ,Hrs\n"
+        " 0.25 ,USD,2026-09-01 01:00:00,Usage,1,AmazonEC2,Box,Run,1,Hrs\n"
+    )
+    exp = load([str(f)])
+    row = exp.con.execute("SELECT sum(cost), sum(quantity) FROM bill").fetchone()
+    assert row == (Decimal("0.25000015"), Decimal(2001))
