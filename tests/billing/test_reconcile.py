@@ -155,3 +155,33 @@ def test_reconcile_from_postgresql_ledger(tmp_path: Path) -> None:
             c.execute("DELETE FROM requests WHERE request_id LIKE 'sample-%'")
     (f,) = rec.findings
     assert (f["kind"], f["model"], f["factor"]) == ("unit_mismatch", "claude-haiku-4.5", 1000)
+
+
+def test_price_book_prices_a_class_the_bill_never_shows(tmp_path: Path) -> None:
+    url = _ledger(tmp_path)
+    conn = connect(url)
+    values = dict.fromkeys(COLUMN_NAMES)
+    values.update(ts=1788264000.0, request_id="r1", protocol="bedrock", model="us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+                  input_uncached=1000, cache_read=5000, cache_write=0, cache_write_1h=0, output=100, cost_usd="0",
+                  estimated=0, outcome="ok")
+    conn.execute(f"INSERT INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})",
+                 tuple(values[c] for c in COLUMN_NAMES))
+    conn.close()
+    bill = tmp_path / "cur.csv"
+    bill.write_text(
+        "line_item_usage_start_date,line_item_usage_account_id,line_item_line_item_type,product_servicecode,"
+        "line_item_usage_type,line_item_usage_amount,pricing_unit,line_item_unblended_cost\n"
+        "2026-09-01T00:00:00Z,1,Usage,AmazonBedrock,USE1-Claude4.5Sonnet-input-tokens,1,1K tokens,0.003\n"
+        "2026-09-01T00:00:00Z,1,Usage,AmazonBedrock,USE1-Claude4.5Sonnet-output-tokens,0.1,1K tokens,0.0015\n"
+    )
+    from tokenfuse.billing.reconcile import book_price, summary
+
+    rec = reconcile(load([str(bill)]), read_ledger(url))
+    rows = {s["token_class"]: s for s in summary(rec)}
+    assert rows["input_uncached"]["price_source"] == "bill"
+    assert rows["input_uncached"]["expected_usd"] == Decimal("0.003")
+    rate = book_price("claude-sonnet-4.5", "Claude4.5Sonnet", "cache_read")
+    if rate is None:
+        pytest.skip("the price book does not price claude-sonnet-4-5")
+    assert rows["cache_read"]["price_source"] == "price book"
+    assert rows["cache_read"]["expected_usd"] == (5000 * rate).quantize(Decimal("0.000001"))

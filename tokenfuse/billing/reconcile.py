@@ -276,13 +276,38 @@ def _unmetered(cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str,
     return out
 
 
+def book_price(model: str, label: str | None, cls: str) -> Decimal | None:
+    """USD per token from the price book, for classes the bill has no rows of."""
+    try:
+        from tokenfuse.pricing import PriceBook
+
+        book = PriceBook.default()
+    except Exception:  # the price book is a fallback; without it there is simply no price
+        return None
+    for name in (model.replace(".", "-"), label):
+        if not name:
+            continue
+        price = book.lookup(name)
+        if price is not None:
+            return Decimal(price.rate(cls)) / _MTOK
+    return None
+
+
+def _price(rec: Reconciliation, model: str, cls: str) -> tuple[Decimal | None, str]:
+    price = _unit_price(rec.cells[(model, cls)])
+    if price is not None:
+        return price, "bill"
+    price = book_price(model, rec.labels.get(model), cls)
+    return price, "price book" if price is not None else "none"
+
+
 def summary(rec: Reconciliation) -> list[dict[str, Any]]:
     out = []
     for (model, cls), days in sorted(rec.cells.items()):
         lt = sum(c.ledger_tokens for c in days.values())
         bt = sum((c.billed_tokens for c in days.values()), _ZERO)
         usd = sum((c.billed_usd for c in days.values()), _ZERO)
-        price = _unit_price(days)
+        price, source = _price(rec, model, cls)
         out.append(
             {
                 "model": model,
@@ -292,6 +317,7 @@ def summary(rec: Reconciliation) -> list[dict[str, Any]]:
                 "ratio": (bt / lt).quantize(Decimal("0.0001")) if lt else None,
                 "billed_usd": usd.quantize(Decimal("0.000001")),
                 "expected_usd": (Decimal(lt) * price).quantize(Decimal("0.000001")) if price is not None else None,
+                "price_source": source,
             }
         )
     return out
@@ -348,7 +374,7 @@ def markdown(rec: Reconciliation, ledger_desc: str, bill_files: Sequence[str]) -
     for (model, cls), days in sorted(rec.cells.items()):
         if (model, cls) not in flagged and model not in flagged_models:
             continue
-        price = _unit_price(days) or _ZERO
+        price = _price(rec, model, cls)[0] or _ZERO
         lines += [
             f"### {rec.labels.get(model, model)} ({model}), {cls}",
             "",
