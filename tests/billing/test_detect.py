@@ -199,3 +199,16 @@ def test_short_history_still_evaluates_with_a_note(tmp_path: Path) -> None:
     assert det.runaways[0].baseline_days == 16  # days back 8..23: the export starts 23 days before as_of
     assert det.runaways[0].flagged
     assert any("baseline is shorter" in n for n in det.notes)
+
+
+def test_cache_health_table_covers_every_model(incidents: tuple[Manifest, Detection]) -> None:
+    m, det = incidents
+    pairs = {(c.account, c.model) for c in det.cache}
+    assert (m.gateway_account, "claude-haiku-4.5") in pairs
+    assert {a for a, _ in pairs} == {a for a, i in m.accounts.items()}
+    by = {(m.accounts[c.account], c.model): c for c in det.cache}
+    miss = by[("cache_miss", "claude-sonnet-4.5")]
+    assert miss.read_ratio is not None and Decimal("0.2") < miss.read_ratio < Decimal("0.3")
+    healthy = by[("gateway", "claude-sonnet-4.5")]
+    assert healthy.read_ratio is not None and abs(healthy.read_ratio - 4) < Decimal("0.01")  # the healthy mix
+    assert miss.to_json()["uncached_input_tokens"] == int(miss.tokens["input_uncached"])

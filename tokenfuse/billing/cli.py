@@ -67,7 +67,7 @@ def _detect(argv: Sequence[str]) -> int:
                 if f["kind"] == "runaway_inference":
                     f["escalation_note"] = notes[f["account"]]
         print(dumps({"as_of": det.as_of.isoformat(), "flavours": list(exp.flavours), "rows": exp.rows,
-                     "findings": findings}))
+                     "findings": findings, "cache_health": [c.to_json() for c in det.cache]}))
         return 0
     print(_detect_text(det, exp.rows, exp.flavours))
     if args.escalation:
@@ -95,7 +95,18 @@ def _detect_text(det: object, rows: int, flavours: tuple[str, ...]) -> str:
         )
     if len(spending) < len(det.runaways):
         out.append(f"  ({len(det.runaways) - len(spending)} account(s) without Bedrock inference spend in the window not shown)")
-    out += ["", "Caching health (models that support prompt caching, reads small against uncached input)"]
+    out += ["", "Caching health, last 30 days (tokens; USD)"]
+    for st in det.cache[:20]:
+        rr = st.read_ratio
+        out.append(
+            f"  {st.account:<14} {st.model_label[:28]:<28} uncached {st.tokens['input_uncached']:>16,.0f} "
+            f"({st.usd['input_uncached']:>10,.2f})  read {st.tokens['cache_read']:>16,.0f} ({st.usd['cache_read']:>9,.2f})"
+            f"  write {st.tokens['cache_write']:>14,.0f} ({st.usd['cache_write']:>9,.2f})"
+            f"  read/uncached {'-' if rr is None else f'{rr:.2f}'}{'' if st.supports_caching else '  (no caching)'}"
+        )
+    if len(det.cache) > 20:
+        out.append(f"  ... {len(det.cache) - 20} more account x model rows in --json")
+    out += ["", "Cache misses (caching models whose reads are small against uncached input)"]
     if not det.cache_misses:
         out.append("  no cache misses found")
     for c in det.cache_misses:

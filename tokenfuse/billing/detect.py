@@ -159,6 +159,7 @@ class Detection:
     runaways: list[Runaway]  # every account evaluated; .flagged marks findings
     cache_misses: list[CacheMiss]
     budgets: list[BudgetAdvice]
+    cache: list[CacheStat] = field(default_factory=list)
     series: dict[str, DaySeries] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -270,17 +271,83 @@ def runaway(exp: Export, as_of: date) -> tuple[list[Runaway], dict[str, DaySerie
     return out, series
 
 
-def _price_book_rates(model_label: str) -> tuple[Decimal, Decimal] | None:
+def _price_book_rates(model: str, model_label: str) -> tuple[Decimal, Decimal] | None:
+    price = None
     try:
         from tokenfuse.pricing import PriceBook
 
-        price = PriceBook.default().lookup(model_label)
+        book = PriceBook.default()
+        for name in (model.replace(".", "-"), model_label):
+            price = book.lookup(name)
+            if price is not None:
+                break
     except Exception:  # the price book is optional here; the export's own prices come first
         return None
     if price is None or getattr(price, "input", None) is None:
         return None
     read = getattr(price, "cache_read", None)
     return Decimal(price.input), Decimal(read) if read is not None else Decimal(price.input) / 10
+
+
+@dataclass(slots=True)
+class CacheStat:
+    """One account x model: where its input tokens and dollars went."""
+
+    account: str
+    model: str
+    model_label: str
+    supports_caching: bool
+    tokens: dict[str, Decimal]  # input_uncached, cache_read, cache_write (5m + 1h)
+    usd: dict[str, Decimal]
+
+    @property
+    def read_ratio(self) -> Decimal | None:
+        unc = self.tokens["input_uncached"]
+        return self.tokens["cache_read"] / unc if unc > 0 else None
+
+    def to_json(self) -> dict[str, Any]:
+        ratio = self.read_ratio
+        return {
+            "account": self.account,
+            "model": self.model,
+            "model_label": self.model_label,
+            "supports_caching": self.supports_caching,
+            "uncached_input_tokens": int(self.tokens["input_uncached"]),
+            "cache_read_tokens": int(self.tokens["cache_read"]),
+            "cache_write_tokens": int(self.tokens["cache_write"]),
+            "uncached_input_usd": _money(self.usd["input_uncached"]),
+            "cache_read_usd": _money(self.usd["cache_read"]),
+            "cache_write_usd": _money(self.usd["cache_write"]),
+            "cache_read_per_uncached_token": None if ratio is None else _ratio(ratio),
+        }
+
+
+def cache_stats(exp: Export, as_of: date) -> list[CacheStat]:
+    start = max(exp.first_day, as_of - timedelta(days=BASELINE_LAST_BACK))
+    rows = exp.con.execute(
+        """
+        SELECT account, model, any_value(model_label) AS label,
+               CASE WHEN token_class = 'cache_write_1h' THEN 'cache_write' ELSE token_class END AS cls,
+               sum(tokens), sum(cost)
+        FROM bill
+        WHERE kind = 'inference' AND is_usage AND model IS NOT NULL
+          AND token_class IN ('input_uncached', 'cache_read', 'cache_write', 'cache_write_1h')
+          AND day >= ? AND day < ?
+        GROUP BY account, model, cls
+        """,
+        [start, as_of],
+    ).fetchall()
+    stats: dict[tuple[str, str], CacheStat] = {}
+    for account, model, label, cls, tokens, cost in rows:
+        st = stats.get((account, model))
+        if st is None:
+            zero = {c: _ZERO for c in ("input_uncached", "cache_read", "cache_write")}
+            st = stats[(account, model)] = CacheStat(
+                account, model, label or model, model_supports_caching(model), dict(zero), dict(zero)
+            )
+        st.tokens[cls] += Decimal(tokens or 0)
+        st.usd[cls] += Decimal(cost or 0)
+    return sorted(stats.values(), key=lambda c: (-c.usd["input_uncached"], c.account, c.model))
 
 
 def cache_health(exp: Export, as_of: date) -> list[CacheMiss]:
@@ -316,7 +383,7 @@ def cache_health(exp: Export, as_of: date) -> list[CacheMiss]:
         if read_t > 0:
             p_read = read_c / read_t * mtok
         else:
-            book = _price_book_rates(labels[(account, model)])
+            book = _price_book_rates(model, labels[(account, model)])
             if book is not None:
                 p_read, source = book[1], "price book"
             else:
@@ -366,4 +433,6 @@ def detect(exp: Export, as_of: date | None = None) -> Detection:
             f"{day.isoformat()}; the baseline is shorter"
         )
     runaways, series = runaway(exp, day)
-    return Detection(day, runaways, cache_health(exp, day), budget_advice(exp, day), series, notes)
+    return Detection(
+        day, runaways, cache_health(exp, day), budget_advice(exp, day), cache_stats(exp, day), series, notes
+    )
