@@ -258,7 +258,7 @@ def stage_profile(b: Bench, gw: gs.Proc, shape: gs.Shape, label: str) -> None:
         return
     raw = b.workdir / f"profile-{len(profiles)}.txt"
     spy = subprocess.Popen(["py-spy", "record", "--pid", str(gw.popen.pid), "--duration", str(b.plan.profile_s),
-                            "--rate", "200", "--format", "raw", "-o", str(raw)],
+                            "--rate", "200", "--gil", "--format", "raw", "-o", str(raw)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)
     cpu0 = cpu_seconds(gw.popen.pid)

@@ -132,7 +132,9 @@ async def run(
     connector = aiohttp.TCPConnector(limit=conns, force_close=False, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        # No Accept-Encoding, as SDK-less clients and wrk send none: every target answers uncompressed.
+        connector=connector, timeout=timeout, auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
     ) as session:
         if warmup > 0:
             if rate is None:
