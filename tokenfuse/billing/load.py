@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -100,6 +101,9 @@ def connect() -> duckdb.DuckDBPyConnection:
     con.execute("SET TimeZone='UTC'")
     con.execute("SET preserve_insertion_order=false")
     con.execute("SET memory_limit='1200MB'")
+    # Spill files go to the system temp folder, not a .tmp folder in the user's working directory.
+    spill = os.path.join(tempfile.gettempdir(), f"tokenfuse-duckdb-{os.getpid()}")
+    con.execute(f"SET temp_directory={_sql_str(spill)}")
     # Progress is tracked for tokenfuse.billing.progress; DuckDB's own bar would print to stdout.
     con.execute("SET enable_progress_bar=true")
     con.execute("SET enable_progress_bar_print=false")
