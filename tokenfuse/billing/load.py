@@ -17,7 +17,7 @@ import gzip
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -76,8 +76,8 @@ class FileGroup:
     fmt: str  # csv | parquet
     flavour: str
     files: tuple[str, ...]
-    columns: dict[str, str]  # lower name -> (actual name) ; types kept separately
-    types: dict[str, str]
+    columns: dict[str, str]  # lower-cased name -> name as the file spells it
+    types: dict[str, str]  # lower-cased name -> DuckDB type
 
 
 @dataclass(slots=True)
@@ -93,7 +93,6 @@ class Export:
     last_ts: datetime
     last_day_complete: bool
     currency: str | None
-    warnings: list[str] = field(default_factory=list)
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -245,12 +244,12 @@ def _select(group: FileGroup) -> str:
     fields = FIELDS[group.flavour]
     parts: list[str] = []
     for fld, cands in fields.items():
-        found = next((c for c in cands if c.lower() in group.columns), None)
-        if found is None:
-            parts.append(f"CAST(NULL AS {'TIMESTAMP' if fld == 'ts' else _NUMERIC if fld in ('cost', 'quantity') else 'VARCHAR'}) AS {fld}")
+        present = [c for c in cands if c.lower() in group.columns]
+        if not present:
+            typ = "TIMESTAMP" if fld == "ts" else _NUMERIC if fld in ("cost", "quantity") else "VARCHAR"
+            parts.append(f"CAST(NULL AS {typ}) AS {fld}")
             continue
         # The first present candidate, falling back to later ones row by row.
-        present = [c for c in cands if c.lower() in group.columns]
         exprs = [_expr(fld, group.columns[c.lower()], group.types[c.lower()]) for c in present]
         e = exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
         parts.append(f"{e} AS {fld}")
