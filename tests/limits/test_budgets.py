@@ -13,8 +13,8 @@ from tokenfuse.limits.budgets import Budget, BudgetIndex, calendar_window, statu
 from tokenfuse.limits.counters import UNLIMITED
 
 
-def ts(*args: int) -> float:
-    return datetime(*args, tzinfo=UTC).timestamp()  # type: ignore[misc]
+def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
 def budget(**kw: object) -> Budget:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from tokenfuse.limits.counters import NDIMS, UNLIMITED, Entry, Seed
 from tokenfuse.limits.memory import MemoryCounters
@@ -19,7 +21,10 @@ def amt(usd: int, requests: int = 1) -> tuple[int, ...]:
     return (usd, requests, 0, 0, 0, 0, 0)
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 

@@ -81,7 +81,7 @@ async def test_a_crashed_replicas_reservations_expire_into_charges(
     # Expired, the reservations no longer hold headroom as reservations, but the
     # provider may have billed those requests up to their bound: they are charged.
     s = by_name(await survivor.snapshot(now=t + 5))["cap"]
-    assert (s.reserved_usd, s.reserved_requests) == (0, 0)
+    assert (s.reserved_usd, s.reserved_requests) == (Decimal(0), 0)
     assert (s.spent_usd, s.spent_requests) == (Decimal("0.8"), 2)
     assert not (await survivor.reserve(ctx(), bound("0.3"), now=t + 5)).ok
     assert (await survivor.reserve(ctx(), bound("0.2"), now=t + 5)).ok
@@ -97,7 +97,7 @@ async def test_a_late_settle_replaces_the_charge(tmp_path: Path, redis_url: str,
     await lim.settle(slow, Usage(output=1), Decimal("0.1"), now=t + 7)
     await lim.release(unbilled, now=t + 7)
     s = by_name(await lim.snapshot(now=t + 7))["cap"]
-    assert (s.spent_usd, s.spent_requests, s.reserved_usd) == (Decimal("0.1"), 1, 0)
+    assert (s.spent_usd, s.spent_requests, s.reserved_usd) == (Decimal("0.1"), 1, Decimal(0))
     await lim.close()
 
 
@@ -344,7 +344,7 @@ def test_redis_and_memory_backends_agree(redis_url: str, ops: list[tuple[Any, ..
             for n, (kind, a, b, c) in enumerate(ops):
                 if kind == "reserve":
                     entries = tuple(_ENTRIES[i] for i in a)
-                    amount = (b, 1, 0, 0, 0, c, 0)
+                    amount: Vec = (b, 1, 0, 0, 0, c, 0)
                     want = mem.reserve_now(entries, str(n), amount, now, 300)
                     got = await red.reserve(entries, str(n), amount, now, 300)
                     assert got == want
@@ -353,7 +353,7 @@ def test_redis_and_memory_backends_agree(redis_url: str, ops: list[tuple[Any, ..
                 elif kind in ("settle", "release") and held:
                     rid = sorted(held)[a % len(held)]
                     entries, amount = held.pop(rid)
-                    actual = (b, 1, 0, 0, 0, c, 0) if kind == "settle" else (0,) * 7
+                    actual: Vec = (b, 1, 0, 0, 0, c, 0) if kind == "settle" else (0,) * 7
                     mem.settle_now(entries, str(rid), actual, now, False)
                     await red.settle(entries, str(rid), actual, now, False, amount)
                 elif kind == "wait":
