@@ -179,7 +179,7 @@ def test_cache_miss_the_38k_case(incidents: tuple[Manifest, Detection]) -> None:
 
 def test_budget_advice_from_last_month(incidents: tuple[Manifest, Detection]) -> None:
     m, det = incidents
-    lines, _ = plan({**m.accounts, "__gateway_incidents__": "unit_error"}, m.first_day, m.days)
+    lines, _ = plan(m.accounts, m.first_day, m.days, gateway_incidents=["unit_error"])
     spend: dict[str, Decimal] = defaultdict(Decimal)
     for ln in lines:
         if ln.day.month == 9 and ln.service_code in ("AmazonBedrock", "AWSMarketplace"):

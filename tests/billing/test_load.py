@@ -18,7 +18,7 @@ FOCUS_HEADER = "BilledCost,BillingCurrency,ChargePeriodStart,ChargeCategory,SubA
 
 def _expected_costs(accounts: int, incidents: list[str], days: int) -> dict[str, Decimal]:
     assigned = _assign(accounts, incidents)
-    lines, _ = plan({**assigned, "__gateway_incidents__": ""}, date(2026, 9, 30) - timedelta(days=days - 1), days)
+    lines, _ = plan(assigned, date(2026, 9, 30) - timedelta(days=days - 1), days)
     out: dict[str, Decimal] = defaultdict(Decimal)
     for ln in lines:
         out[ln.account] += ln.cost

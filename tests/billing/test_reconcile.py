@@ -146,7 +146,7 @@ def test_reconcile_from_postgresql_ledger(tmp_path: Path) -> None:
         c.execute("DELETE FROM requests WHERE request_id LIKE 'sample-%'")
     bill = tmp_path / "bill.parquet"
     generate(str(bill), "cur-2.0", days=12, accounts=1, incidents=["unit_error"])
-    _, truth = plan({GATEWAY: "gateway", "__gateway_incidents__": "unit_error"}, date(2026, 9, 19), 12)
+    _, truth = plan({GATEWAY: "gateway"}, date(2026, 9, 19), 12, gateway_incidents=["unit_error"])
     try:
         write_ledger(url, truth)
         rec = reconcile(load([str(bill)]), read_ledger(url), GATEWAY)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -177,15 +177,17 @@ def _split(daily_usd: Decimal, model: str, mix: dict[str, Decimal]) -> dict[str,
 
 
 def plan(
-    accounts: dict[str, str], first_day: date, days: int, seed: int = 7
+    accounts: dict[str, str],
+    first_day: date,
+    days: int,
+    seed: int = 7,
+    gateway_incidents: Collection[str] = (),
 ) -> tuple[list[PlanLine], dict[date, dict[str, dict[str, int]]]]:
+    """Day-level lines for every account, and the gateway account's true tokens per day."""
     lines: list[PlanLine] = []
     truth: dict[date, dict[str, dict[str, int]]] = {}
     last = days - 1
-    gateway_incidents: set[str] = set(accounts.get("__gateway_incidents__", "").split(","))
     for idx, (acct, incident) in enumerate(accounts.items()):
-        if acct.startswith("__"):
-            continue
         rng = random.Random(f"{seed}-{acct}")
         base = Decimal(rng.randint(20, 60))
         compute = Decimal(rng.randint(30, 80))
@@ -343,7 +345,7 @@ def generate(
     assigned = _assign(accounts, incidents)
     gw = [i for i in incidents if i in LEDGER_INCIDENTS]
     first_day = last_day - timedelta(days=days - 1)
-    lines, truth = plan({**assigned, "__gateway_incidents__": ",".join(gw)}, first_day, days, seed)
+    lines, truth = plan(assigned, first_day, days, seed, gw)
     parquet = out.lower().endswith(".parquet")
     gz = out.lower().endswith(".gz")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
