@@ -12,6 +12,7 @@ unmetered usage.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -406,6 +407,14 @@ def main(argv: Sequence[str]) -> int:
     ledger = read_ledger(args.ledger, None if args.all_protocols else "bedrock")
     if not ledger:
         raise BillingInputError(f"--ledger: the ledger has no billed (outcome 'ok') {'' if args.all_protocols else 'Bedrock '}rows")
+    if args.account is None:
+        accounts = exp.con.execute("SELECT count(DISTINCT account) FROM bill WHERE kind = 'inference'").fetchone()
+        if accounts and accounts[0] > 1:
+            print(
+                f"tokenfuse reconcile: note: the bill has Bedrock usage in {accounts[0]} accounts; "
+                "pass --account with the one the gateway calls Bedrock from",
+                file=sys.stderr,
+            )
     rec = reconcile(exp, ledger, args.account)
     desc = args.ledger.split("@")[-1] if "@" in args.ledger else args.ledger
     if args.report:
