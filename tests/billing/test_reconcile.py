@@ -10,7 +10,7 @@ import pytest
 
 from tokenfuse.billing.cli import main
 from tokenfuse.billing.load import load
-from tokenfuse.billing.reconcile import read_ledger, reconcile
+from tokenfuse.billing.reconcile import markdown, read_ledger, reconcile
 from tokenfuse.billing.sample import generate, plan, write_ledger
 from tokenfuse.ledger.schema import COLUMN_NAMES, connect
 
@@ -185,3 +185,22 @@ def test_price_book_prices_a_class_the_bill_never_shows(tmp_path: Path) -> None:
         pytest.skip("the price book does not price claude-sonnet-4-5")
     assert rows["cache_read"]["price_source"] == "price book"
     assert rows["cache_read"]["expected_usd"] == (5000 * rate).quantize(Decimal("0.000001"))
+
+
+def test_usage_the_bill_has_beyond_the_ledger(tmp_path: Path) -> None:
+    """Without --account, a second account's Sonnet calls are on the bill but not in the ledger."""
+    url = _ledger(tmp_path)
+    bill = tmp_path / "bill.parquet"
+    generate(str(bill), "cur-2.0", days=15, accounts=2, ledger_url=url)
+    exp = load([str(bill)])
+    rec = reconcile(exp, read_ledger(url))
+    partial = {f["token_class"]: f for f in rec.findings if f["kind"] == "unmetered_usage"}
+    assert set(partial) == {"input_uncached", "cache_read", "cache_write", "output"}
+    other = exp.con.execute(
+        "SELECT sum(tokens) FROM bill WHERE kind = 'inference' AND account <> ? AND token_class = 'output'", [GATEWAY]
+    ).fetchone()
+    assert other is not None
+    assert partial["output"]["unmetered_tokens"] == other[0]
+    assert {f["model"] for f in partial.values()} == {"claude-sonnet-4.5"}
+    report = markdown(rec, "ledger", exp.files)
+    assert report.count("### Unmetered usage: ") == 4 and "tokens beyond the" in report

@@ -29,7 +29,8 @@ CLASSES: tuple[str, ...] = ("input_uncached", "cache_read", "cache_write", "outp
 KNOWN_FACTORS: tuple[Decimal, ...] = (Decimal(1000), Decimal(1_000_000), Decimal("0.001"), Decimal("0.000001"))
 FACTOR_TOLERANCE = Decimal("0.02")
 CONSISTENT_SHARE = Decimal("0.8")
-AGREE_TOLERANCE = Decimal("0.01")
+# Billed tokens above metered ones by more than this share are reported as unmetered.
+UNMETERED_TOLERANCE = Decimal("0.05")
 _ZERO = Decimal(0)
 _MTOK = Decimal(1_000_000)
 
@@ -145,7 +146,7 @@ def reconcile(exp: Export, ledger: dict[tuple[date, str, str], int], account: st
     findings += _unit_mismatches(cells, labels)
     factors = {(f["model"], f["token_class"]): Decimal(f["factor"]) for f in findings}
     findings += _lags(cells, factors)
-    findings += _unmetered(cells, labels)
+    findings += _unmetered(cells, labels, factors)
     return Reconciliation(first, last, cells, labels, findings, after)
 
 
@@ -253,11 +254,13 @@ def _lag(model: str, run: list[date], missing: int, lump: date | None, excess: D
     }
 
 
-def _unmetered(cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str, str]) -> list[dict[str, Any]]:
+def _unmetered(
+    cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str, str], factors: dict[tuple[str, str], Decimal]
+) -> list[dict[str, Any]]:
+    out = _partly_unmetered(cells, labels, factors)
     models: dict[str, list[Cell]] = defaultdict(list)
     for (model, _cls), days in cells.items():
         models[model].extend(days.values())
-    out = []
     for model, cs in sorted(models.items()):
         if any(c.ledger_tokens for c in cs):
             continue
@@ -272,6 +275,41 @@ def _unmetered(cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str,
                 "billed_tokens": _num(tokens),
                 "billed_usd": sum((c.billed_usd for c in cs), _ZERO).quantize(Decimal("0.000001")),
                 "explanation": "the bill has usage of this model that never went through the gateway",
+            }
+        )
+    return out
+
+
+def _partly_unmetered(
+    cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str, str], factors: dict[tuple[str, str], Decimal]
+) -> list[dict[str, Any]]:
+    """Classes the gateway did meter, but the bill shows more of over the whole period.
+
+    Totals, not days, are compared so that a billing lag (missing days, then a lump)
+    nets out; classes already explained by a unit factor are left to that finding.
+    """
+    out = []
+    for (model, cls), days in sorted(cells.items()):
+        if (model, cls) in factors:
+            continue
+        lt = sum(c.ledger_tokens for c in days.values())
+        bt = sum((c.billed_tokens for c in days.values()), _ZERO)
+        if lt == 0 or bt <= lt * (1 + UNMETERED_TOLERANCE):
+            continue
+        price = _unit_price(days) or _ZERO
+        out.append(
+            {
+                "kind": "unmetered_usage",
+                "model": model,
+                "model_label": labels.get(model, model),
+                "token_class": cls,
+                "ledger_tokens": lt,
+                "billed_tokens": _num(bt),
+                "unmetered_tokens": _num(bt - lt),
+                "unmetered_usd": ((bt - lt) * price).quantize(Decimal("0.000001")),
+                "billed_usd": sum((c.billed_usd for c in days.values()), _ZERO).quantize(Decimal("0.000001")),
+                "explanation": f"the bill shows {(bt / lt - 1) * 100:.0f}% more {cls} tokens than the gateway metered: "
+                "calls that bypassed the gateway",
             }
         )
     return out
@@ -357,8 +395,13 @@ def markdown(rec: Reconciliation, ledger_desc: str, bill_files: Sequence[str]) -
             lines += [f"### Billing lag: {f['model']}", "", f"{f['explanation']}: {', '.join(f['days_missing_from_bill'])} "
                       f"({f['ledger_tokens_on_missing_days']:,} metered tokens).", ""]
         else:
-            lines += [f"### Unmetered usage: {f['model_label']}", "", f"{f['explanation']}: {f['billed_tokens']:,} tokens, "
-                      f"${f['billed_usd']:,}.", ""]
+            what = f"{f['model_label']} {f['token_class']}" if "token_class" in f else f["model_label"]
+            amount = (
+                f"{f['unmetered_tokens']:,} tokens beyond the {f['ledger_tokens']:,} metered, ${f['unmetered_usd']:,}"
+                if "unmetered_tokens" in f
+                else f"{f['billed_tokens']:,} tokens, ${f['billed_usd']:,}"
+            )
+            lines += [f"### Unmetered usage: {what}", "", f"{f['explanation']}: {amount}.", ""]
     if rec.ledger_days_after_bill:
         lines += [f"Ledger usage after {rec.last_day.isoformat()} is not compared: the bill does not reach it yet.", ""]
     lines += ["## Totals", "", "| model | class | metered tokens | billed tokens | ratio | expected USD | billed USD |",
