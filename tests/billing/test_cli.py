@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -112,7 +113,18 @@ def test_user_errors_are_one_line(argv: list[str], needle: str, capsys: pytest.C
 
 def test_tokenfuse_entry_point_routes_detect(export: tuple[Path, Manifest]) -> None:
     path, _ = export
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     proc = subprocess.run([sys.executable, "-m", "tokenfuse", "detect", str(path), "--json"], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, cwd=repo, env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["as_of"] == "2026-10-01"
+
+
+def test_escalation_note_in_json(export: tuple[Path, Manifest], capsys: pytest.CaptureFixture[str]) -> None:
+    path, m = export
+    assert main(["detect", str(path), "--json", "--escalation"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (f,) = [f for f in doc["findings"] if f["kind"] == "runaway_inference"]
+    assert f["escalation_note"].startswith(f"## Escalation: runaway Bedrock inference in account {_runaway_account(m)}")
+    assert "Spike ratio:" in f["escalation_note"]
