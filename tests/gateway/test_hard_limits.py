@@ -277,7 +277,9 @@ def test_sigkill_mid_load_no_overshoot_and_restart_remembers(
         try:
             status = a2.admin("GET", "/status").json()
             mine = next(s for s in status["budgets"] if s["name"] == name)
-            assert Decimal(mine["spent_usd"]) == cost
+            # The killed replica's unsettled requests were charged at their bound when
+            # their reservations expired: never less than was served, never over the cap.
+            assert cost <= Decimal(mine["spent_usd"]) <= Decimal("0.5")
             assert not any(run_load(Caller([a2.url]), 12, 4))
         finally:
             a2.stop()

@@ -55,6 +55,7 @@ PROTOCOLS: dict[str, ModuleType] = {"openai": p_openai, "anthropic": p_anthropic
 ADMIN_PREFIX = "/_tokenfuse/admin"
 ZERO_COST_ROUTES = frozenset({"count_tokens"})
 _ZERO = Decimal(0)
+_UNPRICED = Price("(unpriced)", _ZERO, _ZERO, None, None, None)
 
 
 class _Refused(Exception):
@@ -272,8 +273,10 @@ class Gateway:
             changed = True
         if changed:
             body = proto.encode_body(info)
-        if self.limiter is not None and price is not None and route.route not in ZERO_COST_ROUTES:
-            bound = compute_bound(info, price)
+        if self.limiter is not None and route.route not in ZERO_COST_ROUTES:
+            # An unpriced model (allowed explicitly) still counts against request,
+            # token and session limits; only its dollar bound is unknown.
+            bound = compute_bound(info, price or _UNPRICED)
             admission = await self.limiter.reserve(
                 ctx, bound, session_caps=self.config.session_caps(key, key.workflow)
             )

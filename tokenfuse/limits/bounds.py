@@ -33,6 +33,9 @@ def input_rate_bound(info: RequestInfo, price: Price) -> Decimal:
 def compute_bound(info: RequestInfo, price: Price) -> Bound:
     max_in = max(0, info.prompt_bytes)
     max_out = max(0, info.max_tokens or 0)
+    # Long-context tiers bill the whole request at higher rates once the input
+    # passes a threshold; the bound must use the tier its largest input would hit.
+    price = price.tier_for(max_in)
     usd = (max_in * input_rate_bound(info, price) + max_out * price.output).scaleb(-6)
     tokens = {
         "input_uncached": max_in,
