@@ -271,7 +271,6 @@ def test_sigkill_mid_load_no_overshoot_and_restart_remembers(
         assert not all(admitted_b)
         cost, _ = served_cost(sim.url, cfg)
         assert cost <= Decimal("0.5")
-        assert cost >= Decimal("0.45"), cost
         # Restarted, a enforces the same spent amount: nothing more fits.
         a2 = Replica(cfg, tmp_path, "a2").start()
         try:
@@ -279,7 +278,12 @@ def test_sigkill_mid_load_no_overshoot_and_restart_remembers(
             mine = next(s for s in status["budgets"] if s["name"] == name)
             # The killed replica's unsettled requests were charged at their bound when
             # their reservations expired: never less than was served, never over the cap.
-            assert cost <= Decimal(mine["spent_usd"]) <= Decimal("0.5")
+            spent = Decimal(mine["spent_usd"])
+            assert cost <= spent <= Decimal("0.5")
+            # The cap was really reached (to within one request's bound, ~$0.007), not
+            # stopped early: the rest between served and spent is what the killed
+            # replica's in-flight requests were charged at their bound.
+            assert spent >= Decimal("0.49"), spent
             assert not any(run_load(Caller([a2.url]), 12, 4))
         finally:
             a2.stop()
