@@ -124,3 +124,10 @@ def test_every_setting_is_documented() -> None:
     documented = {w for span in re.findall(r"`([^`]+)`", doc) for w in re.findall(r"[a-z_0-9]+", span)}
     missing = sorted(k for k in _documented_keys(Config, set()) if k not in documented)
     assert not missing, f"document these keys in docs/configuration.md: {missing}"
+
+
+def test_read_only_commands_skip_keys_whose_secrets_are_unset() -> None:
+    env = {k: v for k, v in ENV.items() if k != "TF_KEY_BOB"}
+    cfg = load_config(EXAMPLE, env=env, secrets=False)
+    assert [k.name for k in cfg.keys] == ["alice-droid"]
+    assert cfg.store == "sqlite:///tokenfuse.db"

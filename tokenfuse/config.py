@@ -387,7 +387,24 @@ def _path(loc: tuple[Any, ...], data: Any) -> str:
     return "".join(parts) or "(top level)"
 
 
-def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
+def _drop_unusable_keys(data: dict[str, Any]) -> None:
+    # Read-only commands (usage, status, kill, export, ...) need the store, not
+    # the callers' secrets: a key whose ${VAR} is unset in this shell is skipped.
+    keys = data.get("keys")
+    if isinstance(keys, list):
+        kept = []
+        for k in keys:
+            try:
+                KeyConfig.model_validate(k)
+            except ValidationError:
+                continue
+            kept.append(k)
+        data["keys"] = kept
+
+
+def parse_config(
+    text: str, source: str = "<config>", env: dict[str, str] | None = None, *, secrets: bool = True
+) -> Config:
     try:
         data = yaml.safe_load(substitute_env(text, env))
     except yaml.YAMLError as exc:
@@ -396,6 +413,8 @@ def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (server:, upstreams:, keys:, ...)")
+    if not secrets:
+        _drop_unusable_keys(data)
     try:
         cfg = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
@@ -412,7 +431,9 @@ def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None
     return cfg
 
 
-def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None, *, secrets: bool = True) -> Config:
+    """Load and validate; ``secrets=False`` skips keys whose secrets are not set
+    (for commands that never authenticate a caller)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -422,4 +443,4 @@ def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None)
         raise ConfigError(f"{p}: not UTF-8 text; save the config as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    return parse_config(text, str(p), env)
+    return parse_config(text, str(p), env, secrets=secrets)

@@ -79,7 +79,7 @@ def store_url(config_path: str) -> str:
     except ImportError:  # the config module is optional for this command
         raise BillingInputError("--config: tokenfuse.config is unavailable; pass --store URL instead") from None
     try:
-        return str(load_config(config_path).store)
+        return str(load_config(config_path, secrets=False).store)
     except ConfigError as e:
         raise BillingInputError(str(e).splitlines()[0]) from e
 

@@ -82,7 +82,7 @@ def _cell(value: Any) -> str:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, secrets=False)
     except ConfigError as exc:
         print(f"tokenfuse usage: {exc}", file=sys.stderr)
         return 2

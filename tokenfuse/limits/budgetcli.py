@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
         )
         return 2
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, secrets=False)
     except ConfigError as exc:
         print(f"tokenfuse budget: {exc}", file=sys.stderr)
         return 2

@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
         print(f"tokenfuse {command}: say what to {command}: one of {flags} (or --list)", file=sys.stderr)
         return 2
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, secrets=False)
         store = KillSwitchStore(config.store)
         try:
             if args.list:

@@ -304,7 +304,7 @@ def main(argv: list[str]) -> int:
     )
     args = p.parse_args(argv)
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, secrets=False)
     except ConfigError as exc:
         print(f"tokenfuse status: {exc}", file=sys.stderr)
         return 2
