@@ -13,13 +13,13 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
 import aiohttp
 
+from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.config import Config, KeyConfig
 from tokenfuse.gateway import routes
 from tokenfuse.gateway.identity import AuthError, KeyRing
@@ -43,11 +43,6 @@ from tokenfuse.protocols import openai as p_openai
 from tokenfuse.protocols.base import ProtocolError, RequestInfo
 from tokenfuse.protocols.errors import refusal
 from tokenfuse.usage import Usage
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("tokenfuse.gateway")
 

@@ -13,13 +13,13 @@ import hmac
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.config import BudgetConfig
 from tokenfuse.limits.killswitch import KillSwitchStore, normalise
 from tokenfuse.limits.runtime import ControlWatcher, RuntimeBudgetStore
@@ -30,10 +30,6 @@ PREFIX = "/_tokenfuse/admin"
 _KEY = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_BODY = 1024 * 1024
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class LimiterView(Protocol):

@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import count
 from typing import Any
 from urllib.parse import unquote
 
 from tokenfuse.aio import spawn
+from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.simulator import prompts, wire_anthropic, wire_bedrock, wire_openai
 from tokenfuse.simulator.prompts import BadRequest
 from tokenfuse.simulator.reply import Reply, StreamPlan, dumps
@@ -34,10 +35,6 @@ from tokenfuse.simulator.tokens import (
 )
 from tokenfuse.usage import Usage
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 JSON = Any
 
 _JSON_TYPE = (b"content-type", b"application/json")
