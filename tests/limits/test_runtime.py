@@ -13,6 +13,7 @@ import pytest
 
 from tests.limits.pgschema import private_schema_url
 from tokenfuse.config import BudgetConfig
+from tokenfuse.ledger.store import StoreConnection
 from tokenfuse.limits.context import RequestContext
 from tokenfuse.limits.killswitch import KillSwitches, KillSwitchStore
 from tokenfuse.limits.runtime import ControlWatcher, RuntimeBudgetStore
@@ -88,7 +89,9 @@ def test_invalid_stored_spec_is_skipped_not_fatal(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     store = RuntimeBudgetStore(url)
     store.put(budget())
-    store._execute("INSERT INTO runtime_budgets (name, spec, created_ts) VALUES ('bad', '{\"name\": 1}', 0)")
+    raw = StoreConnection(url)
+    raw.execute("INSERT INTO runtime_budgets (name, spec, created_ts) VALUES ('bad', '{\"name\": 1}', 0)")
+    raw.close()
     assert [b.name for b in store.list()] == ["alice-day"]
     store.close()
 

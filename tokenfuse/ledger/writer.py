@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from tokenfuse.ledger.record import LedgerRow
 from tokenfuse.ledger.schema import COLUMN_NAMES, StoreURL, connect, placeholder, redact
+from tokenfuse.ledger.store import close_quietly
 
 log = logging.getLogger("tokenfuse.ledger")
 
@@ -354,11 +355,7 @@ class LedgerWriter:
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+        close_quietly(conn)
 
     def _scrub(self, text: str) -> str:
         try:

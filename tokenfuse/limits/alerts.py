@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ import aiohttp
 
 from tokenfuse.aio import spawn
 from tokenfuse.config import AlertsConfig, parse_duration
-from tokenfuse.ledger.schema import StoreURL, connect, placeholder
+from tokenfuse.ledger.store import StoreConnection
 
 log = logging.getLogger("tokenfuse.alerts")
 
@@ -193,8 +192,7 @@ class AlertManager:
         self._last_drop_warning = 0.0
         self._http: aiohttp.ClientSession | None = None
         self._redis: Any = None
-        self._conn: Any = None
-        self._conn_lock = threading.Lock()
+        self._store = StoreConnection(store_url, on_open=_create_table)
 
     # -- request path -------------------------------------------------------
 
@@ -338,7 +336,7 @@ class AlertManager:
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
-        await asyncio.to_thread(self._close_conn)
+        await asyncio.to_thread(self._store.close)
 
     async def _run(self) -> None:
         assert self._wake is not None
@@ -387,36 +385,13 @@ class AlertManager:
             return True
 
     def _claim_in_store(self, alert: Alert) -> bool:
-        dialect = StoreURL.parse(self.store_url).dialect
-        p = placeholder(dialect)
-        with self._conn_lock:
-            try:
-                if self._conn is None:
-                    conn = connect(self.store_url)
-                    _create_table(conn, dialect)
-                    self._conn = conn
-                cur = self._conn.cursor()
-                cur.execute(
-                    f"INSERT INTO alerts_fired (budget, window_key, alert, fired_ts) VALUES ({p}, {p}, {p}, {p}) "
-                    "ON CONFLICT DO NOTHING",
-                    (alert.budget, alert.window_key, alert.label, alert.ts),
-                )
-                return bool(cur.rowcount == 1)
-            except Exception:
-                self._close_conn_locked()
-                raise
-
-    def _close_conn(self) -> None:
-        with self._conn_lock:
-            self._close_conn_locked()
-
-    def _close_conn_locked(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+        p = self._store.p
+        count, _ = self._store.execute(
+            f"INSERT INTO alerts_fired (budget, window_key, alert, fired_ts) VALUES ({p}, {p}, {p}, {p}) "
+            "ON CONFLICT DO NOTHING",
+            (alert.budget, alert.window_key, alert.label, alert.ts),
+        )
+        return count == 1
 
 
 def _create_table(conn: Any, dialect: str) -> None:

@@ -9,13 +9,12 @@ dict lookups.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from tokenfuse.ledger.schema import StoreURL, connect, placeholder
+from tokenfuse.ledger.store import StoreConnection
 from tokenfuse.limits.context import RequestContext
 
 SCOPES: tuple[str, ...] = ("key", "principal", "workflow", "session", "model", "all")
@@ -63,42 +62,13 @@ class KillSwitchStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._dialect = StoreURL.parse(url).dialect
-        self._p = placeholder(self._dialect)
-        self._lock = threading.Lock()
-        self._conn: Any = None
-
-    def _connection(self) -> Any:
-        if self._conn is None:
-            self._conn = connect(self.url)
-        return self._conn
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[int, list[tuple[Any, ...]]]:
-        with self._lock:
-            try:
-                cur = self._connection().cursor()
-                cur.execute(sql, params)
-                rows = cur.fetchall() if cur.description is not None else []
-                return cur.rowcount, rows
-            except Exception:
-                # A broken connection (PostgreSQL restarted, network blip) is
-                # reopened on the next call instead of failing forever.
-                self._reset()
-                raise
-
-    def _reset(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+        self._store = StoreConnection(url)
 
     def set(self, scope: str, value: str | None, reason: str | None = None) -> KillSwitch:
         scope, value = normalise(scope, value)
         switch = KillSwitch(scope, value, reason or None, time.time())
-        p = self._p
-        self._execute(
+        p = self._store.p
+        self._store.execute(
             f"INSERT INTO kill_switches (scope, value, reason, created_ts) VALUES ({p}, {p}, {p}, {p}) "
             "ON CONFLICT (scope, value) DO UPDATE SET reason = excluded.reason, created_ts = excluded.created_ts",
             (switch.scope, switch.value, switch.reason, switch.created_ts),
@@ -107,21 +77,20 @@ class KillSwitchStore:
 
     def clear(self, scope: str, value: str | None) -> bool:
         scope, value = normalise(scope, value)
-        p = self._p
-        count, _ = self._execute(
+        p = self._store.p
+        count, _ = self._store.execute(
             f"DELETE FROM kill_switches WHERE scope = {p} AND value = {p}", (scope, value)
         )
         return count > 0
 
     def list(self) -> list[KillSwitch]:
-        _, rows = self._execute(
+        _, rows = self._store.execute(
             "SELECT scope, value, reason, created_ts FROM kill_switches ORDER BY created_ts"
         )
         return [KillSwitch(str(s), str(v), r, float(ts)) for s, v, r, ts in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._reset()
+        self._store.close()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from typing import Any, Protocol
 
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from tokenfuse.aio import spawn
 from tokenfuse.config import BudgetConfig
-from tokenfuse.ledger.schema import StoreURL, connect, placeholder
+from tokenfuse.ledger.store import StoreConnection
 from tokenfuse.limits.killswitch import KillSwitch, KillSwitches, KillSwitchStore
 
 log = logging.getLogger("tokenfuse.limits")
@@ -38,36 +37,13 @@ class RuntimeBudgetStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._p = placeholder(StoreURL.parse(url).dialect)
-        self._lock = threading.Lock()
-        self._conn: Any = None
-
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[int, list[tuple[Any, ...]]]:
-        with self._lock:
-            try:
-                if self._conn is None:
-                    self._conn = connect(self.url)
-                cur = self._conn.cursor()
-                cur.execute(sql, params)
-                rows = cur.fetchall() if cur.description is not None else []
-                return cur.rowcount, rows
-            except Exception:
-                self._reset()
-                raise
-
-    def _reset(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+        self._store = StoreConnection(url)
 
     def put(self, budget: BudgetConfig) -> bool:
         """Add or replace; True when the name was new."""
-        p = self._p
-        _, existing = self._execute(f"SELECT 1 FROM runtime_budgets WHERE name = {p}", (budget.name,))
-        self._execute(
+        p = self._store.p
+        _, existing = self._store.execute(f"SELECT 1 FROM runtime_budgets WHERE name = {p}", (budget.name,))
+        self._store.execute(
             f"INSERT INTO runtime_budgets (name, spec, created_ts) VALUES ({p}, {p}, {p}) "
             "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, created_ts = excluded.created_ts",
             (budget.name, budget_spec(budget), time.time()),
@@ -75,19 +51,18 @@ class RuntimeBudgetStore:
         return not existing
 
     def remove(self, name: str) -> bool:
-        count, _ = self._execute(f"DELETE FROM runtime_budgets WHERE name = {self._p}", (name,))
+        count, _ = self._store.execute(f"DELETE FROM runtime_budgets WHERE name = {self._store.p}", (name,))
         return count > 0
 
     def specs(self) -> list[tuple[str, str]]:
-        _, rows = self._execute("SELECT name, spec FROM runtime_budgets ORDER BY name")
+        _, rows = self._store.execute("SELECT name, spec FROM runtime_budgets ORDER BY name")
         return [(str(n), str(s)) for n, s in rows]
 
     def list(self) -> list[BudgetConfig]:
         return parse_specs(self.specs())
 
     def close(self) -> None:
-        with self._lock:
-            self._reset()
+        self._store.close()
 
 
 def parse_specs(specs: list[tuple[str, str]]) -> list[BudgetConfig]:
