@@ -1,47 +1,13 @@
-"""Ledger fixtures: a store per test, SQLite file or an isolated PostgreSQL schema."""
+"""Ledger test helpers; the store fixtures (sqlite_url, pg_url, store_url) are in tests/conftest.py."""
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tokenfuse.ledger.record import LedgerRow
-
-
-@pytest.fixture
-def pg_url(postgres_url: str) -> Iterator[str]:
-    """A PostgreSQL store URL whose tables live in a fresh schema, dropped afterwards,
-    so that tests (and other suites sharing the database) never see each other's rows."""
-    import psycopg
-
-    schema = f"tf_ledger_{uuid.uuid4().hex[:12]}"
-    admin = psycopg.connect(postgres_url, autocommit=True)
-    admin.execute(f'CREATE SCHEMA "{schema}"')
-    sep = "&" if "?" in postgres_url else "?"
-    try:
-        yield f"{postgres_url}{sep}options=-csearch_path%3D{schema}&application_name={schema}"
-    finally:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
 
 
 def make_row(i: int = 0, **overrides: Any) -> LedgerRow:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +18,6 @@ from tokenfuse.limits.bounds import Bound
 from tokenfuse.limits.context import RequestContext
 
 REDIS_URL = os.environ.get("TOKENFUSE_TEST_REDIS", "redis://127.0.0.1:6379/15")
-PG_URL = os.environ.get("TOKENFUSE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -37,6 +36,17 @@ def unavailable(what: str, why: object) -> None:
     if os.environ.get("TOKENFUSE_REQUIRE_SERVICES") == "1":
         pytest.fail(msg + " and TOKENFUSE_REQUIRE_SERVICES=1")
     pytest.skip(msg)
+
+
+async def wait_until(predicate: Callable[[], bool], limit_s: float = 5.0) -> bool:
+    """Poll for a condition; the bound is generous so a loaded machine does not
+    flake, and nothing asserts on how long it took."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while asyncio.get_running_loop().time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
 
 
 def make_config(budgets: list[dict[str, Any]] | None = None, **kw: Any) -> Config:
@@ -90,19 +100,6 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     for k in client.scan_iter(match=f"{prefix}:*", count=1000):
         client.delete(k)
     client.close()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    from tests.limits.pgschema import private_schema_url
-
-    try:
-        import psycopg
-
-        psycopg.connect(PG_URL, connect_timeout=2).close()
-    except Exception as exc:
-        unavailable(f"PostgreSQL at {PG_URL}", exc)
-    yield from private_schema_url(PG_URL)
 
 
 def insert_rows(store: str, rows: list[dict[str, Any]]) -> None:

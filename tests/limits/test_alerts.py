@@ -7,16 +7,14 @@ import inspect
 import json
 import logging
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from tests.limits.pgschema import private_schema_url
+from tests.limits.conftest import wait_until
 from tokenfuse.config import AlertsConfig
 from tokenfuse.limits.alerts import AlertManager, window_identity
 from tokenfuse.limits.budgets import BudgetStatus
@@ -61,11 +59,6 @@ def manager(
 ) -> AlertManager:
     cfg = AlertsConfig.model_validate({"webhooks": webhooks or [], "rate_check": kw.pop("rate_check", True)})
     return AlertManager(cfg, url, redis_url, **kw)
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store.db'}"
 
 
 def queued(m: AlertManager) -> list[tuple[str, str]]:
@@ -192,15 +185,6 @@ class Hooks:
         await self.runner.cleanup()
 
 
-async def wait_for(predicate: Any, limit_s: float = 5.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(predicate())
-
-
 def test_webhook_gets_slack_compatible_json_and_log_gets_one_line(
     sqlite_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -212,7 +196,7 @@ def test_webhook_gets_slack_compatible_json_and_log_gets_one_line(
             m = AlertManager(cfg, sqlite_url)
             await m.start()
             m.observe([status("150.5")], now=NOW)
-            assert await wait_for(lambda: len(hooks.received) == 1)
+            assert await wait_until(lambda: len(hooks.received) == 1)
             await m.stop()
         got = hooks.received[0]
         body = got["body"]
@@ -258,11 +242,6 @@ def test_two_replicas_sharing_sqlite_fire_each_threshold_once(sqlite_url: str) -
     _two_replicas(sqlite_url)
 
 
-@pytest.fixture
-def pg_url(postgres_url: str) -> Iterator[str]:
-    yield from private_schema_url(postgres_url)
-
-
 def test_two_replicas_sharing_postgresql_fire_each_threshold_once(pg_url: str) -> None:
     _two_replicas(pg_url)
 
@@ -281,7 +260,7 @@ def test_dead_and_slow_webhooks_do_not_block_other_work(
             m.observe([status("45")], now=NOW)
             # While the slow hook holds the sender, the event loop (i.e. requests) keeps running
             # and later observations still queue.
-            assert await wait_for(lambda: len(slow.received) == 1)
+            assert await wait_until(lambda: len(slow.received) == 1)
             m.observe([status("160")], now=NOW)
             assert [a.label for a in m.queue] == ["0.5", "0.75"]
             await m.stop(drain_timeout_s=0.2)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.limits.pgschema import private_schema_url
 from tokenfuse.limits.context import RequestContext
 from tokenfuse.limits.killswitch import KillSwitch, KillSwitches, KillSwitchStore, normalise
 
@@ -96,14 +94,6 @@ def test_normalise_rejects(scope: str, value: str | None, message: str) -> None:
 def test_normalise_all_ignores_value() -> None:
     assert normalise("all", None) == ("all", "*")
     assert normalise("all", "whatever") == ("all", "*")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        yield from private_schema_url(request.getfixturevalue("postgres_url"))
 
 
 def test_store_set_list_clear(store_url: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -22,12 +21,9 @@ MONTH_START, _ = calendar_window("month", NOW)
 HOUR_START, _ = calendar_window("hour", NOW)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-    else:
-        yield request.getfixturevalue("pg_url")
+@pytest.fixture
+def store(store_url: str) -> str:
+    return store_url
 
 
 def row(ts: float, **kw: Any) -> dict[str, Any]:

@@ -6,12 +6,9 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.limits.pgschema import private_schema_url
+from tests.limits.conftest import wait_until
 from tokenfuse.config import BudgetConfig
 from tokenfuse.ledger.store import StoreConnection
 from tokenfuse.limits.context import RequestContext
@@ -36,26 +33,6 @@ def budget(name: str = "alice-day", usd: str = "5") -> BudgetConfig:
     return BudgetConfig.model_validate(
         {"name": name, "match": {"principal": "alice"}, "window": "day", "limit": {"usd": usd}}
     )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        yield from private_schema_url(request.getfixturevalue("postgres_url"))
-
-
-async def wait_until(predicate: object, limit_s: float = 5.0) -> bool:
-    # A generous bound so a loaded CI machine does not flake; the poll
-    # interval (50 ms here) is what makes the switch visible quickly.
-    assert callable(predicate)
-    deadline = asyncio.get_running_loop().time() + limit_s
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(predicate())
 
 
 def test_runtime_budget_store_roundtrip(store_url: str) -> None:

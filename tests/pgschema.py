@@ -1,5 +1,5 @@
 """A private PostgreSQL schema per test, so tests sharing the `test` database
-(and other engineers' kill switches there) never see each other's rows."""
+(and other suites' rows there) never see each other's rows."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from urllib.parse import quote
 
 
 def private_schema_url(base_url: str) -> Iterator[str]:
+    """Yield a store URL whose tables live in a fresh schema, dropped afterwards.
+
+    The connection's ``application_name`` is the schema name, so a test can find
+    (and terminate) its own server connections in ``pg_stat_activity``.
+    """
     import psycopg
 
-    name = f"tf_limits_{uuid.uuid4().hex[:12]}"
+    name = f"tf_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(base_url, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {name}")
     sep = "&" if "?" in base_url else "?"
     try:
-        yield f"{base_url}{sep}options={quote(f'-csearch_path={name}')}"
+        yield f"{base_url}{sep}options={quote(f'-csearch_path={name}')}&application_name={name}"
     finally:
         with psycopg.connect(base_url, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {name} CASCADE")
