@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote
 
 
 @dataclass(frozen=True, slots=True)
@@ -11,7 +10,7 @@ class Route:
     protocol: str
     route: str
     upstream_path: str  # appended to the upstream's base_url
-    model_from_path: str | None = None
+    model_from_path: str | None = None  # still percent-encoded; the protocol module decodes it
     bedrock_action: str | None = None
 
 
@@ -43,8 +42,7 @@ def match(raw_path: str) -> Route | None:
         model_enc, sep, action = rest.rpartition("/")
         route = _BEDROCK_ACTIONS.get(action)
         if sep and model_enc and route is not None:
-            model = unquote(model_enc)
-            return Route("bedrock", route, "", model_from_path=model, bedrock_action=action)
+            return Route("bedrock", route, "", model_from_path=model_enc, bedrock_action=action)
     return None
 
 
