@@ -350,32 +350,18 @@ def cache_stats(exp: Export, as_of: date) -> list[CacheStat]:
     return sorted(stats.values(), key=lambda c: (-c.usd["input_uncached"], c.account, c.model))
 
 
-def cache_health(exp: Export, as_of: date) -> list[CacheMiss]:
-    start = max(exp.first_day, as_of - timedelta(days=BASELINE_LAST_BACK))
-    rows = exp.con.execute(
-        """
-        SELECT account, model, any_value(model_label) AS label, token_class, sum(tokens), sum(cost)
-        FROM bill
-        WHERE kind = 'inference' AND is_usage AND model IS NOT NULL AND token_class IS NOT NULL
-          AND day >= ? AND day < ?
-        GROUP BY account, model, token_class
-        """,
-        [start, as_of],
-    ).fetchall()
-    agg: dict[tuple[str, str], dict[str, tuple[Decimal, Decimal]]] = defaultdict(dict)
-    labels: dict[tuple[str, str], str] = {}
-    for account, model, label, cls, tokens, cost in rows:
-        agg[(account, model)][cls] = (Decimal(tokens or 0), Decimal(cost or 0))
-        labels[(account, model)] = label or model
+def cache_health(exp: Export, as_of: date, stats: list[CacheStat] | None = None) -> list[CacheMiss]:
+    """The account x model pairs that read far less from the cache than they could,
+    from :func:`cache_stats` (pass them when already computed)."""
+    if stats is None:
+        stats = cache_stats(exp, as_of)
     out: list[CacheMiss] = []
     mtok = Decimal(1_000_000)
-    for (account, model), classes in sorted(agg.items()):
-        if not model_supports_caching(model):
+    for st in sorted(stats, key=lambda c: (c.account, c.model)):
+        if not st.supports_caching:
             continue
-        unc_t, unc_c = classes.get("input_uncached", (_ZERO, _ZERO))
-        read_t, read_c = classes.get("cache_read", (_ZERO, _ZERO))
-        w_t, w_c = classes.get("cache_write", (_ZERO, _ZERO))
-        w1_t, w1_c = classes.get("cache_write_1h", (_ZERO, _ZERO))
+        unc_t, read_t = st.tokens["input_uncached"], st.tokens["cache_read"]
+        unc_c, read_c = st.usd["input_uncached"], st.usd["cache_read"]
         if unc_t < CACHE_MIN_INPUT_TOKENS or read_t >= unc_t * CACHE_READ_RATIO:
             continue
         p_in = unc_c / unc_t * mtok
@@ -383,7 +369,7 @@ def cache_health(exp: Export, as_of: date) -> list[CacheMiss]:
         if read_t > 0:
             p_read = read_c / read_t * mtok
         else:
-            book = _price_book_rates(model, labels[(account, model)])
+            book = _price_book_rates(st.model, st.model_label)
             if book is not None:
                 p_read, source = book[1], "price book"
             else:
@@ -391,8 +377,10 @@ def cache_health(exp: Export, as_of: date) -> list[CacheMiss]:
         extra = max(_ZERO, CACHE_TARGET_HIT * (unc_t + read_t) - read_t)
         wasted = extra * (p_in - p_read) / mtok
         out.append(
-            CacheMiss(account, model, labels[(account, model)], unc_t, read_t, w_t + w1_t, unc_c, read_c, w_c + w1_c,
-                      p_in, p_read, source, max(wasted, _ZERO))
+            CacheMiss(
+                st.account, st.model, st.model_label, unc_t, read_t, st.tokens["cache_write"], unc_c, read_c,
+                st.usd["cache_write"], p_in, p_read, source, max(wasted, _ZERO),
+            )
         )
     out.sort(key=lambda c: -c.wasted_usd)
     return out
@@ -433,6 +421,7 @@ def detect(exp: Export, as_of: date | None = None) -> Detection:
             f"{day.isoformat()}; the baseline is shorter"
         )
     runaways, series = runaway(exp, day)
+    stats = cache_stats(exp, day)
     return Detection(
-        day, runaways, cache_health(exp, day), budget_advice(exp, day), cache_stats(exp, day), series, notes
+        day, runaways, cache_health(exp, day, stats), budget_advice(exp, day), stats, series, notes
     )
