@@ -274,6 +274,55 @@ class AlertsConfig(_Model):
         return sorted(v)
 
 
+class CacheMissGuardConfig(_Model):
+    enabled: bool = True
+    min_requests: int = Field(3, gt=0)  # consecutive requests re-sending an uncached prefix
+    min_prefix_tokens: int = Field(1024, ge=0)  # below this providers do not cache a prefix at all
+    min_usd: Decimal = Decimal("0.50")
+
+    @field_validator("min_usd", mode="before")
+    @classmethod
+    def _usd(cls, v: Any) -> Decimal:
+        return _decimal(v, "min_usd")
+
+
+class ContextGrowthGuardConfig(_Model):
+    enabled: bool = True
+    min_requests: int = Field(8, ge=3)
+    project_steps: int = Field(10, gt=0)
+    min_projected_usd: Decimal = Decimal("1.00")
+
+    @field_validator("min_projected_usd", mode="before")
+    @classmethod
+    def _usd(cls, v: Any) -> Decimal:
+        return _decimal(v, "min_projected_usd")
+
+
+class LoopGuardConfig(_Model):
+    enabled: bool = True
+    repeats: int = Field(3, ge=2)
+    window: str = "10m"
+    action: Literal["alert", "refuse"] = "alert"
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @property
+    def window_s(self) -> int:
+        return parse_duration(self.window)
+
+
+class GuardsConfig(_Model):
+    enabled: bool = True
+    max_tracked: int = Field(10_000, gt=0)  # sessions/conversations each guard remembers (LRU)
+    cache_miss: CacheMissGuardConfig = Field(default_factory=CacheMissGuardConfig)  # type: ignore[arg-type]
+    context_growth: ContextGrowthGuardConfig = Field(default_factory=ContextGrowthGuardConfig)  # type: ignore[arg-type]
+    loop: LoopGuardConfig = Field(default_factory=LoopGuardConfig)  # type: ignore[arg-type]
+
+
 class LedgerConfig(_Model):
     batch_interval_ms: int = Field(200, gt=0)
     batch_size: int = Field(1000, gt=0)
@@ -295,6 +344,7 @@ class Config(_Model):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)  # type: ignore[arg-type]
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)  # type: ignore[arg-type]
+    guards: GuardsConfig = Field(default_factory=GuardsConfig)  # type: ignore[arg-type]
     # Where the file was loaded from, for messages; not a YAML key.
     source: Annotated[str, Field(exclude=True)] = "<config>"
 

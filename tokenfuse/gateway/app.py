@@ -31,6 +31,7 @@ from tokenfuse.gateway.upstream import (
     Upstream,
     bedrock_path,
 )
+from tokenfuse.guards import Guards
 from tokenfuse.ledger.record import LedgerRow
 from tokenfuse.ledger.writer import LedgerWriter
 from tokenfuse.limits.bounds import compute_bound
@@ -108,6 +109,7 @@ class Gateway:
         self.watcher: Any = None
         self.alerts: Any = None
         self.admin: Any = None
+        self.guards: Guards | None = None
         self.http: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
@@ -129,6 +131,14 @@ class Gateway:
         self.watcher = ControlWatcher(self.config.store, self.kills, self.limiter, self.config.kill_poll_ms)
         await self.watcher.start()
         await self.alerts.start()
+        alerts = self.alerts
+        guards = Guards(
+            self.config.guards,
+            lambda f: alerts.notify(
+                f"guard:{f.guard}:{f.subject}", f.guard, f.payload(time.time()), event="guard_finding"
+            ),
+        )
+        self.guards = guards if guards.enabled else None
         self.admin = AdminApp(
             self.config.server.admin_token,
             KillSwitchStore(self.config.store),
@@ -208,6 +218,8 @@ class Gateway:
             if req.admission is not None and self.limiter is not None:
                 await self.limiter.release(req.admission)
         finally:
+            if self.guards is not None and req.outcome == "ok" and req.ctx is not None and req.info is not None:
+                self.guards.observe(req.ctx, req.info, req.body, req.usage, req.cost, req.price)
             self._record(req)
 
     async def _pipeline(self, req: _Request, scope: Scope, receive: Receive, send: Send) -> None:
@@ -268,6 +280,8 @@ class Gateway:
             changed = True
         if changed:
             body = proto.encode_body(info)
+        if self.guards is not None and (looping := self.guards.check(ctx, info, req.body)) is not None:
+            raise _Refused("session_cap", looping, "refused", "guard loop")
         if self.limiter is not None and route.route not in ZERO_COST_ROUTES:
             # An unpriced model (allowed explicitly) still counts against request,
             # token and session limits; only its dollar bound is unknown.

@@ -118,6 +118,23 @@ class Alert:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Any other alert (a guard's finding), sent and deduped like budget alerts:
+    at most once per (``budget``, ``window_key``, ``label``) across replicas."""
+
+    budget: str  # the dedupe subject, e.g. "guard:loop:session s1"
+    window_key: str
+    label: str
+    ts: float
+    ttl_s: int | None
+    body: dict[str, Any]  # must carry a Slack-compatible "text"
+    event: str = "notice"
+
+    def payload(self) -> dict[str, Any]:
+        return dict(self.body)
+
+
 def _iso(d: datetime | None) -> str | None:
     return None if d is None else d.astimezone(UTC).isoformat()
 
@@ -182,7 +199,7 @@ class AlertManager:
         self.redis_url = redis_url
         self.rate_min_span_s = rate_min_span_s
         self.thresholds = [(Decimal(str(t)), f"{Decimal(str(t)).normalize():f}") for t in config.thresholds]
-        self.queue: deque[Alert] = deque(maxlen=queue_size)
+        self.queue: deque[Alert | Notice] = deque(maxlen=queue_size)
         self.dropped = 0
         self.sent: list[dict[str, Any]] = []  # payloads this replica delivered, newest last (bounded)
         self._tracks: dict[str, _BudgetTrack] = {}
@@ -274,12 +291,7 @@ class AlertManager:
         ttl: int | None,
         projected: datetime | None = None,
     ) -> None:
-        if len(self.queue) == self.queue.maxlen:
-            self.dropped += 1
-            if now - self._last_drop_warning > 60:
-                self._last_drop_warning = now
-                log.warning("alert queue full (%d); dropping the oldest alert", self.queue.maxlen)
-        self.queue.append(
+        self._push(
             Alert(
                 kind=kind,
                 budget=status.name,
@@ -295,8 +307,33 @@ class AlertManager:
                 ts=now,
                 ttl_s=ttl,
                 projected_exhaustion=projected,
-            )
+            ),
+            now,
         )
+
+    def notify(
+        self,
+        subject: str,
+        label: str,
+        body: dict[str, Any],
+        *,
+        event: str,
+        window_s: int = 3600,
+        now: float | None = None,
+    ) -> None:
+        """Queue any alert (``body`` with a ``text``), sent at most once per
+        ``subject`` and ``label`` per ``window_s`` window. No I/O, no awaiting."""
+        ts = time.time() if now is None else now
+        key = f"{int(ts // window_s)}"
+        self._push(Notice(subject, key, label, ts, 2 * window_s, body, event), ts)
+
+    def _push(self, alert: Alert | Notice, now: float) -> None:
+        if len(self.queue) == self.queue.maxlen:
+            self.dropped += 1
+            if now - self._last_drop_warning > 60:
+                self._last_drop_warning = now
+                log.warning("alert queue full (%d); dropping the oldest alert", self.queue.maxlen)
+        self.queue.append(alert)
         if self._wake is not None:
             self._wake.set()
 
@@ -354,11 +391,12 @@ class AlertManager:
             self._wake.clear()
             await self._wake.wait()
 
-    async def _deliver(self, alert: Alert) -> None:
+    async def _deliver(self, alert: Alert | Notice) -> None:
         if not await self._claim(alert):
             return  # another replica fired it for this window
         payload = alert.payload()
-        log.warning(json.dumps({"event": "budget_alert", **payload}, separators=(",", ":")))
+        event = alert.event if isinstance(alert, Notice) else "budget_alert"
+        log.warning(json.dumps({"event": event, **payload}, separators=(",", ":")))
         self.sent.append(payload)
         del self.sent[:-100]
         if self.config.webhooks:
@@ -373,7 +411,7 @@ class AlertManager:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             log.warning("alert webhook %s failed: %s", _safe_url(url), exc.__class__.__name__)
 
-    async def _claim(self, alert: Alert) -> bool:
+    async def _claim(self, alert: Alert | Notice) -> bool:
         try:
             if self._redis is not None:
                 key = f"tokenfuse:alert:{alert.budget}:{alert.window_key}:{alert.label}"
@@ -384,7 +422,7 @@ class AlertManager:
             log.warning("cannot record alert for budget %s (%s); sending it anyway", alert.budget, exc)
             return True
 
-    def _claim_in_store(self, alert: Alert) -> bool:
+    def _claim_in_store(self, alert: Alert | Notice) -> bool:
         p = self._store.p
         count, _ = self._store.execute(
             f"INSERT INTO alerts_fired (budget, window_key, alert, fired_ts) VALUES ({p}, {p}, {p}, {p}) "
