@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import anthropic as anthropic_sdk
-import httpx2 as httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +10,7 @@ from tokenfuse.protocols.base import DOCUMENT_TOKEN_BOUND, IMAGE_TOKEN_BOUND, Pr
 from tokenfuse.protocols.estimate import tokens_from_bytes
 from tokenfuse.usage import Usage
 
+from .clients import anthropic_call
 from .test_sse import split
 from .wire import anthropic_stream, dumps
 
@@ -230,31 +230,8 @@ def test_thinking_and_tool_input_deltas_count_as_text() -> None:
 # --- errors through the official SDK ---------------------------------------
 
 
-def sdk_call(
-    status: int, headers: list[tuple[str, str]], body: bytes
-) -> tuple[anthropic_sdk.APIStatusError, int]:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return httpx.Response(status, headers=headers, content=body)
-
-    client = anthropic_sdk.Anthropic(
-        api_key="tf-key",
-        base_url="http://gw.test",
-        max_retries=2,
-        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
-    )
-    with pytest.raises(anthropic_sdk.APIStatusError) as exc:
-        client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "x"}]
-        )
-    return exc.value, calls
-
-
 def test_error_response_parses_in_the_sdk() -> None:
-    err, calls = sdk_call(
+    err, calls = anthropic_call(
         *anthropic.error_response(403, "permission_error", "Key alice is killed.", retryable=False)
     )
     assert isinstance(err, anthropic_sdk.PermissionDeniedError)
@@ -266,5 +243,5 @@ def test_error_response_parses_in_the_sdk() -> None:
 
 
 def test_non_retryable_429_is_not_retried_by_the_sdk() -> None:
-    err, calls = sdk_call(*anthropic.error_response(429, "rate_limit_error", "stop", retryable=False))
+    err, calls = anthropic_call(*anthropic.error_response(429, "rate_limit_error", "stop", retryable=False))
     assert isinstance(err, anthropic_sdk.RateLimitError) and calls == 1

@@ -1,14 +1,8 @@
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator
 from typing import Any
 
-import botocore.session
 import pytest
-from botocore.awsrequest import AWSResponse
-from botocore.config import Config
-from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +11,7 @@ from tokenfuse.protocols.base import IMAGE_TOKEN_BOUND, ProtocolError, RequestIn
 from tokenfuse.protocols.estimate import tokens_from_bytes
 from tokenfuse.usage import Usage
 
+from .clients import boto_call
 from .test_sse import split
 from .wire import (
     CONVERSE_USAGE,
@@ -359,45 +354,6 @@ def test_bad_base64_chunk_is_ignored() -> None:
 
 
 # --- errors through botocore ------------------------------------------------
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self._body
-
-
-@functools.cache
-def _client(mode: str) -> Any:
-    return botocore.session.get_session().create_client(
-        "bedrock-runtime",
-        region_name="us-east-1",
-        endpoint_url="http://gw.test",
-        aws_access_key_id="AKIATEST",
-        aws_secret_access_key="secret",
-        config=Config(retries={"mode": mode, "max_attempts": 4}),
-    )
-
-
-def boto_call(status: int, headers: list[tuple[str, str]], body: bytes, mode: str) -> tuple[ClientError, int]:
-    client = _client(mode)
-    calls = 0
-
-    def respond(request: Any, **_: Any) -> AWSResponse:
-        nonlocal calls
-        calls += 1
-        return AWSResponse(request.url, status, dict(headers), _Raw(body))
-
-    event = "before-send.bedrock-runtime.Converse"
-    client.meta.events.register(event, respond, unique_id="tokenfuse-test")
-    try:
-        with pytest.raises(ClientError) as exc:
-            client.converse(modelId=CLAUDE, messages=[{"role": "user", "content": [{"text": "x"}]}])
-    finally:
-        client.meta.events.unregister(event, unique_id="tokenfuse-test")
-    return exc.value, calls
 
 
 @pytest.mark.parametrize("mode", ["legacy", "standard", "adaptive"])

@@ -7,6 +7,8 @@ from botocore.retries.standard import ThrottledRetryableChecker, TransientRetrya
 
 from tokenfuse.protocols.errors import KINDS, RETRYABLE, refusal, table
 
+from .clients import anthropic_call, boto_call, openai_call
+
 NON_RETRYABLE = [k for k in KINDS if k not in RETRYABLE]
 BOTO_RETRIED_STATUS = {429, 500, 502, 503, 504, 509}
 BOTO_RETRIED_CODES = set(ThrottledRetryableChecker._THROTTLED_ERROR_CODES) | set(
@@ -65,8 +67,6 @@ def test_unknown_kind_or_protocol() -> None:
 @pytest.mark.parametrize("mode", ["legacy", "standard"])
 @pytest.mark.parametrize("kind", NON_RETRYABLE)
 def test_botocore_sends_each_non_retryable_refusal_once(kind: str, mode: str) -> None:
-    from .test_bedrock import boto_call
-
     status, headers, body = refusal("bedrock", kind, f"refused: {kind}")
     err, calls = boto_call(status, headers, body, mode)
     assert calls == 1
@@ -76,17 +76,13 @@ def test_botocore_sends_each_non_retryable_refusal_once(kind: str, mode: str) ->
 
 @pytest.mark.parametrize("kind", NON_RETRYABLE)
 def test_openai_sdk_sends_each_non_retryable_refusal_once(kind: str) -> None:
-    from .test_openai import sdk_call
-
-    err, calls = sdk_call(*refusal("openai", kind, f"refused: {kind}"))
+    err, calls = openai_call(*refusal("openai", kind, f"refused: {kind}"))
     assert calls == 1 and err.status_code == table()[kind]["openai"][0]
     assert f"refused: {kind}" in err.message
 
 
 @pytest.mark.parametrize("kind", NON_RETRYABLE)
 def test_anthropic_sdk_sends_each_non_retryable_refusal_once(kind: str) -> None:
-    from .test_anthropic import sdk_call
-
-    err, calls = sdk_call(*refusal("anthropic", kind, f"refused: {kind}"))
+    err, calls = anthropic_call(*refusal("anthropic", kind, f"refused: {kind}"))
     assert calls == 1 and err.status_code == table()[kind]["anthropic"][0]
     assert f"refused: {kind}" in err.message

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-import httpx2 as httpx
 import openai as openai_sdk
 import pytest
 from hypothesis import given, settings
@@ -14,6 +13,7 @@ from tokenfuse.protocols.base import ProtocolError, RequestInfo
 from tokenfuse.protocols.estimate import tokens_from_bytes
 from tokenfuse.usage import Usage
 
+from .clients import openai_call
 from .test_sse import split
 from .wire import CHAT_USAGE, RESPONSES_USAGE, chat_stream, dumps, responses_stream
 
@@ -324,29 +324,6 @@ def test_responses_stream_cut_before_completed_is_estimated() -> None:
 # --- errors through the official SDK ---------------------------------------
 
 
-def sdk_call(
-    status: int, headers: list[tuple[str, str]], body: bytes
-) -> tuple[openai_sdk.APIStatusError, int]:
-    calls = 0
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal calls
-        calls += 1
-        return httpx.Response(status, headers=headers, content=body)
-
-    client = openai_sdk.OpenAI(
-        api_key="sk-test",
-        base_url="http://gw.test/v1",
-        max_retries=2,
-        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
-    )
-    with pytest.raises(openai_sdk.APIStatusError) as exc:
-        client.with_options(timeout=5).chat.completions.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
-        )
-    return exc.value, calls
-
-
 def test_error_response_parses_in_the_sdk_and_is_not_retried() -> None:
     resp = openai.error_response(
         429,
@@ -355,7 +332,7 @@ def test_error_response_parses_in_the_sdk_and_is_not_retried() -> None:
         retryable=False,
         code="insufficient_quota",
     )
-    err, calls = sdk_call(*resp)
+    err, calls = openai_call(*resp)
     assert isinstance(err, openai_sdk.RateLimitError)
     assert err.code == "insufficient_quota" and err.type == "insufficient_quota"
     assert "Budget alice-monthly is spent." in err.message
@@ -363,7 +340,7 @@ def test_error_response_parses_in_the_sdk_and_is_not_retried() -> None:
 
 
 def test_bad_request_error_in_the_sdk() -> None:
-    err, calls = sdk_call(*openai.error_response(400, "invalid_request_error", "Field 'model' is missing."))
+    err, calls = openai_call(*openai.error_response(400, "invalid_request_error", "Field 'model' is missing."))
     assert isinstance(err, openai_sdk.BadRequestError) and calls == 1
     assert err.body == {
         "message": "Field 'model' is missing.",
