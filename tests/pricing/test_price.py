@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 from hypothesis import given
@@ -87,13 +88,8 @@ def test_cost_is_additive_and_exact(a: Usage, b: Usage) -> None:
     assert per_million == expected
 
 
-LONG = Price(
-    model="claude-sonnet-4-5",
-    input=Decimal("3"),
-    output=Decimal("15"),
-    cache_read=Decimal("0.30"),
-    cache_write=Decimal("3.75"),
-    cache_write_1h=Decimal("6"),
+LONG = dataclasses.replace(
+    SONNET,
     long_context_threshold=200_000,
     long_context=Price(
         model="claude-sonnet-4-5",
