@@ -1,1 +1,2 @@
-"""tokenfuse.gateway"""
+"""The metering gateway: the ASGI app (``app.Gateway``), its routes, caller
+identity and upstreams, and ``tokenfuse serve``."""
