@@ -334,6 +334,9 @@ class Config(_Model):
     counters: str = "memory"
     on_counter_failure: Literal["closed", "open"] = "closed"
     reservation_ttl_s: int = Field(900, gt=0)
+    # A request that would fit once in-flight reservations settle waits this long
+    # for them instead of being refused; an exhausted budget still refuses at once.
+    admission_wait_ms: int = Field(2000, ge=0)
     kill_poll_ms: int = Field(250, gt=0)
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)

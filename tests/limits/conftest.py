@@ -50,6 +50,9 @@ async def wait_until(predicate: Callable[[], bool], limit_s: float = 5.0) -> boo
 
 
 def make_config(budgets: list[dict[str, Any]] | None = None, **kw: Any) -> Config:
+    # Refusals are asserted at once here; waiting for in-flight reservations is
+    # tested on its own (test_limiter.py::test_waits_for_inflight_reservations...).
+    kw.setdefault("admission_wait_ms", 0)
     return Config.model_validate({"budgets": budgets or [], **kw})
 
 

@@ -301,7 +301,7 @@ def test_with_the_real_limiter_runtime_budgets_enforce_and_show_reservations(tmp
     url = f"sqlite:///{tmp_path / 'store.db'}"
 
     async def main() -> None:
-        limiter = await Limiter.create(Config.model_validate({"store": url}), rebuild=False)
+        limiter = await Limiter.create(Config.model_validate({"store": url, "admission_wait_ms": 0}), rebuild=False)
         kills = KillSwitches()
         watcher = ControlWatcher(url, kills, limiter, poll_ms=600_000)
         await watcher.start()

@@ -247,3 +247,29 @@ async def test_a_new_window_starts_empty(tmp_path: Path) -> None:
     assert (await lim.reserve(ctx(), bound(), now=t)).ok
     assert not (await lim.reserve(ctx(), bound(), now=t + 39)).ok
     assert (await lim.reserve(ctx(), bound(), now=t + 40)).ok
+
+
+async def test_waits_for_inflight_reservations_instead_of_refusing(tmp_path: Path) -> None:
+    lim = await limiter(tmp_path, [MONTHLY], admission_wait_ms=5000)
+    held = await lim.reserve(ctx(), bound("0.80"))
+    assert held.ok
+    # 0.80 held + 0.30 > 1.00, but 0 spent + 0.30 fits: the request waits for the
+    # held bound to settle (at its real, smaller cost) instead of being refused.
+    waiting = asyncio.ensure_future(lim.reserve(ctx(), bound("0.30")))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await lim.settle(held, Usage(output=10), Decimal("0.10"))
+    admitted = await asyncio.wait_for(waiting, 5)
+    assert admitted.ok
+    # An exhausted budget refuses at once, however long the wait allowance.
+    await lim.settle(admitted, Usage(output=10), Decimal("0.85"))
+    refused = await asyncio.wait_for(lim.reserve(ctx(), bound("0.30")), 0.5)
+    assert not refused.ok
+
+
+async def test_the_wait_is_bounded(tmp_path: Path) -> None:
+    lim = await limiter(tmp_path, [MONTHLY], admission_wait_ms=50)
+    held = await lim.reserve(ctx(), bound("0.80"))
+    assert held.ok
+    refused = await asyncio.wait_for(lim.reserve(ctx(), bound("0.30")), 2)
+    assert not refused.ok and refused.refusal is not None and refused.refusal.reserved == "$0.8"

@@ -143,6 +143,10 @@ def _capped(caps: SessionCaps | None) -> bool:
     return caps is not None and (caps.max_requests is not None or caps.max_usd is not None)
 
 
+# How often a request waiting for in-flight reservations to settle looks again.
+ADMISSION_POLL_S = 0.005
+
+
 class Limiter:
     def __init__(
         self,
@@ -159,6 +163,7 @@ class Limiter:
         self._on_settle = on_settle
         self._closed_mode = config.on_counter_failure == "closed"
         self._ttl = float(config.reservation_ttl_s)
+        self._admission_wait = config.admission_wait_ms / 1000
         self._config_budgets = compile_budgets(config.budgets, "config")
         self._runtime: list[Budget] = []
         self._index = BudgetIndex(self._config_budgets)
@@ -275,22 +280,36 @@ class Limiter:
         amount = bound_vector(bound)
         res_id = f"{self._pid}{next(self._seq)}"
         ent = tuple(entries)
-        backend: Counters = self._backend
-        if self._memory is not None:
-            short = self._memory.reserve_now(ent, res_id, amount, t, self._ttl)
-        else:
-            try:
-                short = await self._remote_reserve(ent, res_id, amount, t)
-            except CountersUnavailable as exc:
-                if not isinstance(exc, _BreakerOpen):
-                    self._trip(t, str(exc))
-                if self._fallback is None:
-                    return Admission(False, self._unavailable(owners))
-                backend = self._fallback
-                short = self._fallback.reserve_now(ent, res_id, amount, t, self._ttl)
-        if short is not None:
-            return Admission(False, self._refusal(short, ent, owners, amount, t))
-        return Admission(True, held=_Held(res_id, ent, tuple(owners), backend, t, amount))
+        deadline: float | None = None
+        while True:
+            backend: Counters = self._backend
+            if self._memory is not None:
+                short = self._memory.reserve_now(ent, res_id, amount, t, self._ttl)
+            else:
+                try:
+                    short = await self._remote_reserve(ent, res_id, amount, t)
+                except CountersUnavailable as exc:
+                    if not isinstance(exc, _BreakerOpen):
+                        self._trip(t, str(exc))
+                    if self._fallback is None:
+                        return Admission(False, self._unavailable(owners))
+                    backend = self._fallback
+                    short = self._fallback.reserve_now(ent, res_id, amount, t, self._ttl)
+            if short is None:
+                return Admission(True, held=_Held(res_id, ent, tuple(owners), backend, t, amount))
+            # Refusing only because other requests' upper bounds are still held
+            # would waste headroom they are about to give back: wait for them.
+            if not short.reserved or short.spent + amount[short.dim] > ent[short.index].limits[short.dim]:
+                break
+            clock = time.monotonic()
+            if deadline is None:
+                deadline = clock + self._admission_wait
+            if clock >= deadline:
+                break
+            await asyncio.sleep(min(ADMISSION_POLL_S, deadline - clock))
+            if now is None:
+                t = time.time()
+        return Admission(False, self._refusal(short, ent, owners, amount, t))
 
     async def _remote_reserve(
         self, ent: tuple[Entry, ...], res_id: str, amount: Vec, t: float
