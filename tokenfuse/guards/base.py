@@ -132,7 +132,11 @@ def conversation_key(ctx: RequestContext, prompt: Prompt) -> tuple[str, str, str
 
 def subject_of(ctx: RequestContext, *, model: bool = True) -> str:
     if ctx.session:
-        return f"session {ctx.session} (key {ctx.key_name}, model {ctx.model})" if model else f"session {ctx.session}"
+        return (
+            f"session {ctx.session} (key {ctx.key_name}, model {ctx.model})"
+            if model
+            else f"session {ctx.session}"
+        )
     return f"key {ctx.key_name}, model {ctx.model}" if model else f"key {ctx.key_name}"
 
 
@@ -140,7 +144,13 @@ class Guard(Protocol):
     name: str
 
     def observe(
-        self, ctx: RequestContext, prompt: Prompt, usage: Usage, cost: Decimal, price: Price | None, now: float
+        self,
+        ctx: RequestContext,
+        prompt: Prompt,
+        usage: Usage,
+        cost: Decimal,
+        price: Price | None,
+        now: float,
     ) -> Finding | None:
         """After an ok request settled. Pure: no I/O, O(1) amortised."""
         ...
@@ -197,7 +207,9 @@ class Guards:
     def enabled(self) -> bool:
         return bool(self.guards)
 
-    def check(self, ctx: RequestContext, info: RequestInfo, body: bytes, now: float | None = None) -> str | None:
+    def check(
+        self, ctx: RequestContext, info: RequestInfo, body: bytes, now: float | None = None
+    ) -> str | None:
         """A refusal message, or None to admit."""
         if not self.checkers or info.route in _SKIP_ROUTES:
             return None

@@ -45,7 +45,13 @@ class CacheMissGuard:
         return None
 
     def observe(
-        self, ctx: RequestContext, prompt: Prompt, usage: Usage, cost: Decimal, price: Price | None, now: float
+        self,
+        ctx: RequestContext,
+        prompt: Prompt,
+        usage: Usage,
+        cost: Decimal,
+        price: Price | None,
+        now: float,
     ) -> Finding | None:
         if price is None or price.cache_read is None or not prompt.items:
             return None

@@ -42,7 +42,9 @@ class Projection:
         return self.input_usd + self.output_usd
 
 
-def project(first: int, last: int, steps_seen: int, steps: int, input_usd: Decimal, output_usd: Decimal) -> Projection:
+def project(
+    first: int, last: int, steps_seen: int, steps: int, input_usd: Decimal, output_usd: Decimal
+) -> Projection:
     """Project ``steps`` more steps of linear growth from a streak of ``steps_seen``
     requests that went from ``first`` to ``last`` input tokens; the last one cost
     ``input_usd`` for its input and ``output_usd`` for its output."""
@@ -65,7 +67,13 @@ class ContextGrowthGuard:
         return None
 
     def observe(
-        self, ctx: RequestContext, prompt: Prompt, usage: Usage, cost: Decimal, price: Price | None, now: float
+        self,
+        ctx: RequestContext,
+        prompt: Prompt,
+        usage: Usage,
+        cost: Decimal,
+        price: Price | None,
+        now: float,
     ) -> Finding | None:
         size = usage.input_total
         if price is None or size == 0:
@@ -78,7 +86,9 @@ class ContextGrowthGuard:
         track.last, track.steps, track.spent = size, track.steps + 1, track.spent + cost
         if track.steps < self.config.min_requests:
             return None
-        input_usd = price.cost(Usage(usage.input_uncached, usage.cache_read, usage.cache_write, usage.cache_write_1h))
+        input_usd = price.cost(
+            Usage(usage.input_uncached, usage.cache_read, usage.cache_write, usage.cache_write_1h)
+        )
         output_usd = max(cost - input_usd, Decimal(0))
         k = self.config.project_steps
         p = project(track.first, track.last, track.steps, k, input_usd, output_usd)

@@ -62,7 +62,13 @@ class LoopGuard:
         return self._finding(ctx, len(seen) + 1, seen, refused=True)
 
     def observe(
-        self, ctx: RequestContext, prompt: Prompt, usage: Usage, cost: Decimal, price: Price | None, now: float
+        self,
+        ctx: RequestContext,
+        prompt: Prompt,
+        usage: Usage,
+        cost: Decimal,
+        price: Price | None,
+        now: float,
     ) -> Finding | None:
         seen = self._seen(ctx, prompt, now, create=True)
         assert seen is not None
