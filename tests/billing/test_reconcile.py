@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -120,39 +119,13 @@ def test_missing_ledger_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
     assert rc == 2 and "nope.db" in err and "Traceback" not in err
 
 
-def _pg_url() -> str | None:
-    url = "postgresql://postgres@127.0.0.1:5432/test"
-    try:
-        import psycopg
-
-        psycopg.connect(url, connect_timeout=2).close()
-    except Exception:
-        if os.environ.get("TOKENFUSE_REQUIRE_SERVICES") == "1":
-            raise
-        return None
-    return url
-
-
 @pytest.mark.services
-def test_reconcile_from_postgresql_ledger(tmp_path: Path) -> None:
-    url = _pg_url()
-    if url is None:
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable (set TOKENFUSE_REQUIRE_SERVICES=1 to fail instead)")
-    import psycopg
-
-    schema_conn = connect(url)
-    schema_conn.close()
-    with psycopg.connect(url, autocommit=True) as c:
-        c.execute("DELETE FROM requests WHERE request_id LIKE 'sample-%'")
+def test_reconcile_from_postgresql_ledger(tmp_path: Path, pg_url: str) -> None:
     bill = tmp_path / "bill.parquet"
     generate(str(bill), "cur-2.0", days=12, accounts=1, incidents=["unit_error"])
     _, truth = plan({GATEWAY: "gateway"}, date(2026, 9, 19), 12, gateway_incidents=["unit_error"])
-    try:
-        write_ledger(url, truth)
-        rec = reconcile(load([str(bill)]), read_ledger(url), GATEWAY)
-    finally:
-        with psycopg.connect(url, autocommit=True) as c:
-            c.execute("DELETE FROM requests WHERE request_id LIKE 'sample-%'")
+    write_ledger(pg_url, truth)
+    rec = reconcile(load([str(bill)]), read_ledger(pg_url), GATEWAY)
     (f,) = rec.findings
     assert (f["kind"], f["model"], f["factor"]) == ("unit_mismatch", "claude-haiku-4.5", 1000)
 

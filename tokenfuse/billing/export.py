@@ -110,18 +110,12 @@ def _ledger_rows(url: str) -> Iterator[tuple[Any, ...]]:
         store = StoreURL.parse(url)
     except ValueError as e:
         raise BillingInputError(f"store: {e}") from e
-    if store.dialect == "sqlite" and store.target != ":memory:" and not Path(store.target).exists():
+    if not store.exists():
         raise BillingInputError(f"store: {store.target}: no such ledger file; check the config's store: key")
     conn = connect(url)
     cols = "ts, key_name, principal, workflow, session, protocol, model, route, " + ", ".join(TOKEN_CLASSES) + ", cost_usd"
-    sql = f"SELECT {cols} FROM requests WHERE outcome = 'ok'"
     try:
-        if store.dialect == "sqlite":
-            yield from conn.execute(sql)
-        else:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-                yield from cur
+        yield from conn.execute(f"SELECT {cols} FROM requests WHERE outcome = 'ok'")
     finally:
         conn.close()
 

@@ -56,13 +56,13 @@ class Reconciliation:
 
 def read_ledger(url: str, protocol: str | None = "bedrock") -> dict[tuple[date, str, str], int]:
     """Ledger tokens by (day, canonical model, class) for billed ('ok') rows."""
-    from tokenfuse.ledger.schema import StoreURL, connect
+    from tokenfuse.ledger.schema import StoreURL, connect, placeholder
 
     try:
         store = StoreURL.parse(url)
     except ValueError as e:
         raise BillingInputError(f"--ledger: {e}") from e
-    if store.dialect == "sqlite" and store.target != ":memory:" and not Path(store.target).exists():
+    if not store.exists():
         raise BillingInputError(f"--ledger: {store.target}: no such ledger file; point at the gateway's store")
     try:
         conn = connect(url)
@@ -72,19 +72,14 @@ def read_ledger(url: str, protocol: str | None = "bedrock") -> dict[tuple[date, 
     where = "outcome = 'ok'"
     params: tuple[Any, ...] = ()
     if protocol:
-        where += " AND protocol = " + ("?" if store.dialect == "sqlite" else "%s")
+        where += " AND protocol = " + placeholder(store.dialect)
         params = (protocol,)
     sql = (
         f"SELECT {day_expr} AS day, model, sum(input_uncached), sum(cache_read), sum(cache_write) + sum(cache_write_1h), "
         f"sum(output) FROM requests WHERE {where} GROUP BY 1, 2"
     )
     try:
-        if store.dialect == "sqlite":
-            rows = conn.execute(sql, params).fetchall()
-        else:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                rows = cur.fetchall()
+        rows = conn.execute(sql, params).fetchall()
     finally:
         conn.close()
     out: dict[tuple[date, str, str], int] = defaultdict(int)

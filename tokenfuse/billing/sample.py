@@ -387,11 +387,10 @@ def generate(
 
 def write_ledger(url: str, truth: dict[date, dict[str, dict[str, int]]]) -> int:
     """Write the gateway account's true traffic as ledger rows: one request per model per hour."""
-    from tokenfuse.ledger.schema import COLUMN_NAMES, connect, placeholder
+    from tokenfuse.ledger.record import LedgerRow
+    from tokenfuse.ledger.schema import COLUMN_NAMES, StoreURL, connect, placeholder
 
-    conn = connect(url)
-    dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
-    ph = ", ".join([placeholder(dialect)] * len(COLUMN_NAMES))
+    dialect = StoreURL.parse(url).dialect
     rows = []
     for day, models in sorted(truth.items()):
         start = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
@@ -400,38 +399,37 @@ def write_ledger(url: str, truth: dict[date, dict[str, dict[str, int]]]) -> int:
                 part = {c: n // 24 + (n % 24 if h == 23 else 0) for c, n in classes.items()}
                 price = _PRICES[label]
                 cost = sum((Decimal(part.get(c, 0)) * price.get(c, Decimal(0)) / _MILLION for c in part), Decimal(0))
-                values = {
-                    "ts": start + h * 3600 + 1800,
-                    "request_id": f"sample-{day.isoformat()}-{label}-{h}",
-                    "key_name": "sample",
-                    "principal": "sample-app",
-                    "workflow": "nightly",
-                    "session": None,
-                    "protocol": "bedrock",
-                    "route": "converse",
-                    "model": LEDGER_MODEL_IDS[label],
-                    "upstream": "bedrock",
-                    "status": 200,
-                    "input_uncached": part.get("input_uncached", 0),
-                    "cache_read": part.get("cache_read", 0),
-                    "cache_write": part.get("cache_write", 0),
-                    "cache_write_1h": 0,
-                    "output": part.get("output", 0),
-                    "cost_usd": str(cost.quantize(Decimal("0.000000000001"))),
-                    "latency_ms": 900.0,
-                    "overhead_ms": 1.0,
-                    "estimated": 0 if dialect == "sqlite" else False,
-                    "outcome": "ok",
-                    "reason": None,
-                }
-                rows.append(tuple(values[c] for c in COLUMN_NAMES))
-    sql = f"INSERT INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({ph})"
-    if dialect == "sqlite":
-        conn.execute("BEGIN")
-        conn.executemany(sql, rows)
-        conn.execute("COMMIT")
-    else:
-        with conn.cursor() as cur:
-            cur.executemany(sql, rows)
-    conn.close()
+                row = LedgerRow(
+                    ts=start + h * 3600 + 1800,
+                    request_id=f"sample-{day.isoformat()}-{label}-{h}",
+                    key_name="sample",
+                    principal="sample-app",
+                    workflow="nightly",
+                    session=None,
+                    protocol="bedrock",
+                    route="converse",
+                    model=LEDGER_MODEL_IDS[label],
+                    upstream="bedrock",
+                    status=200,
+                    input_uncached=part.get("input_uncached", 0),
+                    cache_read=part.get("cache_read", 0),
+                    cache_write=part.get("cache_write", 0),
+                    output=part.get("output", 0),
+                    cost_usd=cost.quantize(Decimal("0.000000000001")),
+                    latency_ms=900.0,
+                    overhead_ms=1.0,
+                )
+                rows.append(row.as_tuple(dialect))
+    sql = f"INSERT INTO requests ({', '.join(COLUMN_NAMES)}) VALUES ({', '.join([placeholder(dialect)] * len(COLUMN_NAMES))})"
+    conn = connect(url)
+    try:
+        if dialect == "sqlite":
+            conn.execute("BEGIN")
+            conn.executemany(sql, rows)
+            conn.execute("COMMIT")
+        else:
+            with conn.cursor() as cur:
+                cur.executemany(sql, rows)
+    finally:
+        conn.close()
     return len(rows)

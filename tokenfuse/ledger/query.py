@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from tokenfuse.ledger.record import REFUSED_OUTCOMES, LedgerRow
@@ -65,10 +64,7 @@ class Filters:
 def _open(url: str) -> Any:
     """A connection, or None for an SQLite file that does not exist yet (an empty
     ledger; reading it should not create it)."""
-    store = StoreURL.parse(url)
-    if store.dialect == "sqlite" and store.target != ":memory:" and not Path(store.target).exists():
-        return None
-    return connect(url)
+    return connect(url) if StoreURL.parse(url).exists() else None
 
 
 def usage_totals(

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -91,6 +92,10 @@ class StoreURL:
         raise ValueError(
             f"store {url!r} is not a supported URL; use sqlite:///path/to/tokenfuse.db or postgresql://user@host:5432/db"
         )
+
+    def exists(self) -> bool:
+        """False only for an SQLite file that is not there yet (reading a ledger must not create it)."""
+        return self.dialect != "sqlite" or self.target == ":memory:" or Path(self.target).exists()
 
 
 class SchemaError(RuntimeError):
