@@ -14,6 +14,7 @@ import pytest
 
 from tokenfuse.config import Config
 from tokenfuse.ledger import schema
+from tokenfuse.ledger.record import LedgerRow
 from tokenfuse.limits.bounds import Bound
 from tokenfuse.limits.context import RequestContext
 
@@ -107,28 +108,15 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 
 def insert_rows(store: str, rows: list[dict[str, Any]]) -> None:
     """Write ledger rows the way the ledger writer would (defaults for what a row leaves out)."""
-    conn = schema.connect(store)
     dialect = schema.StoreURL.parse(store).dialect
-    mark = schema.placeholder(dialect)
-    cols = ", ".join(schema.COLUMN_NAMES)
-    marks = ", ".join(mark for _ in schema.COLUMN_NAMES)
-    base: dict[str, Any] = {c: None for c in schema.COLUMN_NAMES}
-    base |= {
-        "outcome": "ok",
-        "request_id": "r",
-        "protocol": "anthropic",
-        "model": "test-model",
-        "cost_usd": "0",
-    }
-    base |= {c: 0 for c in ("input_uncached", "cache_read", "cache_write", "cache_write_1h", "output")}
-    base["estimated"] = 0 if dialect == "sqlite" else False
+    marks = ", ".join(schema.placeholder(dialect) for _ in schema.COLUMN_NAMES)
+    sql = f"INSERT INTO requests ({', '.join(schema.COLUMN_NAMES)}) VALUES ({marks})"
+    base: dict[str, Any] = dict.fromkeys(("key_name", "principal", "workflow", "session", "route", "upstream", "status"))
+    base |= {"request_id": "r", "protocol": "anthropic", "model": "test-model"}
+    conn = schema.connect(store)
     try:
         for r in rows:
-            full = base | r
-            if dialect != "sqlite":
-                full["cost_usd"] = Decimal(full["cost_usd"])
-            conn.execute(
-                f"INSERT INTO requests ({cols}) VALUES ({marks})", [full[c] for c in schema.COLUMN_NAMES]
-            )
+            row = LedgerRow(**(base | r | {"cost_usd": Decimal(r.get("cost_usd", "0"))}))
+            conn.execute(sql, row.as_tuple(dialect))
     finally:
         conn.close()
