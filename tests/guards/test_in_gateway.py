@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -61,23 +62,29 @@ class Webhook:
         return found
 
 
-@pytest.fixture
-def stack_with_hook(tmp_path: Path) -> Iterator[tuple[Stack, Webhook]]:
+@contextmanager
+def running(tmp_path: Path, guards: str) -> Iterator[tuple[Stack, Webhook]]:
     hook = Webhook()
     hook.thread.start()
     extra = f"""
 alerts: {{webhooks: ["{hook.url}"]}}
-guards:
-  cache_miss: {{min_requests: 3, min_usd: 0}}
-  context_growth: {{enabled: false}}
-  loop: {{enabled: false}}
+guards: {guards}
 """
-    with SimulatorThread() as sim:
-        config = make_config(sim.url, tmp_path / "ledger.db", extra)
-        with GatewayThread(config) as gw:
-            yield Stack(sim.url, gw, tmp_path / "ledger.db"), hook
-    hook.server.shutdown()
-    hook.server.server_close()
+    try:
+        with SimulatorThread() as sim:
+            config = make_config(sim.url, tmp_path / "ledger.db", extra)
+            with GatewayThread(config) as gw:
+                yield Stack(sim.url, gw, tmp_path / "ledger.db"), hook
+    finally:
+        hook.server.shutdown()
+        hook.server.server_close()
+
+
+@pytest.fixture
+def stack_with_hook(tmp_path: Path) -> Iterator[tuple[Stack, Webhook]]:
+    only_cache = "{cache_miss: {min_requests: 3, min_usd: 0}, context_growth: {enabled: false}, loop: {enabled: false}}"
+    with running(tmp_path, only_cache) as pair:
+        yield pair
 
 
 def agent_loop(stack: Stack, session: str, markers: bool, steps: int = 4) -> None:
@@ -128,3 +135,27 @@ def test_uncached_agent_loop_is_priced_and_a_cached_one_is_not(
     # Alerts are sent in order, so the cached loop's would have arrived first.
     assert [r["session"] for r in hook.received if r.get("guard") == "cache_miss"] == ["agent-uncached"]
     assert any(p["session"] == "agent-uncached" for p in stack.gw.gateway.guards.recent())
+
+
+def test_loop_guard_refuses_the_repeat_in_the_callers_protocol(tmp_path: Path) -> None:
+    loop_only = (
+        "{cache_miss: {enabled: false}, context_growth: {enabled: false}, loop: {repeats: 3, action: refuse}}"
+    )
+    with running(tmp_path, loop_only) as (stack, hook):
+        client = anthropic.Anthropic(
+            base_url=stack.url, api_key=ALICE, default_headers={"x-tokenfuse-session": "retry"}
+        )
+        ask = [{"role": "user", "content": "run the failing step again"}]
+        for _ in range(2):
+            client.messages.create(model=MODEL, max_tokens=32, messages=ask)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.APIStatusError) as err:
+            client.messages.create(model=MODEL, max_tokens=32, messages=ask)  # type: ignore[arg-type]
+        assert err.value.status_code == 402 and "Do not retry" in err.value.message
+        # A different request in the same session still goes through.
+        client.messages.create(model=MODEL, max_tokens=32, messages=[{"role": "user", "content": "try X"}])
+        (finding,) = hook.wait_for(lambda r: r.get("guard") == "loop")
+        assert finding["severity"] == "critical" and finding["session"] == "retry"
+        rows = stack.rows()
+        assert [r["outcome"] for r in rows] == ["ok", "ok", "refused", "ok"]
+        assert rows[2]["reason"] == "guard loop"
+        assert len(stack.served()) == 3  # the refused one never reached the provider, and was not retried
