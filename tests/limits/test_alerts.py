@@ -16,7 +16,7 @@ from aiohttp import web
 
 from tests.limits.conftest import wait_until
 from tokenfuse.config import AlertsConfig
-from tokenfuse.limits.alerts import AlertManager, window_identity
+from tokenfuse.limits.alerts import Alert, AlertManager, window_identity
 from tokenfuse.limits.budgets import BudgetStatus
 
 MONTH_START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -61,6 +61,13 @@ def manager(
     return AlertManager(cfg, url, redis_url, **kw)
 
 
+def budget_alerts(m: AlertManager) -> list[Alert]:
+    """The queue, which in these tests holds only budget alerts (no guard notices)."""
+    out = [a for a in m.queue if isinstance(a, Alert)]
+    assert len(out) == len(m.queue)
+    return out
+
+
 def queued(m: AlertManager) -> list[tuple[str, str]]:
     return [(a.budget, a.label) for a in m.queue]
 
@@ -91,13 +98,13 @@ def test_each_threshold_is_queued_once_per_window(sqlite_url: str) -> None:
 def test_the_fullest_dimension_decides(sqlite_url: str) -> None:
     m = manager(sqlite_url, rate_check=False)
     m.observe([status("1", requests=(80, 100), tokens=({"output": 10}, {"output": 1000}))], now=NOW)
-    alerts = list(m.queue)
+    alerts = budget_alerts(m)
     assert [a.label for a in alerts] == ["0.2", "0.5", "0.75"]
     assert {a.metric for a in alerts} == {"requests"}
     assert alerts[-1].spent == "80" and alerts[-1].limit == "100"
     m.queue.clear()
     m.observe([status("0", limit=None, name="tok", tokens=({"output": 600}, {"output": 1000}))], now=NOW)
-    assert [(a.metric, a.label) for a in m.queue] == [("tokens.output", "0.2"), ("tokens.output", "0.5")]
+    assert [(a.metric, a.label) for a in budget_alerts(m)] == [("tokens.output", "0.2"), ("tokens.output", "0.5")]
 
 
 def test_rolling_windows_dedupe_per_span_of_their_length() -> None:
@@ -118,7 +125,7 @@ def test_rate_alert_when_last_hour_would_exhaust_before_reset(sqlite_url: str) -
             [status(str(1 + i), limit="100", window="day", start=MONTH_START, resets=resets)],
             now=NOW + 60 * i,
         )
-    rate = [a for a in m.queue if a.kind == "rate"]
+    rate = [a for a in budget_alerts(m) if a.kind == "rate"]
     assert len(rate) == 1
     assert rate[0].projected_exhaustion is not None
     assert rate[0].projected_exhaustion < resets
@@ -129,7 +136,7 @@ def test_rate_alert_when_last_hour_would_exhaust_before_reset(sqlite_url: str) -
             [status(str(1 + i), limit="100", window="day", start=MONTH_START, resets=resets)],
             now=NOW + 60 * i,
         )
-    assert len([a for a in m.queue if a.kind == "rate"]) == 1
+    assert len([a for a in budget_alerts(m) if a.kind == "rate"]) == 1
 
 
 def test_no_rate_alert_when_the_pace_fits(sqlite_url: str) -> None:
@@ -138,7 +145,7 @@ def test_no_rate_alert_when_the_pace_fits(sqlite_url: str) -> None:
     for i in range(11):
         # $0.10 a minute with $80 headroom and an hour left.
         m.observe([status(f"{10 + i / 10}", limit="100", window="day", resets=resets)], now=NOW + 60 * i)
-    assert [a for a in m.queue if a.kind == "rate"] == []
+    assert [a for a in budget_alerts(m) if a.kind == "rate"] == []
 
 
 def test_full_queue_drops_the_oldest_with_a_warning(
@@ -299,7 +306,7 @@ def test_real_limiter_settles_feed_alerts(sqlite_url: str) -> None:
                 await limiter.settle(admission, Usage(input_uncached=10, output=5), Decimal(cost))
         finally:
             await limiter.close()
-        assert [(a.budget, a.label, a.spent) for a in alerts.queue] == [
+        assert [(a.budget, a.label, a.spent) for a in budget_alerts(alerts)] == [
             ("team-day", "0.2", "0.30"),
             ("team-day", "0.5", "0.60"),
         ]
