@@ -156,3 +156,14 @@ def test_findings_reach_the_alert_sender_once_per_subject_and_hour(tmp_path: Pat
     sent = asyncio.run(main())
     assert [s["ts"] for s in sent] == ["1970-01-01T01:00:00+00:00", "1970-01-01T02:00:00+00:00"]
     assert sent[0]["text"] == "tokenfuse loop guard: possible loop" and sent[0]["spent_usd"] == "0.75"
+
+
+def test_openai_conversations_sharing_a_system_prompt_have_different_heads() -> None:
+    def chat(task: str) -> Prompt:
+        body = {
+            "messages": [{"role": "system", "content": "you are an agent"}, {"role": "user", "content": task}]
+        }
+        return Prompt(body, b"")
+
+    assert chat("task A").head != chat("task B").head
+    assert chat("task A").head == chat("task A").head

@@ -32,6 +32,7 @@ V = TypeVar("V")
 DEDUPE_WINDOW_S = 3600
 # Keys whose values sit before the conversation in every provider's cache order.
 _HEAD_KEYS = ("system", "instructions", "tools", "toolConfig")
+_MAX_HEAD_ITEMS = 4
 _SKIP_ROUTES = frozenset({"embeddings", "count_tokens"})
 
 
@@ -91,7 +92,11 @@ class Prompt:
         if self._head is None:
             items = self.items
             parts = [_bare(self._body.get(k)) for k in _HEAD_KEYS]
-            parts.append(_bare(items[0]) if items else None)
+            # OpenAI puts the system prompt in the list: the head runs to the first other item.
+            for item in items[:_MAX_HEAD_ITEMS]:
+                parts.append(_bare(item))
+                if not (isinstance(item, dict) and item.get("role") in ("system", "developer")):
+                    break
             self._head = _fingerprint(parts)
         return self._head
 
