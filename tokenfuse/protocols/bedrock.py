@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from tokenfuse.protocols import anthropic
+from tokenfuse.protocols import anthropic, openai
 from tokenfuse.protocols.base import (
     ProtocolError,
     RequestInfo,
@@ -243,12 +243,7 @@ def invoke_body_usage(obj: Mapping[str, Any]) -> Usage | None:
                 output=as_int(u.get("outputTokens")),
             )
         if "prompt_tokens" in u:  # openai-compatible families
-            details = u.get("prompt_tokens_details")
-            total = as_int(u.get("prompt_tokens"))
-            cached = min(as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0, total)
-            return Usage(
-                input_uncached=total - cached, cache_read=cached, output=as_int(u.get("completion_tokens"))
-            )
+            return openai.usage_of("chat.completions", u)
     if "prompt_token_count" in obj:  # meta
         return Usage(
             input_uncached=as_int(obj.get("prompt_token_count")),

@@ -117,7 +117,8 @@ def encode_body(info: RequestInfo) -> bytes:
     return compact_json(info.body)
 
 
-def _usage(route: str, u: Mapping[str, Any]) -> Usage:
+def usage_of(route: str, u: Mapping[str, Any]) -> Usage:
+    """A usage object of `route` (chat.completions, responses or embeddings) as a Usage."""
     if route == "responses":
         total = as_int(u.get("input_tokens"))
         details = u.get("input_tokens_details")
@@ -140,7 +141,7 @@ def usage_from_response(route: str, body: bytes, headers: Mapping[str, str]) -> 
     u = obj.get("usage")
     if not isinstance(u, dict):
         return None
-    return _usage(route, u)
+    return usage_of(route, u)
 
 
 # --- streams --------------------------------------------------------------
@@ -232,7 +233,7 @@ class StreamMeter:
                     resp = obj.get("response")
                     u = resp.get("usage") if isinstance(resp, dict) else None
                     if isinstance(u, dict):
-                        self._final = _usage(route, u)
+                        self._final = usage_of(route, u)
             return False
         self.text_bytes += string_values_bytes(data, _CHAT_TEXT_KEYS)
         if not _has_usage(data):
@@ -243,7 +244,7 @@ class StreamMeter:
         u = obj.get("usage")
         if not isinstance(u, dict):
             return False
-        self._final = _usage(route, u)
+        self._final = usage_of(route, u)
         return self._strip and obj.get("choices") == []
 
     def usage(self, complete: bool) -> Usage:
