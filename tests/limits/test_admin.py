@@ -280,6 +280,9 @@ def test_status_serialises_decimals_as_strings(run: Run) -> None:
         assert b["reserved_tokens"] == {"output": 4096}
         assert [s["value"] for s in data["kill_switches"]] == ["*opus*"]
         assert data["sessions"][0]["usd"] == "1.5"
+        assert data["guards"] == []  # no gateway guards wired into this harness
+        h.app.guard_findings = lambda: [{"guard": "loop", "subject": "session s1"}]
+        assert (await client.get(BASE + "/status")).json()["guards"][0]["guard"] == "loop"
 
     run(body)
 

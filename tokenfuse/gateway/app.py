@@ -146,6 +146,8 @@ class Gateway:
             self.limiter,
             RuntimeBudgetStore(self.config.store),
         )
+        if self.guards is not None:
+            self.admin.guard_findings = self.guards.recent
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.config.server.connect_timeout_s, sock_read=self.config.server.upstream_timeout_s
         )

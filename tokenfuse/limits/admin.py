@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
@@ -99,6 +100,8 @@ class AdminApp:
         self.watcher = watcher
         self.limiter = limiter
         self.runtime_store = runtime_store
+        # Latest live-guard findings (tokenfuse.guards.Guards.recent), set by the gateway.
+        self.guard_findings: Callable[[], list[dict[str, Any]]] | None = None
 
     async def close(self) -> None:
         await asyncio.to_thread(self.kills_store.close)
@@ -184,6 +187,7 @@ class AdminApp:
             "budgets": to_json(budgets),
             "kill_switches": [s.as_json() for s in switches],
             "sessions": to_json(sessions),
+            "guards": self.guard_findings() if self.guard_findings is not None else [],
         }
 
     async def _refresh(self) -> None:
