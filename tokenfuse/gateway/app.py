@@ -435,24 +435,33 @@ class Gateway:
             usage = self._bound_usage(req)
         if usage is not None:
             req.usage = usage
-            await self._settle(req)
-        elif req.admission is not None and self.limiter is not None:
-            await self.limiter.release(req.admission)
-            req.admission = None
+            self._price(req)
         headers = self._response_headers(req, resp)
         headers.append((b"x-tokenfuse-cost-usd", str(req.cost).encode()))
         headers.append((b"content-length", str(len(data)).encode()))
-        await send({"type": "http.response.start", "status": resp.status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+        try:
+            await send({"type": "http.response.start", "status": resp.status, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+        finally:
+            # The client has its answer; the reservation keeps the cap safe until
+            # this settles, so the counter round trip need not delay the response.
+            if usage is not None:
+                await self._settle(req)
+            elif req.admission is not None and self.limiter is not None:
+                await self.limiter.release(req.admission)
+                req.admission = None
 
     def _bound_usage(self, req: _Request) -> Usage:
         info = req.info
         assert info is not None
         return Usage(input_uncached=info.prompt_bytes, output=info.max_tokens or 0, estimated=True)
 
-    async def _settle(self, req: _Request) -> None:
+    def _price(self, req: _Request) -> None:
         if req.price is not None and req.route is not None and req.route.route not in ZERO_COST_ROUTES:
             req.cost = req.price.cost(req.usage)
+
+    async def _settle(self, req: _Request) -> None:
+        self._price(req)
         if req.admission is not None and self.limiter is not None:
             await self.limiter.settle(req.admission, req.usage, req.cost)
             req.admission = None
