@@ -89,11 +89,12 @@ class Stack:
         return out
 
     def price_of(self, model: str, usage: dict[str, int]) -> Decimal:
-        from tokenfuse.usage import Usage
+        from tokenfuse.usage import TOKEN_CLASSES, Usage
 
         price = self.gw.gateway.prices.lookup(model)
         assert price is not None, model
-        return Decimal(price.cost(Usage(**usage)))
+        assert set(usage) <= set(TOKEN_CLASSES), usage
+        return Decimal(price.cost(Usage(**{c: usage.get(c, 0) for c in TOKEN_CLASSES})))
 
 
 @pytest.fixture(scope="module")

@@ -136,6 +136,7 @@ def test_client_disconnect_mid_stream_is_recorded(stack: Stack) -> None:
         stream = oai(stack.url).chat.completions.create(
             model="test-model", messages=MSG, max_tokens=400, stream=True  # type: ignore[arg-type]
         )
+        assert isinstance(stream, openai.Stream)
         for i, _ in enumerate(stream):
             if i == 3:
                 break
