@@ -94,7 +94,10 @@ class Stack:
         price = self.gw.gateway.prices.lookup(model)
         assert price is not None, model
         assert set(usage) <= set(TOKEN_CLASSES), usage
-        return Decimal(price.cost(Usage(**{c: usage.get(c, 0) for c in TOKEN_CLASSES})))
+        counts = Usage()
+        for c in TOKEN_CLASSES:
+            setattr(counts, c, usage.get(c, 0))
+        return Decimal(price.cost(counts))
 
 
 @pytest.fixture(scope="module")
