@@ -16,6 +16,7 @@ from tokenfuse.config import Config
 from tokenfuse.ledger import schema
 from tokenfuse.ledger.record import LedgerRow
 from tokenfuse.limits.bounds import Bound
+from tokenfuse.limits.budgets import BudgetStatus
 from tokenfuse.limits.context import RequestContext
 
 REDIS_URL = os.environ.get("TOKENFUSE_TEST_REDIS", "redis://127.0.0.1:6379/15")
@@ -48,6 +49,10 @@ async def wait_until(predicate: Callable[[], bool], limit_s: float = 5.0) -> boo
             return True
         await asyncio.sleep(0.01)
     return predicate()
+
+
+def by_name(statuses: list[BudgetStatus]) -> dict[str, BudgetStatus]:
+    return {s.name: s for s in statuses}
 
 
 def make_config(budgets: list[dict[str, Any]] | None = None, **kw: Any) -> Config:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.limits.conftest import bound, ctx, make_config
+from tests.limits.conftest import bound, by_name, ctx, make_config
 from tokenfuse.config import BudgetConfig, SessionCaps
 from tokenfuse.limits.budgets import BudgetStatus
 from tokenfuse.limits.limiter import Limiter
@@ -20,10 +20,6 @@ from tokenfuse.usage import Usage
 async def limiter(tmp_path: Path, budgets: list[dict[str, Any]], **kw: Any) -> Limiter:
     cfg = make_config(budgets, store=f"sqlite:///{tmp_path / 'ledger.db'}", **kw)
     return await Limiter.create(cfg, on_settle=kw.pop("on_settle", None))
-
-
-def by_name(statuses: list[BudgetStatus]) -> dict[str, BudgetStatus]:
-    return {s.name: s for s in statuses}
 
 
 MONTHLY = {

@@ -16,9 +16,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.limits.conftest import bound, ctx, insert_rows, make_config, unavailable
+from tests.limits.conftest import bound, by_name, ctx, insert_rows, make_config, unavailable
 from tokenfuse.config import SessionCaps
-from tokenfuse.limits.budgets import BudgetStatus
 from tokenfuse.limits.counters import Entry, Vec
 from tokenfuse.limits.limiter import Limiter
 from tokenfuse.limits.memory import MemoryCounters
@@ -31,10 +30,6 @@ CAP = {"name": "cap", "match": {"principal": "alice"}, "window": "day", "limit":
 async def replica(tmp_path: Path, url: str, prefix: str, budgets: list[dict[str, Any]], **kw: Any) -> Limiter:
     cfg = make_config(budgets, counters=url, store=f"sqlite:///{tmp_path / 'ledger.db'}", **kw)
     return await Limiter.create(cfg, prefix=prefix)
-
-
-def by_name(statuses: list[BudgetStatus]) -> dict[str, BudgetStatus]:
-    return {s.name: s for s in statuses}
 
 
 async def test_two_replicas_never_exceed_a_shared_cap(
