@@ -138,6 +138,17 @@ def parse_wrk(text: str) -> dict[str, Any]:
             "p50_ms": pct.get("50"), "p90_ms": pct.get("90"), "p99_ms": pct.get("99")}
 
 
+def wait_idle(pid: int, busy_below: float = 0.05, limit_s: float = 60.0) -> float:
+    """Seconds until the process tree uses less than ``busy_below`` of a CPU over half a second."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        c0 = cpu_seconds(pid)
+        time.sleep(0.5)
+        if cpu_seconds(pid) - c0 < busy_below * 0.5:
+            break
+    return round(time.monotonic() - t0, 1)
+
+
 def ledger_overhead(db: Path, run: dict[str, Any]) -> dict[str, float] | None:
     """The gateway's own view: overhead_ms (its time minus the upstream's) of the run's ledger rows."""
     time.sleep(0.5)  # rows are committed every batch_interval_ms (200 ms)
@@ -202,6 +213,9 @@ def stage_latency(b: Bench, sim: gs.Proc, gw: gs.Proc, lite: gs.Proc | None, db:
         row["tokenfuse_ledger"] = ledger_overhead(db, row["tokenfuse"])
         if lite is not None and name.startswith("openai"):
             row["litellm"] = b.open_loop(lite.port, shape, conns, rate)
+            # LiteLLM keeps working off the backlog of a rate it cannot carry after the client gave
+            # up; it shares the gateway's core, so the next cell must wait until it is idle.
+            row["litellm"]["drain_s"] = wait_idle(lite.popen.pid)
         rows.append(row)
         log(f"latency {name} c={conns} {rate or 'back-to-back'}: direct p50 {row['direct']['p50_ms']} ms, "
             f"tokenfuse p50 {row['tokenfuse']['p50_ms']} ms"
@@ -209,7 +223,7 @@ def stage_latency(b: Bench, sim: gs.Proc, gw: gs.Proc, lite: gs.Proc | None, db:
     b.results["latency"] = rows
 
 
-def stage_saturation(b: Bench, sim: gs.Proc, gw: gs.Proc, lite: gs.Proc | None) -> None:
+def stage_saturation(b: Bench, sim: gs.Proc, gw: gs.Proc, lite: gs.Proc | None, profile: bool) -> None:
     shapes = gs.shapes()
     rows = []
     targets: list[tuple[str, gs.Proc, str]] = [("simulator (direct)", sim, "openai"),
@@ -223,7 +237,10 @@ def stage_saturation(b: Bench, sim: gs.Proc, gw: gs.Proc, lite: gs.Proc | None) 
         rows.append(r)
         log(f"saturation {label} {shape}: {r['achieved_rps']} req/s, {r['server_cpu_us_per_req']} CPU us/req, "
             f"peak RSS {r['peak_rss_mib']} MiB, errors {r['errors']}")
+        wait_idle(proc.popen.pid)
     b.results["saturation"] = rows
+    if lite is not None and profile:
+        stage_profile(b, lite, shapes["openai"], "LiteLLM proxy, OpenAI non-stream (for comparison)")
 
 
 def stage_budgets(b: Bench, sim: gs.Proc, redis_ok: bool, profile: bool) -> None:
@@ -420,9 +437,12 @@ def render(res: dict[str, Any]) -> str:
         out.append("|---|---:|---:|")
         out += [f"| {x['name']} | {x['share']:.1%} | {x['us_per_req']} |" for x in prof["self_packages"][:10]]
         out.append("")
-        out.append("| tokenfuse function (inclusive) | share | µs/req |")
-        out.append("|---|---:|---:|")
         fns = [x for x in prof["tokenfuse_inclusive"] if not x["name"].startswith(_BORING)]
+        what = "tokenfuse function (inclusive)"
+        if not fns:
+            fns, what = prof["self_functions"], "function (self)"
+        out.append(f"| {what} | share | µs/req |")
+        out.append("|---|---:|---:|")
         out += [f"| `{x['name']}` | {x['share']:.1%} | {x['us_per_req']} |" for x in fns[:14]]
         out.append("")
     out.append(render_targets(res))
@@ -533,7 +553,7 @@ def main(argv: list[str]) -> int:
         if "latency" in stages:
             stage_latency(b, sim, gw, lite, base_db)
         if "saturation" in stages:
-            stage_saturation(b, sim, gw, lite)
+            stage_saturation(b, sim, gw, lite, "profile" in stages and not args.no_profile)
         if lite is not None:
             lite.stop()
             lite = None
