@@ -1,4 +1,4 @@
-"""Shared fixtures: service availability rules and the simulator + gateway pair."""
+"""Shared fixtures: when a service test skips or fails, and the stores (an SQLite file, a private PostgreSQL schema)."""
 
 from __future__ import annotations
 
@@ -24,14 +24,17 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
-def require_service(name: str, host: str, port: int) -> None:
-    """Skip visibly when a service is down, unless CI demands it."""
-    if _reachable(host, port):
-        return
-    message = f"{name} is not reachable at {host}:{port}"
+def unavailable(what: str, why: object) -> None:
+    """Skip visibly, or fail when TOKENFUSE_REQUIRE_SERVICES=1 (CI demands the services)."""
+    message = f"{what} is not reachable ({why})"
     if REQUIRE_SERVICES:
         pytest.fail(f"{message} and TOKENFUSE_REQUIRE_SERVICES=1", pytrace=False)
-    pytest.skip(f"{message} (start it, or set TOKENFUSE_REQUIRE_SERVICES=1 to make this a failure)")
+    pytest.skip(f"{message}; start it, or set TOKENFUSE_REQUIRE_SERVICES=1 to make this a failure")
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    if not _reachable(host, port):
+        unavailable(name, f"nothing listens on {host}:{port}")
 
 
 @pytest.fixture

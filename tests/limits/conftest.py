@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -19,8 +18,6 @@ from tokenfuse.limits.bounds import Bound
 from tokenfuse.limits.budgets import BudgetStatus
 from tokenfuse.limits.context import RequestContext
 
-REDIS_URL = os.environ.get("TOKENFUSE_TEST_REDIS", "redis://127.0.0.1:6379/15")
-
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
@@ -30,14 +27,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
     asyncio.run(pyfuncitem.obj(**args))
     return True
-
-
-def unavailable(what: str, why: object) -> None:
-    """Skip visibly, or fail when TOKENFUSE_REQUIRE_SERVICES=1."""
-    msg = f"{what} not reachable ({why})"
-    if os.environ.get("TOKENFUSE_REQUIRE_SERVICES") == "1":
-        pytest.fail(msg + " and TOKENFUSE_REQUIRE_SERVICES=1")
-    pytest.skip(msg)
 
 
 async def wait_until(predicate: Callable[[], bool], limit_s: float = 5.0) -> bool:
@@ -84,19 +73,6 @@ def bound(usd: str = "0.01", input_tokens: int = 100, output: int = 100, cache_w
             "total": input_tokens + output,
         },
     )
-
-
-@pytest.fixture
-def redis_url() -> str:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
-        client.ping()
-        client.close()
-    except Exception as exc:
-        unavailable(f"Redis at {REDIS_URL}", exc)
-    return REDIS_URL
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.limits.conftest import bound, by_name, ctx, insert_rows, make_config, unavailable
+from tests.conftest import unavailable
+from tests.limits.conftest import bound, by_name, ctx, insert_rows, make_config
 from tokenfuse.config import SessionCaps
 from tokenfuse.limits.counters import Entry, Vec
 from tokenfuse.limits.limiter import Limiter
