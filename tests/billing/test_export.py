@@ -8,6 +8,7 @@ import pytest
 
 from tokenfuse.billing.cli import main
 from tokenfuse.billing.detect import detect
+from tokenfuse.billing.errors import BillingInputError
 from tokenfuse.billing.export import export_focus
 from tokenfuse.billing.load import load
 from tokenfuse.billing.reconcile import read_ledger, reconcile
@@ -75,3 +76,16 @@ def test_export_cli_with_config(ledger: str, tmp_path: Path, monkeypatch: pytest
     monkeypatch.delenv("LEDGER_URL")
     assert main(["export", "--config", str(cfg), "--focus", str(out)]) == 2
     assert "nowhere.db" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("read", ["export", "reconcile"])
+def test_an_unreachable_ledger_is_one_clear_error(read: str, tmp_path: Path) -> None:
+    url = "postgresql://tokenfuse:s3cret@127.0.0.1:1/ledger?connect_timeout=2"
+    with pytest.raises(BillingInputError) as exc:
+        if read == "export":
+            export_focus(url, str(tmp_path / "out.parquet"))
+        else:
+            read_ledger(url)
+    message = str(exc.value)
+    assert message.startswith("store: " if read == "export" else "--ledger: ")
+    assert "cannot open the ledger" in message and "s3cret" not in message

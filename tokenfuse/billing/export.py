@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 
 from tokenfuse.billing.errors import BillingInputError
+from tokenfuse.billing.ledgerdb import open_ledger
 from tokenfuse.usage import TOKEN_CLASSES
 
 _SUFFIX = {
@@ -104,15 +105,7 @@ def _weights(model: str, tokens: dict[str, int], book: Any) -> dict[str, Decimal
 
 
 def _ledger_rows(url: str) -> Iterator[tuple[Any, ...]]:
-    from tokenfuse.ledger.schema import StoreURL, connect
-
-    try:
-        store = StoreURL.parse(url)
-    except ValueError as e:
-        raise BillingInputError(f"store: {e}") from e
-    if not store.exists():
-        raise BillingInputError(f"store: {store.target}: no such ledger file; check the config's store: key")
-    conn = connect(url)
+    conn, _ = open_ledger(url, "store", "check the config's store: key")
     cols = "ts, key_name, principal, workflow, session, protocol, model, route, " + ", ".join(TOKEN_CLASSES) + ", cost_usd"
     try:
         yield from conn.execute(f"SELECT {cols} FROM requests WHERE outcome = 'ok'")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenfuse.billing.errors import BillingInputError
+from tokenfuse.billing.ledgerdb import open_ledger
 from tokenfuse.billing.load import Export, load
 from tokenfuse.billing.usagetypes import canonical_model
 
@@ -56,23 +57,14 @@ class Reconciliation:
 
 def read_ledger(url: str, protocol: str | None = "bedrock") -> dict[tuple[date, str, str], int]:
     """Ledger tokens by (day, canonical model, class) for billed ('ok') rows."""
-    from tokenfuse.ledger.schema import StoreURL, connect, placeholder
+    from tokenfuse.ledger.schema import placeholder
 
-    try:
-        store = StoreURL.parse(url)
-    except ValueError as e:
-        raise BillingInputError(f"--ledger: {e}") from e
-    if not store.exists():
-        raise BillingInputError(f"--ledger: {store.target}: no such ledger file; point at the gateway's store")
-    try:
-        conn = connect(url)
-    except Exception as e:
-        raise BillingInputError(f"--ledger: cannot open the ledger ({str(e).splitlines()[0] if str(e) else e})") from e
-    day_expr = "date(ts, 'unixepoch')" if store.dialect == "sqlite" else "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    conn, dialect = open_ledger(url, "--ledger", "point at the gateway's store")
+    day_expr = "date(ts, 'unixepoch')" if dialect == "sqlite" else "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
     where = "outcome = 'ok'"
     params: tuple[Any, ...] = ()
     if protocol:
-        where += " AND protocol = " + placeholder(store.dialect)
+        where += " AND protocol = " + placeholder(dialect)
         params = (protocol,)
     sql = (
         f"SELECT {day_expr} AS day, model, sum(input_uncached), sum(cache_read), sum(cache_write) + sum(cache_write_1h), "
