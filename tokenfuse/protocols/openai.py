@@ -170,10 +170,21 @@ def _has_usage(data: bytes) -> bool:
     return False
 
 
+_COMPACT_USAGE_NULL = b',"usage":null'
+
+
 def _strip_usage_null(raw: bytes) -> bytes:
     """Remove the `"usage":null` member include_usage adds to every chunk.
 
-    The top-level member is serialised last, so the last match is the one."""
+    The top-level member is serialised last, so the last match is the one.
+    Runs on every event: the compact form OpenAI sends is found by `rfind`
+    (quotes inside JSON strings are escaped, so it cannot be part of a value);
+    the regex is the fallback for other spacing."""
+    i = raw.rfind(_COMPACT_USAGE_NULL)
+    if i >= 0:
+        end = i + len(_COMPACT_USAGE_NULL)
+        if raw[end : end + 1] in (b"}", b",") and raw.find(b'"usage"', end) < 0:
+            return raw[:i] + raw[end:]
     if b'"usage"' not in raw:
         return raw
     last = None
