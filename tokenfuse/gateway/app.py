@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from tokenfuse.aio import spawn
 from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.config import Config, KeyConfig
 from tokenfuse.gateway import routes
@@ -32,7 +33,7 @@ from tokenfuse.gateway.upstream import (
     bedrock_path,
 )
 from tokenfuse.guards import Guards
-from tokenfuse.ledger.record import LedgerRow
+from tokenfuse.ledger.record import LedgerRow, format_cost
 from tokenfuse.ledger.writer import LedgerWriter
 from tokenfuse.limits.bounds import compute_bound
 from tokenfuse.limits.context import RequestContext
@@ -206,7 +207,8 @@ class Gateway:
     # -- the request pipeline ------------------------------------------------------
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, raw_path: str) -> None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # ASGI servers deliver header names lower-cased already.
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         req = _Request(f"tf-{self._id_prefix}-{next(self._ids)}", raw_path, headers)
         try:
             await self._pipeline(req, scope, receive, send)
@@ -240,9 +242,10 @@ class Gateway:
             )
         body = await self._read_body(receive, req)
         req.body = body
-        url = self._public_url(scope, req.raw_path)
         try:
-            req.key = self.keys.authenticate(req.headers, "POST", url, body)
+            req.key = self.keys.authenticate(
+                req.headers, "POST", lambda: self._public_url(scope, req.raw_path, req.headers), body
+            )
         except AuthError as exc:
             raise _Refused("unauthorized", exc.message, "unauthorized") from None
         proto = PROTOCOLS[route.protocol]
@@ -347,13 +350,9 @@ class Gateway:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @staticmethod
-    def _public_url(scope: Scope, raw_path: str) -> str:
+    def _public_url(scope: Scope, raw_path: str, headers: dict[str, str]) -> str:
         # SigV4 signs the URL the client used: scheme, Host header and encoded path.
-        host = ""
-        for k, v in scope["headers"]:
-            if k == b"host":
-                host = v.decode("latin-1")
-                break
+        host = headers.get("host", "")
         query = scope.get("query_string", b"").decode("latin-1")
         return f"{scope.get('scheme', 'http')}://{host}{raw_path}" + (f"?{query}" if query and "?" not in raw_path else "")
 
@@ -423,7 +422,7 @@ class Gateway:
         req.status = resp.status
         usage = None
         if resp.status < 400:
-            lower = {k.lower(): v for k, v in resp.headers.items()}
+            lower = {k.lower(): v for k, v in resp.headers.items()} if req.route.protocol == "bedrock" else {}
             usage = PROTOCOLS[req.route.protocol].usage_from_response(req.route.route, data, lower)
         if resp.status >= 400:
             req.outcome = "upstream_error"
@@ -437,7 +436,7 @@ class Gateway:
             req.usage = usage
             self._price(req)
         headers = self._response_headers(req, resp)
-        headers.append((b"x-tokenfuse-cost-usd", str(req.cost).encode()))
+        headers.append((b"x-tokenfuse-cost-usd", format_cost(req.cost).encode()))
         headers.append((b"content-length", str(len(data)).encode()))
         try:
             await send({"type": "http.response.start", "status": resp.status, "headers": headers})
@@ -480,7 +479,7 @@ class Gateway:
                 pass
             disconnected.set()
 
-        watcher = asyncio.ensure_future(watch())
+        watcher = spawn(watch())
         complete = False
         broke: str | None = None
         try:
@@ -514,7 +513,7 @@ class Gateway:
         trailer = b""
         if req.route.protocol in ("openai", "anthropic"):
             # An SSE comment: ignored by every SSE client, readable by humans and tools.
-            trailer = f": x-tokenfuse-cost-usd={req.cost} request-id={req.id}\n\n".encode()
+            trailer = f": x-tokenfuse-cost-usd={format_cost(req.cost)} request-id={req.id}\n\n".encode()
         try:
             await send({"type": "http.response.body", "body": tail + trailer, "more_body": False})
         except OSError:

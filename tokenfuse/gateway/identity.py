@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -59,13 +59,22 @@ class KeyRing:
         return self._by_digest.get(hashlib.sha256(secret.encode()).hexdigest())
 
     def authenticate(
-        self, headers: Mapping[str, str], method: str, url: str, body: bytes, now: float | None = None
+        self,
+        headers: Mapping[str, str],
+        method: str,
+        url: str | Callable[[], str],
+        body: bytes,
+        now: float | None = None,
     ) -> KeyConfig:
-        """Resolve the caller from its headers (lower-cased names); raise AuthError."""
+        """Resolve the caller from its headers (lower-cased names); raise AuthError.
+
+        ``url`` may be a callable: only SigV4 needs the URL, so the common path
+        does not build it.
+        """
         auth = headers.get("authorization")
         if auth is not None:
             if auth.startswith("AWS4-HMAC-SHA256"):
-                return self._sigv4(auth, headers, method, url, body, now)
+                return self._sigv4(auth, headers, method, url() if callable(url) else url, body, now)
             scheme, _, token = auth.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return self._secret(token.strip())
