@@ -383,7 +383,10 @@ def render(res: dict[str, Any]) -> str:
     out: list[str] = []
     m = res["machine"]
     out.append(f"Run {res['date']} on {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}; pinning: {m['pinning']}; "
-               f"nice {m.get('nice', 0)}; load average before {m['load_before']}, after {m.get('load_after', '?')}.\n")
+               f"nice {m.get('nice', 0)}; load average before {m['load_before']}, after {m.get('load_after', '?')}; "
+               f"commit {m.get('commit', '?')}"
+               + (f" at the start, {m['commit_after']} at the end (servers started later ran newer code)"
+                  if m.get("commit_after", m.get("commit")) != m.get("commit") else "") + ".\n")
     if "latency" in res:
         out.append("### Added latency (ms; latency = the whole answer, for streams the whole stream)\n")
         out.append("| request | conns | offered req/s | direct p50 / p99 | tokenfuse p50 / p99 | **added p50 / p99** "
@@ -533,7 +536,7 @@ def main(argv: list[str]) -> int:
     b.results["machine"] = {
         "nproc": os.cpu_count(), "python": platform.python_version(), "cpu": _cpu_model(),
         "pinning": f"gateway/LiteLLM on CPU {SERVER_CPU}, simulator + load generator on CPU {CLIENT_CPU}" if pin
-        else "none", "load_before": _loadavg(), "nice": args.nice,
+        else "none", "load_before": _loadavg(), "nice": args.nice, "commit": _commit(),
     }
     sim = gs.start_simulator(workdir, b.client_cpu)
     gw = lite = None
@@ -576,6 +579,7 @@ def main(argv: list[str]) -> int:
             if p is not None:
                 p.stop()
     b.results["machine"]["load_after"] = _loadavg()
+    b.results["machine"]["commit_after"] = _commit()
     (workdir / "results.json").write_text(json.dumps(b.results, indent=2))
     text = render(b.results)
     (workdir / "results.md").write_text(text)
@@ -584,6 +588,16 @@ def main(argv: list[str]) -> int:
         print(f"LiteLLM: {b.results['litellm_error']}")
     log(f"raw results in {workdir}")
     return 0
+
+
+def _commit() -> str:
+    """HEAD, plus a mark when tokenfuse/ has uncommitted changes: the code every server ran."""
+    def git(*a: str) -> str:
+        out = subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True, check=False)
+        return out.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + (" (tokenfuse/ modified)" if git("status", "--porcelain", "--", "tokenfuse") else "")
 
 
 def _loadavg() -> str:
