@@ -385,8 +385,9 @@ def render(res: dict[str, Any]) -> str:
     out.append(f"Run {res['date']} on {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}; pinning: {m['pinning']}; "
                f"nice {m.get('nice', 0)}; load average before {m['load_before']}, after {m.get('load_after', '?')}; "
                f"commit {m.get('commit', '?')}"
-               + (f" at the start, {m['commit_after']} at the end (servers started later ran newer code)"
-                  if m.get("commit_after", m.get("commit")) != m.get("commit") else "") + ".\n")
+               + (f" at the start, {m['commit_after']} at the end (servers started later may have run newer code)"
+                  if _tree(m.get("commit_after", "")) not in ("", _tree(m.get("commit", ""))) else "")
+               + ".\n")
     if "latency" in res:
         out.append("### Added latency (ms; latency = the whole answer, for streams the whole stream)\n")
         out.append("| request | conns | offered req/s | direct p50 / p99 | tokenfuse p50 / p99 | **added p50 / p99** "
@@ -597,7 +598,13 @@ def _commit() -> str:
         return out.stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + (" (tokenfuse/ modified)" if git("status", "--porcelain", "--", "tokenfuse") else "")
+    tree = git("rev-parse", "--short", "HEAD:tokenfuse") or "unknown"
+    dirty = " + uncommitted changes" if git("status", "--porcelain", "--", "tokenfuse") else ""
+    return f"{head} (tokenfuse/ tree {tree}{dirty})"
+
+
+def _tree(commit: str) -> str:
+    return commit.partition("(")[2]
 
 
 def _loadavg() -> str:
