@@ -4,7 +4,7 @@ py-spy profile. Prints markdown tables; raw results go to bench/results/.
 
     python bench/gateway_bench.py [--quick] [--no-litellm] [--no-redis] [--no-profile] [--no-pin]
 
-See bench/README.md for the method and docs/benchmarks-gateway.md for numbers.
+See bench/README.md for the method and docs/benchmarks.md for numbers.
 """
 
 from __future__ import annotations
