@@ -285,6 +285,13 @@ class Gateway:
             changed = True
         if changed:
             body = proto.encode_body(info)
+        upstream = self.router.pick(route.protocol, info.model)
+        if upstream is None:
+            raise _Refused(
+                "not_found",
+                f"no upstream is configured for {route.protocol} model {info.model!r}; add one under `upstreams:`",
+                "refused",
+            )
         if self.guards is not None and (looping := self.guards.check(ctx, info, req.body)) is not None:
             raise _Refused("session_cap", looping, "refused", "guard loop")
         if self.limiter is not None and route.route not in ZERO_COST_ROUTES:
@@ -299,13 +306,6 @@ class Gateway:
                 assert ref is not None
                 raise _Refused(ref.kind, ref.message, "refused", f"{ref.kind} {ref.budget}")
             req.admission = admission
-        upstream = self.router.pick(route.protocol, info.model)
-        if upstream is None:
-            raise _Refused(
-                "not_found",
-                f"no upstream is configured for {route.protocol} model {info.model!r}; add one under `upstreams:`",
-                "refused",
-            )
         req.upstream = upstream
         await self._forward(req, upstream, body, send, receive)
 
