@@ -8,6 +8,7 @@ fetched and no provider account is needed.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 from decimal import Decimal
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_CONFIG = """
-server: {{host: 127.0.0.1, port: 0, admin_token: demo-admin}}
+server: {{host: 127.0.0.1, port: 0, admin_token: demo-admin, log_level: warning}}
 store: sqlite:///{db}
 counters: memory
 kill_poll_ms: 100
@@ -33,6 +34,8 @@ budgets:
      limit: {{tokens: {{input_uncached: 2000000}}}}}}
 defaults: {{max_tokens: 1024, max_tokens_cap: 8192}}
 sessions: {{max_requests: 6, max_usd: 2}}
+# Demo-sized thresholds so the guards speak up within a few small requests.
+guards: {{cache_miss: {{min_usd: 0.001, min_prefix_tokens: 256}}}}
 """
 
 def _agent_turns() -> list[str]:
@@ -48,6 +51,17 @@ def _agent_turns() -> list[str]:
 
 
 def run(out: Any = sys.stdout, keep_db: str | None = None) -> int:
+    # The demo prints the guards' findings itself; their JSON log lines would interleave.
+    logger = logging.getLogger("tokenfuse")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return _run(out, keep_db)
+    finally:
+        logger.setLevel(level)
+
+
+def _run(out: Any, keep_db: str | None) -> int:
     import anthropic
     import boto3
     import openai
@@ -74,6 +88,12 @@ def run(out: Any = sys.stdout, keep_db: str | None = None) -> int:
                 base_url=gw.url, api_key="tf-demo-coder", max_retries=0,
                 default_headers={"x-tokenfuse-session": "anthropic-agent"},
             )
+            # The same agent with caching silently off (no cache_control marker): the
+            # $37,901 incident in miniature, for the cache-miss guard to catch.
+            ant_nocache = anthropic.Anthropic(
+                base_url=gw.url, api_key="tf-demo-coder", max_retries=0,
+                default_headers={"x-tokenfuse-session": "uncached-agent"},
+            )
             brt = boto3.client(
                 "bedrock-runtime", endpoint_url=gw.url, region_name="us-east-1",
                 aws_access_key_id="AKIADEMOCODER0000001", aws_secret_access_key="demo-secret-key",
@@ -84,33 +104,43 @@ def run(out: Any = sys.stdout, keep_db: str | None = None) -> int:
                 request.headers["x-tokenfuse-session"] = "bedrock-agent"
 
             brt.meta.events.register("before-sign.bedrock-runtime.*", tag)
-            transcript: list[str] = []
+            convo: list[dict[str, str]] = []  # the agent re-sends its whole history every step
             for step, turn in enumerate(_agent_turns(), 1):
-                transcript.append(turn)
-                context = "\n".join(transcript)  # the loop re-sends its whole history: input grows every step
+                if convo:
+                    convo.append({"role": "assistant", "content": f"Done with step {step - 1}."})
+                convo.append({"role": "user", "content": turn})
+                bedrock_convo = [{"role": m["role"], "content": [{"text": m["content"]}]} for m in convo]
                 results = []
                 try:
                     stream = oai.chat.completions.create(
                         model="gpt-4o-mini", stream=True, max_tokens=200,
-                        messages=[{"role": "system", "content": history}, {"role": "user", "content": context}],
+                        messages=[{"role": "system", "content": history}, *convo],  # type: ignore[list-item]
                     )
                     results.append("openai:" + str(sum(1 for _ in stream)) + " chunks")
                 except openai.APIStatusError as exc:
                     results.append(f"openai: refused ({exc.status_code})")
                 try:
                     msg = ant.messages.create(
-                        model="claude-sonnet-4-5", max_tokens=200,
+                        model="claude-sonnet-4-6", max_tokens=200,
                         system=[{"type": "text", "text": history, "cache_control": {"type": "ephemeral"}}],
-                        messages=[{"role": "user", "content": context}],
+                        messages=convo,  # type: ignore[arg-type]
                     )
                     results.append(f"anthropic: cache_read={msg.usage.cache_read_input_tokens}")
                 except anthropic.APIStatusError as exc:
                     results.append(f"anthropic: refused ({exc.status_code})")
                 try:
+                    nc = ant_nocache.messages.create(
+                        model="claude-sonnet-4-6", max_tokens=200, system=history,
+                        messages=convo,  # type: ignore[arg-type]
+                    )
+                    results.append(f"uncached: cache_read={nc.usage.cache_read_input_tokens or 0}")
+                except anthropic.APIStatusError as exc:
+                    results.append(f"uncached: refused ({exc.status_code})")
+                try:
                     conv = brt.converse(
                         modelId="us.anthropic.claude-haiku-4-5-20251001-v1:0",
                         system=[{"text": history}, {"cachePoint": {"type": "default"}}],
-                        messages=[{"role": "user", "content": [{"text": context}]}],
+                        messages=bedrock_convo,
                         inferenceConfig={"maxTokens": 200},
                     )
                     results.append(f"bedrock: out={conv['usage']['outputTokens']}")
@@ -129,7 +159,7 @@ def run(out: Any = sys.stdout, keep_db: str | None = None) -> int:
             print(f"{'session':<18}{'requests':>9}{'uncached in':>13}{'cache read':>12}{'cache write':>13}"
                   f"{'output':>9}{'cost USD':>13}", file=out)
             grand = Decimal(0)
-            for session in ("openai-agent", "anthropic-agent", "bedrock-agent"):
+            for session in ("openai-agent", "anthropic-agent", "uncached-agent", "bedrock-agent"):
                 t = usage_totals(store, session=session)
                 agg = {k: sum(m[k] for m in t["by_model"].values())
                        for k in ("input_uncached", "cache_read", "cache_write", "output")}
@@ -137,6 +167,11 @@ def run(out: Any = sys.stdout, keep_db: str | None = None) -> int:
                 print(f"{session:<18}{t['requests']:>9}{agg['input_uncached']:>13}{agg['cache_read']:>12}"
                       f"{agg['cache_write']:>13}{agg['output']:>9}{t['cost_usd']:>13}", file=out)
             print(f"{'total':<18}{'':>9}{'':>13}{'':>12}{'':>13}{'':>9}{grand!s:>13}", file=out)
+            findings = gw.gateway.guards.recent() if gw.gateway.guards is not None else []
+            if findings:
+                print("\nLive guards noticed:", file=out)
+                for f in findings:
+                    print(f"  {f['text']}", file=out)
             if last_refusal:
                 print(f"\nThe session cap stopped the loop; the agent was told:\n  {last_refusal}", file=out)
             print("\nTry: tokenfuse usage --config <your config> --json", file=out)
