@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 TOKEN_LIMIT_CLASSES = ("input_uncached", "cache_read", "cache_write", "output", "total")
 CALENDAR_WINDOWS = ("minute", "hour", "day", "week", "month", "total")
@@ -47,6 +56,21 @@ def _decimal(value: Any, what: str) -> Decimal:
     if not d.is_finite() or d < 0:
         raise ValueError(f"{what} must be a finite, non-negative number, got {value!r}")
     return d
+
+
+def _money(value: Any) -> Decimal:
+    return _decimal(value, "an amount of USD")
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+# Money is parsed from str(value) so YAML floats never carry binary error;
+# durations are validated once here and parsed where they are used.
+Money = Annotated[Decimal, BeforeValidator(_money)]
+Duration = Annotated[str, AfterValidator(_duration)]
 
 
 class _Model(BaseModel):
@@ -103,19 +127,8 @@ class UpstreamConfig(_Model):
 
 class SessionCaps(_Model):
     max_requests: int | None = Field(None, gt=0)
-    max_usd: Decimal | None = None
-    idle_expiry: str = "1h"
-
-    @field_validator("max_usd", mode="before")
-    @classmethod
-    def _usd(cls, v: Any) -> Decimal | None:
-        return None if v is None else _decimal(v, "max_usd")
-
-    @field_validator("idle_expiry")
-    @classmethod
-    def _idle(cls, v: str) -> str:
-        parse_duration(v)
-        return v
+    max_usd: Money | None = None
+    idle_expiry: Duration = "1h"
 
     @property
     def idle_expiry_s(self) -> int:
@@ -162,16 +175,11 @@ class KeyConfig(_Model):
 
 
 class PriceOverride(_Model):
-    input: Decimal
-    output: Decimal
-    cache_read: Decimal | None = None
-    cache_write: Decimal | None = None
-    cache_write_1h: Decimal | None = None
-
-    @field_validator("input", "output", "cache_read", "cache_write", "cache_write_1h", mode="before")
-    @classmethod
-    def _money(cls, v: Any) -> Decimal | None:
-        return None if v is None else _decimal(v, "a price (USD per million tokens)")
+    input: Money
+    output: Money
+    cache_read: Money | None = None
+    cache_write: Money | None = None
+    cache_write_1h: Money | None = None
 
 
 class PricingConfig(_Model):
@@ -189,14 +197,9 @@ class BudgetMatch(_Model):
 
 
 class BudgetLimit(_Model):
-    usd: Decimal | None = None
+    usd: Money | None = None
     requests: int | None = Field(None, gt=0)
     tokens: dict[str, int] | None = None
-
-    @field_validator("usd", mode="before")
-    @classmethod
-    def _usd(cls, v: Any) -> Decimal | None:
-        return None if v is None else _decimal(v, "limit.usd")
 
     @field_validator("tokens")
     @classmethod
@@ -216,13 +219,7 @@ class BudgetLimit(_Model):
 
 
 class RollingWindow(_Model):
-    rolling: str
-
-    @field_validator("rolling")
-    @classmethod
-    def _d(cls, v: str) -> str:
-        parse_duration(v)
-        return v
+    rolling: Duration
 
 
 class BudgetConfig(_Model):
@@ -278,37 +275,21 @@ class CacheMissGuardConfig(_Model):
     enabled: bool = True
     min_requests: int = Field(3, gt=0)  # consecutive requests re-sending an uncached prefix
     min_prefix_tokens: int = Field(1024, ge=0)  # below this providers do not cache a prefix at all
-    min_usd: Decimal = Decimal("0.50")
-
-    @field_validator("min_usd", mode="before")
-    @classmethod
-    def _usd(cls, v: Any) -> Decimal:
-        return _decimal(v, "min_usd")
+    min_usd: Money = Decimal("0.50")
 
 
 class ContextGrowthGuardConfig(_Model):
     enabled: bool = True
     min_requests: int = Field(8, ge=3)
     project_steps: int = Field(10, gt=0)
-    min_projected_usd: Decimal = Decimal("1.00")
-
-    @field_validator("min_projected_usd", mode="before")
-    @classmethod
-    def _usd(cls, v: Any) -> Decimal:
-        return _decimal(v, "min_projected_usd")
+    min_projected_usd: Money = Decimal("1.00")
 
 
 class LoopGuardConfig(_Model):
     enabled: bool = True
     repeats: int = Field(3, ge=2)
-    window: str = "10m"
+    window: Duration = "10m"
     action: Literal["alert", "refuse"] = "alert"
-
-    @field_validator("window")
-    @classmethod
-    def _window(cls, v: str) -> str:
-        parse_duration(v)
-        return v
 
     @property
     def window_s(self) -> int:
