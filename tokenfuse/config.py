@@ -148,6 +148,7 @@ class KeyConfig(_Model):
     workflow: str = "default"
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
+    aws_region: str | None = None  # SigV4 scope region this key must sign for; unset: sigv4.region, else any
     sessions: SessionCaps | None = None
 
     @model_validator(mode="after")
@@ -185,6 +186,13 @@ class PriceOverride(_Model):
 class PricingConfig(_Model):
     file: str | None = None  # LiteLLM-format model_prices_and_context_window.json
     allow_unpriced: bool = False
+    # Server-held context (previous_response_id, stored prompts) and server-side
+    # tools bill beyond any bound the gateway can compute before sending; refused
+    # unless allowed, in which case their spend is only metered afterwards.
+    allow_unbounded: bool = False
+    # Options billed above the standard rate that the catalog does not price
+    # (priority tiers, latency-optimised inference, guardrails): refused unless allowed.
+    allow_priced_options: bool = False
 
 
 class BudgetMatch(_Model):
@@ -304,6 +312,13 @@ class GuardsConfig(_Model):
     loop: LoopGuardConfig = Field(default_factory=LoopGuardConfig)  # type: ignore[arg-type]
 
 
+class SigV4Config(_Model):
+    # How Bedrock callers' SigV4 signatures are verified (docs/gateway.md, Authentication).
+    region: str | None = None  # scope region every SigV4 caller must sign for; unset: any, recorded
+    allow_unsigned_payload: bool = False  # accept `UNSIGNED-PAYLOAD` (over TLS only)
+    replay_cache_size: int = Field(100_000, ge=0)  # signatures remembered for the 15-min window; 0: off
+
+
 class LedgerConfig(_Model):
     batch_interval_ms: int = Field(200, gt=0)
     batch_size: int = Field(1000, gt=0)
@@ -329,6 +344,7 @@ class Config(_Model):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)  # type: ignore[arg-type]
     guards: GuardsConfig = Field(default_factory=GuardsConfig)  # type: ignore[arg-type]
+    sigv4: SigV4Config = Field(default_factory=SigV4Config)  # type: ignore[arg-type]
     # Where the file was loaded from, for messages; not a YAML key.
     source: Annotated[str, Field(exclude=True)] = "<config>"
 

@@ -124,9 +124,9 @@ def test_broken_stream_is_recorded_as_estimated(stack: Stack) -> None:
     served = stack.served()[-1]
     assert not served["complete"]
     assert row["estimated"] and row["outcome"] == "upstream_error"
-    # The simulator emits 4 bytes of text per token, so the text-based estimate is exact here.
-    assert row["output"] == served["usage"]["output"]
-    assert row["input_uncached"] >= 0
+    # The provider may bill the whole generation of a broken stream: charged at the bound.
+    assert row["output"] == 40 >= served["usage"]["output"]
+    assert "charged at the bound" in row["reason"]
     still_serving(stack)
 
 
@@ -150,8 +150,11 @@ def test_client_disconnect_mid_stream_is_recorded(stack: Stack) -> None:
     finally:
         stack.sim_config(output_tokens=64, chunk_delay_ms=0)
     row = stack.rows()[-1]
-    assert row["outcome"] == "client_abort" and row["estimated"]
-    assert 0 < row["output"] < 400
+    # The gateway reads the abandoned stream to its end, so the row is the provider's exact figure.
+    assert row["outcome"] == "client_abort" and not row["estimated"]
+    served = stack.served()[-1]
+    assert served["complete"] and row["output"] == served["usage"]["output"] == 400
+    assert "metered to the end" in row["reason"]
 
 
 @pytest.fixture

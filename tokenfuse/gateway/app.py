@@ -23,9 +23,9 @@ from tokenfuse.aio import spawn
 from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.config import Config, KeyConfig
 from tokenfuse.gateway import routes
+from tokenfuse.gateway.headers import forwardable
 from tokenfuse.gateway.identity import AuthError, KeyRing
 from tokenfuse.gateway.upstream import (
-    DROP_REQUEST_HEADERS,
     DROP_RESPONSE_HEADERS,
     NoUpstream,
     Router,
@@ -35,7 +35,7 @@ from tokenfuse.gateway.upstream import (
 from tokenfuse.guards import Guards
 from tokenfuse.ledger.record import LedgerRow, format_cost
 from tokenfuse.ledger.writer import LedgerWriter
-from tokenfuse.limits.bounds import compute_bound
+from tokenfuse.limits.bounds import Bound, compute_bound
 from tokenfuse.limits.context import RequestContext
 from tokenfuse.limits.limiter import Admission, Limiter
 from tokenfuse.pricing import Price, PriceBook
@@ -52,6 +52,9 @@ PROTOCOLS: dict[str, ModuleType] = {"openai": p_openai, "anthropic": p_anthropic
 ADMIN_PREFIX = "/_tokenfuse/admin"
 ZERO_COST_ROUTES = frozenset({"count_tokens"})
 _ZERO = Decimal(0)
+# Longer names are never real model ids; refusing them keeps caches and ledger rows small.
+MAX_MODEL_NAME = 256
+MAX_SESSION_ID = 128
 _UNPRICED = Price("(unpriced)", _ZERO, _ZERO, None, None, None)
 
 
@@ -67,8 +70,9 @@ class _Request:
     """Everything known about one request, filled in as it goes; becomes its ledger row."""
 
     __slots__ = (
-        "admission", "body", "cost", "ctx", "headers", "id", "info", "key", "outcome", "price", "protocol",
-        "raw_path", "reason", "route", "session", "started", "status", "upstream", "upstream_ms", "usage",
+        "admission", "body", "bound", "cost", "ctx", "forward_headers", "headers", "id", "info", "key", "outcome", "price",
+        "protocol", "raw_path", "reason", "route", "session", "started", "status", "upstream", "upstream_ms",
+        "usage",
     )
 
     def __init__(self, request_id: str, raw_path: str, headers: dict[str, str]) -> None:
@@ -85,6 +89,8 @@ class _Request:
         self.price: Price | None = None
         self.ctx: RequestContext | None = None
         self.admission: Admission | None = None
+        self.bound: Bound | None = None
+        self.forward_headers: dict[str, str] = {}
         self.upstream: Upstream | None = None
         self.upstream_ms = 0.0
         self.usage = Usage()
@@ -213,18 +219,50 @@ class Gateway:
         try:
             await self._pipeline(req, scope, receive, send)
         except _Refused as r:
-            req.outcome, req.reason = r.outcome, r.reason
+            req.outcome = r.outcome
+            req.reason = r.reason if req.reason is None else f"{r.reason}; {req.reason}"
             status, hdrs, body = refusal(req.protocol, r.kind, r.message)
             req.status = status
-            if req.outcome not in ("not_found", "bad_request", "unauthorized"):
+            if req.outcome == "upstream_error":
+                log.warning("upstream failure on %s %s: %s", req.id, req.key.name if req.key else "-", req.reason)
+            elif req.outcome not in ("not_found", "bad_request", "unauthorized"):
                 log.info("refused %s %s: %s", req.id, req.key.name if req.key else "-", r.reason)
             await self._send_whole(send, req, status, hdrs, body)
             if req.admission is not None and self.limiter is not None:
                 await self.limiter.release(req.admission)
+        except _StreamAborted:
+            # Returning with the response unfinished makes the server drop the
+            # connection, which is how a client learns the stream is incomplete.
+            log.warning("upstream stream broke on %s: %s", req.id, req.reason)
+        except Exception as exc:  # whatever happens, answer in protocol and keep serving
+            await self._internal_error(send, req, exc)
         finally:
             if self.guards is not None and req.outcome == "ok" and req.ctx is not None and req.info is not None:
                 self.guards.observe(req.ctx, req.info, req.body, req.usage, req.cost, req.price)
             self._record(req)
+
+    async def _internal_error(self, send: Send, req: _Request, exc: Exception) -> None:
+        """A bug or an unforeseen input: one log line, an in-protocol 500, never a served row."""
+        log.error("internal error on %s: %s: %.200s", req.id, type(exc).__name__, exc)
+        log.debug("internal error on %s", req.id, exc_info=exc)
+        if req.admission is not None and self.limiter is not None:
+            # Forwarded or not, the bound is the most the provider can bill for it.
+            if req.upstream is not None and req.bound is not None:
+                await self._charge_bound(req, "internal error after forwarding; charged at the bound")
+            else:
+                await self.limiter.release(req.admission)
+        req.outcome = "error"
+        req.reason = f"internal error ({type(exc).__name__})"
+        if req.status == 0:  # nothing sent yet
+            status, hdrs, body = refusal(
+                req.protocol, "internal", f"tokenfuse could not handle this request (request id {req.id}); "
+                "the operator can find it in the gateway log"
+            )
+            req.status = status
+            try:
+                await self._send_whole(send, req, status, hdrs, body)
+            except Exception:  # the response had already started; the server closes it
+                pass
 
     async def _pipeline(self, req: _Request, scope: Scope, receive: Receive, send: Send) -> None:
         route = routes.match(req.raw_path)
@@ -248,6 +286,8 @@ class Gateway:
             )
         except AuthError as exc:
             raise _Refused("unauthorized", exc.message, "unauthorized") from None
+        if req.session is not None:
+            req.session = self._scoped_session(req.key, req.session)
         proto = PROTOCOLS[route.protocol]
         try:
             info: RequestInfo = proto.parse_request(route.route, body, route.model_from_path)
@@ -255,6 +295,11 @@ class Gateway:
             kind = {404: "not_found", 413: "too_large"}.get(exc.status, "bad_request")
             raise _Refused(kind, exc.message, "bad_request") from None
         req.info = info
+        if len(info.model) > MAX_MODEL_NAME:
+            raise _Refused(
+                "bad_request", f"model name is {len(info.model)} characters long; at most {MAX_MODEL_NAME} are "
+                "accepted. Send the model's id.", "bad_request"
+            )
         price = self.prices.lookup(info.model)
         if price is None and not self.config.pricing.allow_unpriced:
             raise _Refused(
@@ -264,6 +309,10 @@ class Gateway:
                 "refused",
             )
         req.price = price
+        req.forward_headers, options = forwardable(route.protocol, req.headers)
+        self._check_billable_extras(
+            info, price, options, req.headers.get("anthropic-beta") if route.protocol == "anthropic" else None
+        )
         key = req.key
         ctx = RequestContext(key.name, key.principal, key.workflow, req.session, info.model, route.protocol)
         req.ctx = ctx
@@ -283,8 +332,11 @@ class Gateway:
             # The client did not ask for usage; ask on its behalf, the meter strips it again.
             proto.request_usage_in_stream(info)
             changed = True
-        if changed:
-            body = proto.encode_body(info)
+        # Forward the canonical encoding of what was checked, never the client's
+        # bytes: a duplicate key or an escape another parser reads differently
+        # must not reach the provider.
+        body = proto.encode_body(info)
+        del changed
         upstream = self.router.pick(route.protocol, info.model)
         if upstream is None:
             raise _Refused(
@@ -297,7 +349,7 @@ class Gateway:
         if self.limiter is not None and route.route not in ZERO_COST_ROUTES:
             # An unpriced model (allowed explicitly) still counts against request,
             # token and session limits; only its dollar bound is unknown.
-            bound = compute_bound(info, price or _UNPRICED)
+            bound = req.bound = compute_bound(info, price or _UNPRICED)
             admission = await self.limiter.reserve(
                 ctx, bound, session_caps=self.config.session_caps(key, key.workflow)
             )
@@ -308,6 +360,44 @@ class Gateway:
             req.admission = admission
         req.upstream = upstream
         await self._forward(req, upstream, body, send, receive)
+
+    @staticmethod
+    def _scoped_session(key: KeyConfig, session: str) -> str:
+        """A session id belongs to the principal that sends it: Bob cannot spend Alice's session cap."""
+        if len(session) > MAX_SESSION_ID or not session.isprintable():
+            raise _Refused(
+                "bad_request", f"x-tokenfuse-session must be at most {MAX_SESSION_ID} printable characters",
+                "bad_request",
+            )
+        return f"{key.principal}/{session}"
+
+    def _check_billable_extras(
+        self, info: RequestInfo, price: Price | None, options: list[str], beta: str | None
+    ) -> None:
+        """Refuse what the provider can bill beyond the request's bound, unless the operator allows it."""
+        pricing = self.config.pricing
+        unbounded = list(getattr(info, "unbounded", ()))
+        if not pricing.allow_unbounded and unbounded:
+            raise _Refused(
+                "bad_request",
+                "this request uses features the provider bills beyond what the gateway can bound before "
+                f"sending it: {'; '.join(unbounded)}. Send the full context yourself instead, or ask the "
+                "operator to set pricing.allow_unbounded: true (spend from these features is then only "
+                "metered after the fact)",
+                "refused",
+                f"unbounded: {'; '.join(unbounded)}",
+            )
+        priced = [*getattr(info, "priced_options", ()), *options]
+        if beta and "context-1m" in beta and (price is None or price.long_context is None):
+            priced.append("anthropic-beta context-1m (long-context rates this gateway has no price for this model)")
+        if not pricing.allow_priced_options and priced:
+            raise _Refused(
+                "bad_request",
+                f"this request asks for options billed at rates the gateway does not price: {'; '.join(priced)}. "
+                "Leave them out, or ask the operator to set pricing.allow_priced_options: true",
+                "refused",
+                f"priced options: {'; '.join(priced)}",
+            )
 
     def _enforce_max_tokens(self, proto: ModuleType, info: RequestInfo) -> bool:
         if info.route in ("embeddings", "count_tokens"):
@@ -366,7 +456,7 @@ class Gateway:
         else:
             path = route.upstream_path
         url = upstream.url(path)
-        headers = {k: v for k, v in req.headers.items() if k not in DROP_REQUEST_HEADERS}
+        headers = dict(req.forward_headers)
         headers["accept-encoding"] = "identity"
         headers.update(upstream.config.headers)
         headers = upstream.auth_headers("POST", url, headers, body)
@@ -381,14 +471,28 @@ class Gateway:
         t0 = time.perf_counter()
         try:
             resp = await self.http.post(url, data=body, headers=headers)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # No connection was made, so the provider never saw the request: nothing to bill.
+            raise _Refused(
+                "upstream_unavailable",
+                f"upstream {upstream.name!r} is unreachable ({type(exc).__name__}); try again later",
+                "upstream_error",
+            ) from None
         except TimeoutError:
+            # The request went out; the provider may be generating it now and will bill it.
+            await self._charge_bound(req, "upstream timed out after the request was sent; charged at the bound")
             raise _Refused(
                 "upstream_timeout", f"upstream {upstream.name!r} did not answer in time", "upstream_error"
             ) from None
         except aiohttp.ClientError as exc:
+            await self._charge_bound(
+                req, f"upstream connection failed after the request was sent ({type(exc).__name__}); "
+                "charged at the bound"
+            )
             raise _Refused(
-                "upstream_unavailable",
-                f"upstream {upstream.name!r} is unreachable ({type(exc).__name__}); try again later",
+                "upstream_failed",
+                f"upstream {upstream.name!r} broke the connection after the request was sent "
+                f"({type(exc).__name__}); it may have been billed, so do not retry blindly",
                 "upstream_error",
             ) from None
         try:
@@ -398,6 +502,23 @@ class Gateway:
                 await self._relay_whole(req, resp, t0, send)
         finally:
             resp.release()
+
+    async def _charge_bound(self, req: _Request, reason: str) -> None:
+        """Settle at the reserved bound: the outcome hides what the provider billed, never above it."""
+        bound = req.bound
+        req.reason = reason
+        if bound is None:
+            # No budget applied (nothing reserved); record the bound for the ledger all the same.
+            if req.info is not None:
+                req.usage = self._bound_usage(req)
+                self._price(req)
+            return
+        t = bound.tokens
+        req.usage = Usage(input_uncached=t["input_uncached"], output=t["output"], estimated=True)
+        req.cost = bound.usd
+        if req.admission is not None and self.limiter is not None:
+            await self.limiter.settle(req.admission, req.usage, req.cost)
+            req.admission = None
 
     def _response_headers(self, req: _Request, resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
         out = [
@@ -413,10 +534,13 @@ class Gateway:
         try:
             data = await resp.read()
         except TimeoutError:
+            await self._charge_bound(req, "upstream timed out sending the response; charged at the bound")
             raise _Refused("upstream_timeout", "upstream timed out sending the response", "upstream_error") from None
         except aiohttp.ClientError:
+            await self._charge_bound(req, "upstream broke the connection mid-response; charged at the bound")
             raise _Refused(
-                "upstream_unavailable", "upstream broke the connection mid-response", "upstream_error"
+                "upstream_failed", "upstream broke the connection mid-response; it may have been billed, "
+                "so do not retry blindly", "upstream_error"
             ) from None
         req.upstream_ms = (time.perf_counter() - t0) * 1000
         req.status = resp.status
@@ -482,33 +606,47 @@ class Gateway:
         watcher = spawn(watch())
         complete = False
         broke: str | None = None
+        client_gone = False
         try:
             async for chunk in resp.content.iter_any():
                 out = meter.feed(chunk)
+                if client_gone:
+                    continue
                 if disconnected.is_set():
-                    broke = "client_abort"
-                    break
+                    client_gone = True
+                    continue
                 if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    try:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    except OSError:
+                        client_gone = True
             else:
                 complete = True
         except (TimeoutError, aiohttp.ClientError) as exc:
             broke = f"upstream stream broke ({type(exc).__name__})"
-        except OSError:
-            broke = "client_abort"
         finally:
             watcher.cancel()
+        # A client that hangs up does not stop the provider billing the generation,
+        # so the gateway reads the stream to its end (without relaying it) to learn
+        # the exact usage; only if that fails too is the request charged its bound.
+        client_gone = client_gone or disconnected.is_set()
         req.upstream_ms = (time.perf_counter() - t0) * 1000
-        req.usage = meter.usage(complete and broke is None)
-        await self._settle(req)
-        if broke == "client_abort":
-            req.outcome, req.reason = "client_abort", "client disconnected mid-stream"
-            return
-        if broke is not None or req.usage.estimated:
+        usage = meter.usage(complete and broke is None)
+        if broke is not None or usage.estimated:
+            why = broke or "stream ended without the provider's final usage"
+            await self._charge_bound(req, f"{why}; charged at the bound")
+            if client_gone:
+                req.outcome = "client_abort"
+                req.reason = f"client disconnected mid-stream; {req.reason}"
+                return
             req.outcome = "upstream_error"
-            req.reason = broke or "stream ended without the provider's final usage"
             # Aborting the connection is how the client learns the stream is incomplete.
-            raise _StreamAborted(req.reason)
+            raise _StreamAborted(req.reason or why)
+        req.usage = usage
+        await self._settle(req)
+        if client_gone:
+            req.outcome, req.reason = "client_abort", "client disconnected mid-stream; metered to the end of the stream"
+            return
         tail = meter.finish()
         trailer = b""
         if req.route.protocol in ("openai", "anthropic"):
@@ -564,4 +702,4 @@ class Gateway:
 
 
 class _StreamAborted(Exception):
-    """Raised after the row is recorded so the server drops the client connection."""
+    """The stream cannot be completed: end the response unfinished so the server drops the connection."""

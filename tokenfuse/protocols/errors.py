@@ -24,6 +24,8 @@ KINDS: tuple[str, ...] = (
     "upstream_unavailable",
     "counters_unavailable",
     "upstream_timeout",
+    "internal",
+    "upstream_failed",
 )
 
 # kind -> (status, error type, code or None); code is OpenAI's `error.code`.
@@ -39,6 +41,8 @@ _OPENAI: dict[str, tuple[int, str, str | None]] = {
     "upstream_unavailable": (502, "server_error", "upstream_unavailable"),
     "counters_unavailable": (503, "server_error", "counters_unavailable"),
     "upstream_timeout": (504, "server_error", "upstream_timeout"),
+    "internal": (500, "server_error", "gateway_internal_error"),
+    "upstream_failed": (502, "server_error", "upstream_failed_after_send"),
 }
 
 _ANTHROPIC: dict[str, tuple[int, str]] = {
@@ -53,6 +57,8 @@ _ANTHROPIC: dict[str, tuple[int, str]] = {
     "upstream_unavailable": (502, "api_error"),
     "counters_unavailable": (503, "api_error"),
     "upstream_timeout": (504, "timeout_error"),
+    "internal": (500, "api_error"),
+    "upstream_failed": (502, "api_error"),
 }
 
 _BEDROCK: dict[str, tuple[int, str]] = {
@@ -67,9 +73,14 @@ _BEDROCK: dict[str, tuple[int, str]] = {
     "upstream_unavailable": (503, "ServiceUnavailableException"),
     "counters_unavailable": (503, "ServiceUnavailableException"),
     "upstream_timeout": (408, "ModelTimeoutException"),
+    "internal": (424, "ModelErrorException"),
+    "upstream_failed": (424, "ModelErrorException"),
 }
 
-RETRYABLE: frozenset[str] = frozenset({"upstream_unavailable", "counters_unavailable", "upstream_timeout"})
+# A timeout or a broken connection after the request went out is not retryable:
+# the provider may have billed the generation, and the gateway charged its bound,
+# so an automatic retry would pay for the same answer again.
+RETRYABLE: frozenset[str] = frozenset({"upstream_unavailable", "counters_unavailable"})
 
 
 def refusal(protocol: str, kind: str, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
