@@ -117,3 +117,45 @@ def test_malformed_bodies_are_refused_with_the_field_named() -> None:
         prompts.llama_text({"max_gen_len": 3})
     with pytest.raises(BadRequest, match="JSON object"):
         prompts.converse_blocks([1, 2])
+
+
+def test_duplicate_keys_keep_the_last_by_default_or_the_first_when_asked() -> None:
+    raw = b'{"model": "cheap", "nested": {"a": 1, "a": 2}, "model": "dear"}'
+    assert prompts.parse_body(raw) == {"model": "dear", "nested": {"a": 2}}
+    assert prompts.parse_body(raw, "first") == {"model": "cheap", "nested": {"a": 1}}
+    with pytest.raises(prompts.BadRequest):
+        prompts.parse_body(b"{nope", "first")
+
+
+def test_chat_choices_default_bounds_and_param() -> None:
+    assert prompts.chat_choices({}) == 1
+    assert prompts.chat_choices({"n": None}) == 1
+    assert prompts.chat_choices({"n": 128}) == 128
+    for bad in (0, 129, True, "2", 1.5):
+        with pytest.raises(prompts.BadRequest) as err:
+            prompts.chat_choices({"n": bad})
+        assert err.value.param == "n"
+
+
+def test_server_tools_are_recognised_by_type() -> None:
+    responses = {
+        "tools": [{"type": "web_search"}, {"type": "web_search_preview_2025_03_11"}, {"type": "function"}]
+    }
+    assert prompts.responses_server_tools(responses) == {"web_search_requests": 2}
+    assert prompts.responses_server_tools({"tools": [{"type": "file_search"}]}) == {}
+    claude = {
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}, {"name": "f", "input_schema": {}}]
+    }
+    assert prompts.anthropic_server_tools(claude) == {"web_search_requests": 1, "web_fetch_requests": 0}
+    assert prompts.anthropic_server_tools({"tools": [{"type": "web_fetch_20250910"}]}) == {
+        "web_search_requests": 0,
+        "web_fetch_requests": 1,
+    }
+    assert prompts.anthropic_server_tools({}) == {}
+
+
+def test_previous_response_must_be_a_string() -> None:
+    assert prompts.previous_response({}) is None
+    assert prompts.previous_response({"previous_response_id": "resp_1"}) == "resp_1"
+    with pytest.raises(prompts.BadRequest):
+        prompts.previous_response({"previous_response_id": 7})

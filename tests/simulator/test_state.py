@@ -66,3 +66,32 @@ def test_totals_do_not_alias_a_records_usage() -> None:
     record = log.add(served("a", 1))
     record.usage.output = 99
     assert log.totals()["a"]["output"] == 1
+
+
+def test_misbehaviour_settings_are_validated() -> None:
+    config = SimConfig()
+    assert (config.bill_abandoned, config.overrun_factor, config.server_tool_tokens) == (False, 1, 0)
+    assert config.json_duplicates == "last"
+    changed = config.updated(
+        {"bill_abandoned": True, "overrun_factor": 3, "server_tool_tokens": 500, "json_duplicates": "first"}
+    )
+    assert changed.as_dict()["bill_abandoned"] is True and changed.overrun_factor == 3
+    for bad in (
+        {"bill_abandoned": 1},
+        {"bill_abandoned": "yes"},
+        {"overrun_factor": 0},
+        {"overrun_factor": 2.5},
+        {"server_tool_tokens": -1},
+        {"json_duplicates": "middle"},
+    ):
+        with pytest.raises(ConfigError):
+            config.updated(bad)
+
+
+def test_record_says_when_it_was_billed_after_a_disconnect() -> None:
+    record = served("a", 5)
+    assert record.as_dict()["billed_after_disconnect"] is False
+    record.billed_after_disconnect = True
+    record.server_tool_uses = 2
+    assert record.as_dict()["billed_after_disconnect"] is True
+    assert record.as_dict()["server_tool_uses"] == 2

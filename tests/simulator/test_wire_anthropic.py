@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from hypothesis import given
 
@@ -28,3 +29,13 @@ def test_anthropic_stream_usage_is_cumulative_and_break_precedes_it(output: int,
     assert delta["usage"]["output_tokens"] == output
     assert bodies[-1]["type"] == "message_stop"
     assert plan.break_at <= len(bodies) - 3
+
+
+def test_server_tool_use_is_reported_in_body_and_stream() -> None:
+    counters = {"web_search_requests": 1, "web_fetch_requests": 0}
+    reply = replace(make_reply(5), server_tool_use=tuple(counters.items()))
+    assert json.loads(wire_anthropic.message_body(reply))["usage"]["server_tool_use"] == counters
+    bodies = [json.loads(data) for _, data in sse(wire_anthropic.message_stream(reply).frames)]
+    delta = next(b for b in bodies if b["type"] == "message_delta")
+    assert delta["usage"]["server_tool_use"] == counters
+    assert "server_tool_use" not in json.loads(wire_anthropic.message_body(make_reply(5)))["usage"]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -76,3 +77,37 @@ def test_embeddings_body_encodes_base64_float32() -> None:
     assert len(base64.b64decode(body["data"][0]["embedding"])) == 16
     plain = json.loads(wire_openai.embeddings_body("e", 9, 1, 4, False))
     assert len(plain["data"][0]["embedding"]) == 4
+
+
+@given(outputs, chunks, st.integers(min_value=1, max_value=4), st.booleans())
+def test_chat_stream_with_n_choices_sends_each_choice_whole(
+    output: int, chunk: int, n: int, pad: bool
+) -> None:
+    base = make_reply(output, chunk)
+    usage = replace(base.usage, output=output * n)
+    reply = replace(base, usage=usage, choices=n)
+    plan = wire_openai.chat_stream(reply, True, pad)
+    chunks_ = [json.loads(data) for _, data in sse(plan.frames)[:-1]]
+    texts: dict[int, str] = {}
+    finished = set()
+    for c in chunks_:
+        assert len(c["choices"]) <= 1
+        for choice in c["choices"]:
+            texts[choice["index"]] = texts.get(choice["index"], "") + choice["delta"].get("content", "")
+            if choice["finish_reason"]:
+                finished.add(choice["index"])
+    assert texts == {i: reply.text for i in range(n)} and finished == set(range(n))
+    assert chunks_[-1]["usage"]["completion_tokens"] == output * n
+    assert plan.emitted[-1] == output * n
+    # A broken stream delivers part of the answer, never the usage chunk.
+    assert plan.emitted[plan.break_at - 1] <= output * n
+    assert 1 <= plan.break_at < len(plan.frames) - 2
+
+
+def test_chat_body_with_n_choices() -> None:
+    base = make_reply(6)
+    reply = replace(base, usage=replace(base.usage, output=18), choices=3, reasoning=0)
+    body = json.loads(wire_openai.chat_body(reply))
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    assert all(c["message"]["content"] == reply.text for c in body["choices"])
+    assert body["usage"]["completion_tokens"] == 18

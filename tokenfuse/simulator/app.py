@@ -3,7 +3,9 @@ Bedrock runtime wire formats, with deterministic usage, latency and faults,
 and a record of exactly what it served (``GET /_sim/served``).
 
 Per-request controls are headers (``x-sim-output-tokens``,
-``x-sim-latency-ms``, ``x-sim-reasoning-tokens``, ``x-sim-fault``), a model
+``x-sim-latency-ms``, ``x-sim-reasoning-tokens``, ``x-sim-fault``,
+``x-sim-bill-abandoned``, ``x-sim-overrun-factor``, ``x-sim-server-tool-tokens``,
+``x-sim-json-duplicates``), a model
 name containing ``sim-fault-<fault>``, or the run-time settings posted to
 ``/_sim/config`` (for clients such as boto3 that cannot easily add headers).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import count
@@ -24,7 +27,7 @@ from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.simulator import prompts, wire_anthropic, wire_bedrock, wire_openai
 from tokenfuse.simulator.prompts import BadRequest
 from tokenfuse.simulator.reply import Reply, StreamPlan, dumps
-from tokenfuse.simulator.state import FAULTS, ConfigError, Served, ServedLog, SimConfig
+from tokenfuse.simulator.state import FAULTS, JSON_DUPLICATES, ConfigError, Served, ServedLog, SimConfig
 from tokenfuse.simulator.tokens import (
     Block,
     PromptCache,
@@ -49,15 +52,19 @@ _BEDROCK_OPS = {
 _GARBAGE_SSE = b'data: {"id": "chatcmpl-garb\xff\xfe\n\n'
 # A prelude whose CRC cannot match: any event-stream reader must reject it.
 _GARBAGE_FRAMES = b"\x00\x00\x00\x20\x00\x00\x00\x00\xde\xad\xbe\xef" + b"\x00" * 20
+# Stored Responses kept for previous_response_id (oldest forgotten first).
+STORED_RESPONSES = 10_000
 
 
 class SimFault(Exception):
     """Raised inside a handler when the request must fail with an error status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.param = param
+        self.code = code
 
 
 @dataclass(slots=True)
@@ -73,6 +80,8 @@ class Call:
     stream: bool = False
     fault: str | None = None
     content_type: tuple[bytes, bytes] = _JSON_TYPE
+    server_tool_uses: int = 0
+    bill_abandoned: bool = False
 
 
 @dataclass(slots=True)
@@ -126,6 +135,9 @@ class Simulator:
         self.config = replace(self.defaults)
         self.served = ServedLog()
         self.cache = PromptCache(clock)
+        # Response id -> the context tokens a follow-up inherits (its input
+        # and output), for previous_response_id.
+        self.stored: OrderedDict[str, int] = OrderedDict()
         self._ids = count(1)
         self._routes: dict[str, tuple[str, str, Handler]] = {
             "/v1/chat/completions": ("openai", "chat.completions", self._chat),
@@ -138,6 +150,7 @@ class Simulator:
     def reset(self) -> None:
         self.served.clear()
         self.cache.clear()
+        self.stored.clear()
         self.config = replace(self.defaults)
 
     # --- ASGI entry ---------------------------------------------------------
@@ -181,24 +194,28 @@ class Simulator:
             await self._refuse(call, send, SimFault(404, message))
             return
         try:
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
-                raise BadRequest("the request body is not valid JSON") from None
+            body = prompts.parse_body(raw, self._json_duplicates(call))
             produce = handler(call, body)
+            call.bill_abandoned = self._bill_abandoned(call)
             call.fault = self._fault(call)
             if call.fault in ("500", "429"):
                 raise SimFault(int(call.fault), f"simulated {call.fault} fault")
             answer = produce()
         except BadRequest as exc:
-            await self._refuse(call, send, SimFault(400, str(exc)))
+            await self._refuse(call, send, SimFault(400, str(exc), exc.param, exc.code))
             return
         except SimFault as exc:
             await self._refuse(call, send, exc)
             return
         latency = self._latency(call)
         if latency:
-            await asyncio.sleep(latency / 1000)
+            if not call.bill_abandoned:
+                await asyncio.sleep(latency / 1000)
+            elif await _left_during(latency / 1000, receive):
+                # The generation ran its course although the client gave up
+                # waiting for it: billed in full, nothing sent.
+                self._record(call, answer.usage, 0, False, abandoned=True)
+                return
         if call.stream and answer.plan is not None:
             await self._send_stream(call, answer, receive, send)
         else:
@@ -223,8 +240,32 @@ class Simulator:
         value = _header_int(call.headers, b"x-sim-latency-ms")
         return self.config.latency_ms if value is None else value
 
+    def _bill_abandoned(self, call: Call) -> bool:
+        value = _header_int(call.headers, b"x-sim-bill-abandoned")
+        return self.config.bill_abandoned if value is None else value > 0
+
+    def _server_tool_tokens(self, call: Call) -> int:
+        value = _header_int(call.headers, b"x-sim-server-tool-tokens")
+        return self.config.server_tool_tokens if value is None else value
+
+    def _json_duplicates(self, call: Call) -> str:
+        raw = call.headers.get(b"x-sim-json-duplicates")
+        if raw is None:
+            return self.config.json_duplicates
+        value = raw.decode("latin-1")
+        if value not in JSON_DUPLICATES:
+            raise BadRequest(f"x-sim-json-duplicates must be one of {', '.join(JSON_DUPLICATES)}")
+        return value
+
     def _output(self, call: Call, limit: int | None) -> tuple[int, bool]:
-        """Output tokens and whether the request's own limit cut them short."""
+        """Output tokens (per choice) and whether the request's limit is
+        where they stopped."""
+        factor = _header_int(call.headers, b"x-sim-overrun-factor")
+        if factor is None:
+            factor = self.config.overrun_factor
+        if factor > 1 and limit is not None:
+            # A misbehaving upstream: the limit is ignored, the answer runs on.
+            return limit * factor, True
         wanted = self.config.output_tokens
         header = _header_int(call.headers, b"x-sim-output-tokens")
         if header is not None:
@@ -234,24 +275,40 @@ class Simulator:
         return wanted, False
 
     def _reply(
-        self, call: Call, usage: Usage, limit: int | None, prefix: str, reasoning: bool = False
+        self,
+        call: Call,
+        usage: Usage,
+        limit: int | None,
+        prefix: str,
+        reasoning: bool = False,
+        choices: int = 1,
+        server_tools: dict[str, int] | None = None,
     ) -> Reply:
         output, truncated = self._output(call, limit)
         hidden = 0
         if reasoning:
             header = _header_int(call.headers, b"x-sim-reasoning-tokens")
             hidden = min(output, self.config.reasoning_tokens if header is None else header)
-        usage.output = output
+        usage.output = output * choices
+        tool_use: tuple[tuple[str, int], ...] = ()
+        extra = self._server_tool_tokens(call)
+        if server_tools and extra:
+            # The tools ran: their results are read as input, per use.
+            call.server_tool_uses = sum(server_tools.values())
+            usage.input_uncached += extra * call.server_tool_uses
+            tool_use = tuple(server_tools.items())
         return Reply(
             id=prefix + call.request_id,
             model=call.model,
             usage=usage,
             text=generated_text(output - hidden),
-            reasoning=hidden,
+            reasoning=hidden * choices,
             truncated=truncated,
             chunk_tokens=self.config.chunk_tokens,
             created=int(time.time()),
             latency_ms=self._latency(call),
+            choices=choices,
+            server_tool_use=tool_use,
         )
 
     # --- OpenAI ---------------------------------------------------------------
@@ -261,12 +318,13 @@ class Simulator:
         call.model = prompts.model_of(body)
         call.stream = body.get("stream") is True
         limit = prompts.chat_limit(body)
+        choices = prompts.chat_choices(body)
         with_usage = prompts.include_usage(body)
         padded = prompts.include_obfuscation(body)
 
         def produce() -> Answer:
             usage = automatic_input("openai\0" + call.model, text, self.cache)
-            reply = self._reply(call, usage, limit, "chatcmpl-", reasoning=True)
+            reply = self._reply(call, usage, limit, "chatcmpl-", reasoning=True, choices=choices)
             if call.stream:
                 call.content_type = _SSE_TYPE
                 return Answer(usage, plan=wire_openai.chat_stream(reply, with_usage, padded))
@@ -279,10 +337,23 @@ class Simulator:
         call.model = prompts.model_of(body)
         call.stream = body.get("stream") is True
         limit = prompts.responses_limit(body)
+        previous = prompts.previous_response(body)
+        if previous is not None and previous not in self.stored:
+            raise BadRequest(
+                f"Previous response with id '{previous}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        tools = prompts.responses_server_tools(body)
 
         def produce() -> Answer:
             usage = automatic_input("openai\0" + call.model, text, self.cache)
-            reply = self._reply(call, usage, limit, "resp_", reasoning=True)
+            if previous is not None:
+                # The stored conversation is read again as input, as OpenAI bills it.
+                usage.input_uncached += self.stored.get(previous, 0)
+            reply = self._reply(call, usage, limit, "resp_", reasoning=True, server_tools=tools)
+            if body.get("store") is not False:
+                self._store(reply.id, usage.input_total + usage.output)
             if call.stream:
                 call.content_type = _SSE_TYPE
                 plan = wire_openai.responses_stream(reply, body, prompts.include_obfuscation(body))
@@ -313,16 +384,22 @@ class Simulator:
         call.model = prompts.model_of(body)
         call.stream = body.get("stream") is True
         limit = prompts.anthropic_limit(body)
+        tools = prompts.anthropic_server_tools(body)
 
         def produce() -> Answer:
             usage = marked_input("anthropic\0" + call.model, blocks, self.cache)
-            reply = self._reply(call, usage, limit, "msg_sim")
+            reply = self._reply(call, usage, limit, "msg_sim", server_tools=tools)
             if call.stream:
                 call.content_type = _SSE_TYPE
                 return Answer(usage, plan=wire_anthropic.message_stream(reply))
             return Answer(usage, body=wire_anthropic.message_body(reply))
 
         return produce
+
+    def _store(self, response_id: str, context: int) -> None:
+        self.stored[response_id] = context
+        while len(self.stored) > STORED_RESPONSES:
+            self.stored.popitem(last=False)
 
     def _count_tokens(self, call: Call, body: JSON) -> Callable[[], Answer]:
         blocks = prompts.anthropic_blocks(body, need_max_tokens=False)
@@ -378,7 +455,9 @@ class Simulator:
 
     # --- sending --------------------------------------------------------------
 
-    def _record(self, call: Call, usage: Usage, status: int, complete: bool) -> None:
+    def _record(
+        self, call: Call, usage: Usage, status: int, complete: bool, *, abandoned: bool = False
+    ) -> None:
         self.served.add(
             Served(
                 protocol=call.protocol,
@@ -391,6 +470,8 @@ class Simulator:
                 complete=complete,
                 request_id=call.request_id,
                 fault=call.fault,
+                billed_after_disconnect=abandoned,
+                server_tool_uses=call.server_tool_uses,
             )
         )
 
@@ -407,12 +488,20 @@ class Simulator:
             return (b"request-id", call.request_id.encode())
         return (b"x-amzn-requestid", call.request_id.encode())
 
+    def _record_lost(self, call: Call, answer: Answer, seen: Usage, status: int) -> None:
+        """Record an answer the client did not get whole: what it saw by
+        default, the whole generation with ``bill_abandoned``."""
+        if call.bill_abandoned:
+            self._record(call, answer.usage, status, False, abandoned=True)
+        else:
+            self._record(call, seen, status, False)
+
     async def _send_body(self, call: Call, answer: Answer, receive: Receive, send: Send) -> None:
         body = answer.body
         headers = [call.content_type, self._id_header(call), *answer.headers]
         inputs = replace(answer.usage, output=0)
         if call.fault == "hang":
-            self._record(call, inputs, 0, False)
+            self._record_lost(call, answer, inputs, 0)
             await _wait_disconnect(receive)
             return
         if call.fault == "garbage":
@@ -421,13 +510,15 @@ class Simulator:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         if call.fault == "break":
             # Fewer bytes than Content-Length, then the server drops the connection.
-            self._record(call, inputs, 200, False)
+            self._record_lost(call, answer, inputs, 200)
             await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
             return
         # Recorded before the last byte leaves, so a client that has its answer
         # always finds it in the record.
-        garbage = call.fault == "garbage"
-        self._record(call, inputs if garbage else answer.usage, 200, not garbage)
+        if call.fault == "garbage":
+            self._record_lost(call, answer, inputs, 200)
+        else:
+            self._record(call, answer.usage, 200, True)
         await send({"type": "http.response.body", "body": body})
 
     async def _send_stream(self, call: Call, answer: Answer, receive: Receive, send: Send) -> None:
@@ -443,7 +534,7 @@ class Simulator:
         # written, so a client that has its answer always finds it recorded.
         body_frames = frames[:-1] if fault is None else frames
         delay = self.config.chunk_delay_ms / 1000
-        watcher = spawn(_wait_disconnect(receive)) if delay else None
+        watcher = spawn(_wait_disconnect(receive)) if delay or call.bill_abandoned else None
         sent = 0
         try:
             for frame in body_frames:
@@ -461,13 +552,13 @@ class Simulator:
         if sent < len(body_frames) or fault in ("break", "hang"):
             # A client that went away, or a simulated break: no closing bytes,
             # so the server drops the connection mid-stream.
-            self._record(call, partial, 200, False)
+            self._record_lost(call, answer, partial, 200)
             if fault == "hang" and sent == len(body_frames):
                 await _wait_disconnect(receive)
             return
         if fault == "garbage":
             junk = _GARBAGE_FRAMES if call.protocol == "bedrock" else _GARBAGE_SSE
-            self._record(call, partial, 200, False)
+            self._record_lost(call, answer, partial, 200)
             await send({"type": "http.response.body", "body": junk})
             return
         self._record(call, answer.usage, 200, True)
@@ -501,6 +592,17 @@ class Simulator:
         headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _left_during(seconds: float, receive: Receive) -> bool:
+    """Wait ``seconds`` (all of them: the generation does not stop early) and
+    say whether the client disconnected meanwhile."""
+    watcher = spawn(_wait_disconnect(receive))
+    try:
+        await asyncio.sleep(seconds)
+        return watcher.done()
+    finally:
+        watcher.cancel()
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -558,8 +660,8 @@ _BEDROCK_KINDS = {
 def _error(call: Call, fault: SimFault) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     status = fault.status
     if call.protocol == "openai":
-        code = "rate_limit_exceeded" if status == 429 else None
-        body = wire_openai.error_body(fault.message, _OPENAI_KINDS[status], code)
+        code = "rate_limit_exceeded" if status == 429 else fault.code
+        body = wire_openai.error_body(fault.message, _OPENAI_KINDS[status], code, fault.param)
         headers = [_JSON_TYPE, (b"x-request-id", call.request_id.encode())]
     elif call.protocol == "anthropic":
         body = wire_anthropic.error_body(_ANTHROPIC_KINDS[status], fault.message, call.request_id)

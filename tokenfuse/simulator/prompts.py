@@ -17,7 +17,31 @@ JSON = Any
 
 
 class BadRequest(ValueError):
-    """The body is not a request this route accepts; the message says why."""
+    """The body is not a request this route accepts; the message says why.
+    ``param`` and ``code`` fill the OpenAI error's fields of the same names."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+def _first_wins(pairs: list[tuple[str, JSON]]) -> dict[str, JSON]:
+    out: dict[str, JSON] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
+def parse_body(raw: bytes, duplicates: str = "last") -> JSON:
+    """The request JSON. ``duplicates="first"`` keeps the first of a repeated
+    key, as some parsers do, where Python (and "last") keeps the last."""
+    try:
+        if duplicates == "first":
+            return json.loads(raw, object_pairs_hook=_first_wins)
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the request body is not valid JSON") from None
 
 
 def _dump(value: JSON) -> bytes:
@@ -90,6 +114,20 @@ def chat_limit(body: dict[str, JSON]) -> int | None:
     return limit if limit is not None else _positive_int(body.get("max_tokens"), "max_tokens")
 
 
+# The API's own ceiling on `n`.
+MAX_CHOICES = 128
+
+
+def chat_choices(body: dict[str, JSON]) -> int:
+    """How many choices a Chat request asks for (`n`, default 1)."""
+    value = body.get("n")
+    if value is None:
+        return 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_CHOICES:
+        raise BadRequest(f"n: must be an integer from 1 to {MAX_CHOICES}", param="n")
+    return value
+
+
 def include_usage(body: dict[str, JSON]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
@@ -121,6 +159,26 @@ def responses_text(body: JSON) -> bytes:
     else:
         raise BadRequest("input: field required (a string or a list of items)")
     return "".join(parts).encode()
+
+
+def previous_response(body: dict[str, JSON]) -> str | None:
+    value = body.get("previous_response_id")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadRequest("previous_response_id: must be a string", param="previous_response_id")
+    return value
+
+
+def responses_server_tools(body: dict[str, JSON]) -> dict[str, int]:
+    """Server-side tools a Responses request enables, as Anthropic-style
+    counters: every ``web_search*`` tool is one web search."""
+    searches = sum(
+        1
+        for tool in body.get("tools") or []
+        if isinstance(tool, dict) and str(tool.get("type", "")).startswith("web_search")
+    )
+    return {"web_search_requests": searches} if searches else {}
 
 
 def responses_limit(body: dict[str, JSON]) -> int | None:
@@ -191,6 +249,19 @@ def anthropic_blocks(body: JSON, *, need_max_tokens: bool = True) -> list[Block]
         else:
             raise BadRequest("messages.content: must be a string or a list of content blocks")
     return blocks
+
+
+def anthropic_server_tools(body: dict[str, JSON]) -> dict[str, int]:
+    """Server tools an Anthropic request enables (``web_search_*``,
+    ``web_fetch_*``), each counted as one use, in the usage block's names."""
+    searches = fetches = 0
+    for tool in body.get("tools") or []:
+        kind = str(tool.get("type", "")) if isinstance(tool, dict) else ""
+        searches += kind.startswith("web_search_")
+        fetches += kind.startswith("web_fetch_")
+    if not searches and not fetches:
+        return {}
+    return {"web_search_requests": searches, "web_fetch_requests": fetches}
 
 
 def anthropic_limit(body: dict[str, JSON]) -> int:

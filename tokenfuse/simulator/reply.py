@@ -27,6 +27,11 @@ class Reply:
     chunk_tokens: int = 4
     created: int = 0
     latency_ms: int = 0
+    # OpenAI Chat `n`: each choice is ``text``; ``usage`` and ``reasoning``
+    # cover all of them.
+    choices: int = 1
+    # Server-side tool uses, as Anthropic's usage.server_tool_use counters.
+    server_tool_use: tuple[tuple[str, int], ...] = ()
 
     def deltas(self) -> list[str]:
         step = 4 * max(1, self.chunk_tokens)

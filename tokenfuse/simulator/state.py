@@ -9,6 +9,8 @@ from typing import Any
 from tokenfuse.usage import TOKEN_CLASSES, Usage
 
 FAULTS = ("500", "429", "break", "hang", "garbage")
+JSON_DUPLICATES = ("last", "first")
+_BOOLEANS = frozenset({"bill_abandoned"})
 
 
 class ConfigError(ValueError):
@@ -27,6 +29,15 @@ class SimConfig:
     fault: str | None = None
     # How many more requests get `fault`; None means every request.
     fault_count: int | None = None
+    # Bill a started generation in full even when its answer never reaches
+    # the client (client gone, break, hang, garbage), as real providers do.
+    bill_abandoned: bool = False
+    # >1: ignore the request's output limit L and generate L * overrun_factor.
+    overrun_factor: int = 1
+    # Extra input tokens billed for each server-side tool in a request.
+    server_tool_tokens: int = 0
+    # Which occurrence of a duplicated JSON key wins ("last" is Python's).
+    json_duplicates: str = "last"
 
     def updated(self, changes: dict[str, Any]) -> SimConfig:
         """A copy with ``changes`` applied; raises ConfigError naming a bad key."""
@@ -40,6 +51,12 @@ class SimConfig:
             elif key == "fault_count":
                 if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                     raise ConfigError("fault_count must be a non-negative integer or null")
+            elif key in _BOOLEANS:
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{key} must be true or false")
+            elif key == "json_duplicates":
+                if value not in JSON_DUPLICATES:
+                    raise ConfigError(f"json_duplicates must be one of {', '.join(JSON_DUPLICATES)}")
             elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{key} must be a non-negative integer")
         new = replace(self, **changes)
@@ -47,6 +64,8 @@ class SimConfig:
             new.fault = str(new.fault)
         if new.chunk_tokens < 1:
             raise ConfigError("chunk_tokens must be at least 1")
+        if new.overrun_factor < 1:
+            raise ConfigError("overrun_factor must be at least 1 (1 honours the request's limit)")
         return new
 
     def take_fault(self) -> str | None:
@@ -74,6 +93,11 @@ class Served:
     complete: bool
     request_id: str = ""
     fault: str | None = None
+    # The usage is the whole generation although the client never received
+    # it (bill_abandoned): what a provider bills for an abandoned request.
+    billed_after_disconnect: bool = False
+    # Server-side tool uses billed (web search, web fetch).
+    server_tool_uses: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +111,8 @@ class Served:
             "complete": self.complete,
             "request_id": self.request_id,
             "fault": self.fault,
+            "billed_after_disconnect": self.billed_after_disconnect,
+            "server_tool_uses": self.server_tool_uses,
         }
 
 

@@ -24,7 +24,7 @@ def error_body(kind: str, message: str, request_id: str | None = None) -> bytes:
 
 def usage(reply: Reply, output: int | None = None) -> dict[str, Any]:
     u = reply.usage
-    return {
+    out: dict[str, Any] = {
         "input_tokens": u.input_uncached,
         "cache_creation_input_tokens": u.cache_write + u.cache_write_1h,
         "cache_read_input_tokens": u.cache_read,
@@ -35,6 +35,9 @@ def usage(reply: Reply, output: int | None = None) -> dict[str, Any]:
         "output_tokens": u.output if output is None else output,
         "service_tier": "standard",
     }
+    if reply.server_tool_use:
+        out["server_tool_use"] = dict(reply.server_tool_use)
+    return out
 
 
 def _stop(reply: Reply) -> str:
@@ -89,8 +92,14 @@ def events(reply: Reply, *, bedrock: bool = False) -> tuple[list[Event], int]:
     delta_usage: dict[str, Any] = {"output_tokens": reply.usage.output}
     if not bedrock:
         full = usage(reply)
-        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-            delta_usage[key] = full[key]
+        for key in (
+            "input_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+            "server_tool_use",
+        ):
+            if key in full:
+                delta_usage[key] = full[key]
     stop = {"type": "message_delta", "delta": {"stop_reason": _stop(reply), "stop_sequence": None}}
     out.append(("message_delta", dumps({**stop, "usage": delta_usage}), reply.usage.output))
     out.append(("message_stop", b'{"type":"message_stop"}', reply.usage.output))

@@ -67,7 +67,7 @@ def chat_body(reply: Reply) -> bytes:
             "model": reply.model,
             "choices": [
                 {
-                    "index": 0,
+                    "index": index,
                     "message": {
                         "role": "assistant",
                         "content": reply.text,
@@ -77,6 +77,7 @@ def chat_body(reply: Reply) -> bytes:
                     "logprobs": None,
                     "finish_reason": _finish(reply),
                 }
+                for index in range(reply.choices)
             ],
             "usage": chat_usage(reply),
             "service_tier": "default",
@@ -105,23 +106,30 @@ def chat_stream(reply: Reply, include_usage: bool, include_obfuscation: bool = T
             body["obfuscation"] = pad
         return body
 
-    def choice(delta: dict[str, Any], finish: str | None = None) -> list[dict[str, Any]]:
-        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    def choice(delta: dict[str, Any], finish: str | None = None, index: Any = 0) -> list[dict[str, Any]]:
+        return [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
+    # With n > 1 every chunk carries one choice, told apart by its index.
+    indices = range(reply.choices)
     plan = StreamPlan()
-    plan.add(_data(chunk(choice({"role": "assistant", "content": "", "refusal": None}))), 0)
-    pad = hole(1) if include_obfuscation else None
-    delta = Template(chunk(choice({"content": hole(0)}), pad=pad), b"data: ", b"\n\n")
+    for c in indices:
+        plan.add(_data(chunk(choice({"role": "assistant", "content": "", "refusal": None}, index=c))), 0)
+    # Holes must be numbered without gaps: the padding, which may be absent, is last.
+    pad = hole(2) if include_obfuscation else None
+    delta = Template(chunk(choice({"content": hole(0)}, index=hole(1)), pad=pad), b"data: ", b"\n\n")
     deltas = reply.deltas()
     half = (len(deltas) + 1) // 2
     sent = 0
     for i, text in enumerate(deltas):
-        sent += len(text.encode())
-        plan.add(delta.fill(jstr(text), jstr(obfuscation(i))), (sent + 3) // 4)
+        size = len(text.encode())
+        for c in indices:
+            sent += size
+            plan.add(delta.fill(jstr(text), str(c).encode(), jstr(obfuscation(i))), (sent + 3) // 4)
         if i + 1 == half:
             plan.mark_break()
     emitted = (sent + 3) // 4
-    plan.add(_data(chunk(choice({}, _finish(reply)))), emitted)
+    for c in indices:
+        plan.add(_data(chunk(choice({}, _finish(reply), index=c))), emitted)
     if include_usage:
         plan.add(_data(chunk([], chat_usage(reply))), reply.usage.output)
     plan.add(_DONE, plan.emitted[-1])
