@@ -91,6 +91,14 @@ class ServerConfig(_Model):
     upstream_timeout_s: float = Field(600.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Limits on what a client can make the gateway hold (tokenfuse/gateway/server_limits.py).
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    keep_alive_timeout_s: float = Field(15.0, gt=0)
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_connections: int | None = Field(None, ge=1)  # None: half the open-file limit, at most 10,000
+    max_connections_per_client: int | None = Field(256, ge=1)  # None: no per-address cap
+    shutdown_timeout_s: float = Field(10.0, gt=0)
 
 
 class UpstreamConfig(_Model):
@@ -322,6 +330,9 @@ class SigV4Config(_Model):
 class LedgerConfig(_Model):
     batch_interval_ms: int = Field(200, gt=0)
     batch_size: int = Field(1000, gt=0)
+    # Admission journal folder (docs/ledger.md); default: beside an SQLite ledger,
+    # or $XDG_STATE_HOME/tokenfuse/journal/<store> for PostgreSQL.
+    journal_dir: str | None = None
 
 
 class Config(_Model):
@@ -329,6 +340,9 @@ class Config(_Model):
     store: str = "sqlite:///tokenfuse.db"
     counters: str = "memory"
     on_counter_failure: Literal["closed", "open"] = "closed"
+    # How many replicas share the Redis counters: with on_counter_failure: open, each
+    # may admit during an outage at most 1/counters_replicas of the last headroom it saw.
+    counters_replicas: int = Field(1, ge=1)
     reservation_ttl_s: int = Field(900, gt=0)
     # A request that would fit once in-flight reservations settle waits this long
     # for them instead of being refused; an exhausted budget still refuses at once.

@@ -81,7 +81,8 @@ def test_session_header_is_recorded(stack: Stack) -> None:
     )
     for _ in range(3):
         client.chat.completions.create(model="test-model", messages=[{"role": "user", "content": "step"}], max_tokens=3)
-    assert [r["session"] for r in stack.rows()] == ["run-42"] * 3
+    # Recorded scoped to the principal that owns it (docs/limits.md, sessions).
+    assert [r["session"] for r in stack.rows()] == ["alice/run-42"] * 3
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[Any], timeout: float = 20) -> None:

@@ -24,7 +24,7 @@ from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.config import Config, KeyConfig
 from tokenfuse.gateway import routes
 from tokenfuse.gateway.headers import forwardable
-from tokenfuse.gateway.identity import AuthError, KeyRing
+from tokenfuse.gateway.identity import AuthError, Identity, KeyRing
 from tokenfuse.gateway.upstream import (
     DROP_RESPONSE_HEADERS,
     NoUpstream,
@@ -33,6 +33,7 @@ from tokenfuse.gateway.upstream import (
     bedrock_path,
 )
 from tokenfuse.guards import Guards
+from tokenfuse.ledger.journal import AdmissionJournal, incomplete_row
 from tokenfuse.ledger.record import LedgerRow, format_cost
 from tokenfuse.ledger.writer import LedgerWriter
 from tokenfuse.limits.bounds import Bound, compute_bound
@@ -70,7 +71,7 @@ class _Request:
     """Everything known about one request, filled in as it goes; becomes its ledger row."""
 
     __slots__ = (
-        "admission", "body", "bound", "cost", "ctx", "forward_headers", "headers", "id", "info", "key", "outcome", "price",
+        "admission", "body", "bound", "cost", "ctx", "forward_headers", "headers", "ident", "id", "info", "key", "outcome", "price",
         "protocol", "raw_path", "reason", "route", "session", "started", "status", "upstream", "upstream_ms",
         "usage",
     )
@@ -83,7 +84,7 @@ class _Request:
         self.protocol = "openai"
         self.route: routes.Route | None = None
         self.key: KeyConfig | None = None
-        self.session: str | None = headers.get("x-tokenfuse-session") or None
+        self.session: str | None = None  # set once the caller is authenticated
         self.info: RequestInfo | None = None
         self.body = b""
         self.price: Price | None = None
@@ -91,6 +92,7 @@ class _Request:
         self.admission: Admission | None = None
         self.bound: Bound | None = None
         self.forward_headers: dict[str, str] = {}
+        self.ident: Identity | None = None
         self.upstream: Upstream | None = None
         self.upstream_ms = 0.0
         self.usage = Usage()
@@ -108,8 +110,12 @@ class Gateway:
         self.prices = prices or PriceBook.build(
             {m: p.model_dump(exclude_none=True) for m, p in config.prices.items()}, config.pricing.file
         )
+        # Admitted requests are journaled before they are forwarded, so a SIGKILL cannot
+        # make the ledger (and counters rebuilt from it) forget them; docs/ledger.md.
+        self.journal = AdmissionJournal.for_store(config.store, config.ledger.journal_dir)
         self.ledger = LedgerWriter(
-            config.store, batch_interval_ms=config.ledger.batch_interval_ms, batch_size=config.ledger.batch_size
+            config.store, batch_interval_ms=config.ledger.batch_interval_ms, batch_size=config.ledger.batch_size,
+            journal=self.journal,
         )
         self.limiter: Limiter | None = None
         self.kills: Any = None
@@ -230,6 +236,10 @@ class Gateway:
             await self._send_whole(send, req, status, hdrs, body)
             if req.admission is not None and self.limiter is not None:
                 await self.limiter.release(req.admission)
+            if req.ident is not None and req.cost == _ZERO:
+                # Nothing was billed: the SDK's retry, signed in the same second,
+                # must not be taken for a replay.
+                self.keys.forget(req.ident)
         except _StreamAborted:
             # Returning with the response unfinished makes the server drop the
             # connection, which is how a client learns the stream is incomplete.
@@ -281,13 +291,15 @@ class Gateway:
         body = await self._read_body(receive, req)
         req.body = body
         try:
-            req.key = self.keys.authenticate(
+            ident = self.keys.identify(
                 req.headers, "POST", lambda: self._public_url(scope, req.raw_path, req.headers), body
             )
         except AuthError as exc:
             raise _Refused("unauthorized", exc.message, "unauthorized") from None
-        if req.session is not None:
-            req.session = self._scoped_session(req.key, req.session)
+        req.ident, req.key = ident, ident.key
+        # A SigV4 caller's session header counts only if the signature covers it.
+        session = ident.session(req.headers)
+        req.session = self._scoped_session(req.key, session) if session is not None else None
         proto = PROTOCOLS[route.protocol]
         try:
             info: RequestInfo = proto.parse_request(route.route, body, route.model_from_path)
@@ -314,7 +326,9 @@ class Gateway:
             info, price, options, req.headers.get("anthropic-beta") if route.protocol == "anthropic" else None
         )
         key = req.key
-        ctx = RequestContext(key.name, key.principal, key.workflow, req.session, info.model, route.protocol)
+        ctx = RequestContext(
+            key.name, key.principal, key.workflow, req.session, self.prices.canonical(info.model), route.protocol
+        )
         req.ctx = ctx
         killed = self.kills.check(ctx) if self.kills is not None else None
         if killed is not None:
@@ -358,6 +372,13 @@ class Gateway:
                 assert ref is not None
                 raise _Refused(ref.kind, ref.message, "refused", f"{ref.kind} {ref.budget}")
             req.admission = admission
+            if self.journal is not None:
+                self.journal.admit(incomplete_row(
+                    ts=time.time(), request_id=req.id, key_name=key.name, principal=key.principal,
+                    workflow=key.workflow, session=req.session, protocol=route.protocol, route=route.route,
+                    model=info.model, upstream=upstream.name, bound_usd=bound.usd,
+                    bound_input=bound.tokens.get("input_uncached", 0), bound_output=bound.tokens.get("output", 0),
+                ))
         req.upstream = upstream
         await self._forward(req, upstream, body, send, receive)
 
