@@ -324,7 +324,9 @@ class SigV4Config(_Model):
     # How Bedrock callers' SigV4 signatures are verified (docs/gateway.md, Authentication).
     region: str | None = None  # scope region every SigV4 caller must sign for; unset: any, recorded
     allow_unsigned_payload: bool = False  # accept `UNSIGNED-PAYLOAD` (over TLS only)
-    replay_cache_size: int = Field(100_000, ge=0)  # signatures remembered for the 15-min window; 0: off
+    # Signatures remembered for the 15-min window to refuse exact replays; 0 (default): off,
+    # because boto3 does not sign its per-call invocation id: identical calls in one second share a signature.
+    replay_cache_size: int = Field(0, ge=0)
 
 
 class LedgerConfig(_Model):

@@ -167,7 +167,7 @@ def test_region_is_checked_where_configured() -> None:
 
 
 def test_exact_replay_is_refused_and_forget_lets_a_retry_in() -> None:
-    keys = ring()
+    keys = ring("sigv4: {replay_cache_size: 1000}")
     headers = signed()
     ident = keys.identify(headers, "POST", URL, BODY)
     with pytest.raises(AuthError, match="already received"):

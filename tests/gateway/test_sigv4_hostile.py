@@ -69,13 +69,20 @@ def outcomes(stack: Stack) -> list[str]:
     return [r["outcome"] for r in stack.rows()]
 
 
-def test_exact_replay_is_refused(stack: Stack) -> None:
+def test_exact_replay_is_refused_when_the_replay_cache_is_on(pinned: Stack) -> None:
+    body = converse_body()
+    headers = sign(pinned.url + CONVERSE, body)
+    assert post(pinned, headers, body).status_code == 200
+    assert_bedrock_refusal(post(pinned, headers, body), "already received")
+    assert len(pinned.served()) == 1
+    assert outcomes(pinned) == ["ok", "unauthorized"]
+
+
+def test_replay_cache_is_off_by_default(stack: Stack) -> None:
+    # boto3 signs identical calls made in the same second identically (its invocation id is unsigned).
     body = converse_body()
     headers = sign(stack.url + CONVERSE, body)
-    assert post(stack, headers, body).status_code == 200
-    assert_bedrock_refusal(post(stack, headers, body), "already received")
-    assert len(stack.served()) == 1
-    assert outcomes(stack) == ["ok", "unauthorized"]
+    assert [post(stack, headers, body).status_code for _ in range(2)] == [200, 200]
 
 
 def test_unsigned_payload_is_refused_and_cannot_carry_another_body(stack: Stack) -> None:
@@ -108,7 +115,7 @@ def test_wrong_service_is_refused(stack: Stack) -> None:
 
 @pytest.fixture
 def pinned(sim: SimulatorThread, tmp_path: Path) -> Iterator[Stack]:
-    config = make_config(sim.url, tmp_path / "ledger.db", extra="sigv4: {region: us-east-1}")
+    config = make_config(sim.url, tmp_path / "ledger.db", extra="sigv4: {region: us-east-1, replay_cache_size: 1000}")
     with GatewayThread(config) as gw:
         st = Stack(sim.url, gw, tmp_path / "ledger.db")
         st.reset_sim()
