@@ -71,9 +71,9 @@ class _Request:
     """Everything known about one request, filled in as it goes; becomes its ledger row."""
 
     __slots__ = (
-        "admission", "body", "bound", "cost", "ctx", "forward_headers", "headers", "ident", "id", "info", "key", "outcome", "price",
-        "protocol", "raw_path", "reason", "route", "session", "started", "status", "upstream", "upstream_ms",
-        "usage",
+        "admission", "body", "bound", "cost", "ctx", "forward_headers", "headers", "id", "ident", "info", "key",
+        "outcome", "price", "protocol", "raw_path", "reason", "route", "session", "started", "status", "upstream",
+        "upstream_ms", "usage",
     )
 
     def __init__(self, request_id: str, raw_path: str, headers: dict[str, str]) -> None:
@@ -704,7 +704,9 @@ class Gateway:
                 session=req.session,
                 protocol=req.protocol,
                 route=req.route.route if req.route else None,
-                model=info.model if info else None,
+                # The canonical id, so every spelling of a model groups together;
+                # refused oversized names are cut so request data cannot grow the ledger.
+                model=req.ctx.model if req.ctx is not None else (info.model[:MAX_MODEL_NAME] if info else None),
                 upstream=req.upstream.name if req.upstream else None,
                 status=req.status,
                 input_uncached=u.input_uncached,
@@ -717,7 +719,7 @@ class Gateway:
                 overhead_ms=max(latency - req.upstream_ms, 0.0),
                 estimated=u.estimated,
                 outcome=req.outcome,
-                reason=req.reason,
+                reason=req.reason[:1000] if req.reason else None,
             )
         )
 
