@@ -346,3 +346,13 @@ def test_sigkill_keeps_every_committed_batch_whole(sqlite_url: str, tmp_path: Pa
     conn = sqlite3.connect(tmp_path / "ledger.db")
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_start_fails_clearly_when_the_admission_journal_cannot_be_created(sqlite_url: str, tmp_path: Path) -> None:
+    from tokenfuse.ledger.journal import AdmissionJournal
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the journal folder should be")
+    w = LedgerWriter(sqlite_url, journal=AdmissionJournal(blocker / "journal", sqlite_url))
+    with pytest.raises(LedgerStoreError, match=r"admission journal.*ledger\.journal_dir"):
+        w.start()

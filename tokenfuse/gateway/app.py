@@ -376,7 +376,7 @@ class Gateway:
                 self.journal.admit(incomplete_row(
                     ts=time.time(), request_id=req.id, key_name=key.name, principal=key.principal,
                     workflow=key.workflow, session=req.session, protocol=route.protocol, route=route.route,
-                    model=info.model, upstream=upstream.name, bound_usd=bound.usd,
+                    model=ctx.model, upstream=upstream.name, bound_usd=bound.usd,
                     bound_input=bound.tokens.get("input_uncached", 0), bound_output=bound.tokens.get("output", 0),
                 ))
         req.upstream = upstream

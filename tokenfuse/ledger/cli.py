@@ -72,6 +72,8 @@ def render_table(totals: dict[str, Any]) -> str:
     out = [line(header), rule, *(line(r) for r in body), rule, line(total)]
     if totals.get("refused"):
         out.append(f"refused (not sent upstream): {totals['refused']:,}")
+    if totals.get("incomplete"):
+        out.append(f"incomplete (gateway stopped mid-request; charged at the bound): {totals['incomplete']:,}")
     return "\n".join(out)
 
 

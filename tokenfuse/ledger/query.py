@@ -3,7 +3,11 @@
 Counting rules (docs/ledger.md): ``requests`` counts rows the gateway admitted,
 i.e. every outcome except ``refused``, ``killed`` and ``unauthorized``; those
 are counted under ``refused``. Token and cost sums cover every row (a refused
-row carries zeros), so the per-model costs add up to the total.
+row carries zeros), so the per-model costs add up to the total. ``incomplete``
+rows (requests in flight when a gateway died, recovered from its admission
+journal and charged at their reserved bound) count as requests and are also
+counted apart under ``incomplete``, overall and per model (the key appears only
+when there are any).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from tokenfuse.ledger.journal import INCOMPLETE
 from tokenfuse.ledger.record import REFUSED_OUTCOMES, LedgerRow
 from tokenfuse.ledger.schema import COLUMN_NAMES, StoreURL, connect, placeholder
 
@@ -83,19 +88,22 @@ def usage_totals(
     models: dict[str, dict[str, Any]] = {}
     costs: dict[str, Decimal] = {}
     refused = 0
+    incomplete = 0
     conn = _open(url)
     if conn is not None:
         try:
             pg_cost = ", SUM(cost_usd)" if dialect == "postgresql" else ""
             cur = conn.execute(
                 f"SELECT model, SUM(CASE WHEN outcome IN ({_REFUSED_SQL}) THEN 1 ELSE 0 END), COUNT(*), "
-                "SUM(input_uncached), SUM(cache_read), SUM(cache_write + cache_write_1h), SUM(output)"
+                "SUM(input_uncached), SUM(cache_read), SUM(cache_write + cache_write_1h), SUM(output), "
+                f"SUM(CASE WHEN outcome = '{INCOMPLETE}' THEN 1 ELSE 0 END)"
                 f"{pg_cost} FROM requests{where} GROUP BY model",
                 params,
             )
-            for model, n_refused, n_all, inp, c_read, c_write, out, *cost in cur.fetchall():
+            for model, n_refused, n_all, inp, c_read, c_write, out, n_incomplete, *cost in cur.fetchall():
                 name = NO_MODEL if model is None else str(model)
                 refused += int(n_refused)
+                incomplete += int(n_incomplete)
                 models[name] = {
                     "requests": int(n_all) - int(n_refused),
                     "input_uncached": int(inp),
@@ -103,6 +111,8 @@ def usage_totals(
                     "cache_write": int(c_write),
                     "output": int(out),
                 }
+                if n_incomplete:
+                    models[name]["incomplete"] = int(n_incomplete)
                 costs[name] = Decimal(cost[0]) if cost else Decimal(0)
             if dialect == "sqlite":
                 # Cost is exact decimal text in SQLite; SUM() would go through a
@@ -119,12 +129,16 @@ def usage_totals(
     by_model = {}
     for name in sorted(models):
         by_model[name] = {**models[name], "cost_usd": format_usd(costs[name])}
-    return {
+    totals: dict[str, Any] = {
         "requests": sum(m["requests"] for m in models.values()),
         "refused": refused,
         "cost_usd": format_usd(sum(costs.values(), Decimal(0))),
         "by_model": by_model,
     }
+    if incomplete:
+        # Only present when there is something to flag, so the usual shape is unchanged.
+        totals["incomplete"] = incomplete
+    return totals
 
 
 def rows(

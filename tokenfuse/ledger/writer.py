@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from tokenfuse.ledger.journal import CLOCK_SLACK_S, INCOMPLETE, AdmissionJournal
 from tokenfuse.ledger.record import LedgerRow
 from tokenfuse.ledger.schema import COLUMN_NAMES, StoreURL, connect, placeholder, redact
 from tokenfuse.ledger.store import close_quietly
@@ -50,6 +51,7 @@ class LedgerWriter:
         pending_warn_rows: int = 1_000_000,
         pg_method: Literal["copy", "executemany"] = "copy",
         spill_dir: str | os.PathLike[str] | None = None,
+        journal: AdmissionJournal | None = None,
     ) -> None:
         if batch_interval_ms <= 0 or batch_size <= 0:
             raise ValueError("batch_interval_ms and batch_size must be positive")
@@ -63,6 +65,9 @@ class LedgerWriter:
         self._next_warn = pending_warn_rows
         self._pg_method = pg_method
         self._spill_dir = Path(spill_dir) if spill_dir is not None else None
+        # Told which requests' final rows are committed; opened and recovered in start().
+        self.journal = journal
+        self.recovered = 0
         self._insert_sql = f"INSERT INTO requests ({_COLUMNS}) VALUES ({', '.join([placeholder(self._store.dialect)] * len(COLUMN_NAMES))})"
 
         self._queue: deque[LedgerRow] = deque()
@@ -118,10 +123,36 @@ class LedgerWriter:
         if self._thread is not None:
             return
         self._conn = self._open()
+        if self.journal is not None:
+            try:
+                self._recover(self.journal)
+            except BaseException:
+                self.journal.close()
+                self._disconnect()
+                raise
         self._thread = threading.Thread(target=self._run, name="tokenfuse-ledger-writer", daemon=True)
         self._thread.start()
         # A safety net for a process that exits without calling close().
         atexit.register(self.close)
+
+    def _recover(self, journal: AdmissionJournal) -> None:
+        # Before the thread starts and before anyone rebuilds counters from the
+        # store: requests a dead process forwarded must be in the ledger first.
+        try:
+            journal.open()
+            self.recovered = journal.recover(self._conn, self._store.dialect)
+        except OSError as exc:
+            raise LedgerStoreError(
+                f"cannot use the admission journal in {journal.directory} ({exc.strerror or exc}); "
+                "make the folder writable or set ledger.journal_dir"
+            ) from None
+        except Exception as exc:
+            if isinstance(exc, LedgerStoreError):
+                raise
+            raise LedgerStoreError(
+                f"cannot record the requests left in flight by a dead gateway in {redact(self._url)}: "
+                f"{self._scrub(_first_line(exc))}"
+            ) from None
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Block until every row written before this call is committed; False on timeout."""
@@ -169,6 +200,8 @@ class LedgerWriter:
                 timeout,
                 self.pending,
             )
+        if self.journal is not None:
+            self.journal.close()
 
     @property
     def pending(self) -> int:
@@ -259,6 +292,8 @@ class LedgerWriter:
                 )
                 failures = 0
                 backoff = self._retry_initial
+            if self.journal is not None:
+                self.journal.done(r.request_id for r in self._inflight)
             with self._done:
                 self._written += len(self._inflight)
                 self._settled += len(self._inflight)
@@ -295,6 +330,9 @@ class LedgerWriter:
                 committed = 0
             else:
                 committed = 1
+            if self.journal is not None:
+                # A refused row is kept in its file, not left to be charged again at its bound.
+                self.journal.done([row.request_id])
             with self._done:
                 self._inflight.pop(0)
                 self._written += committed
@@ -303,13 +341,18 @@ class LedgerWriter:
                 self._settled += 1
                 self._done.notify_all()
 
-    def _commit(self, batch: list[LedgerRow]) -> None:
+    def _commit(self, batch: list[LedgerRow], supersede: bool = False) -> None:
+        """One transaction; with ``supersede``, first delete the ``incomplete`` rows
+        recovery wrote for these requests (their final rows, from a spill file, win)."""
         if self._conn is None:
             self._conn = self._open()
+        deletes = _supersede_sql(batch, placeholder(self._store.dialect)) if supersede else []
         if self._store.dialect == "sqlite":
             conn: sqlite3.Connection = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
+                for sql, params in deletes:
+                    conn.execute(sql, params)
                 conn.executemany(self._insert_sql, [r.as_tuple("sqlite") for r in batch])
                 conn.execute("COMMIT")
             except BaseException:
@@ -321,6 +364,8 @@ class LedgerWriter:
             return
         with self._conn.transaction():
             with self._conn.cursor() as cur:
+                for sql, params in deletes:
+                    cur.execute(sql, params)
                 if self._pg_method == "copy":
                     with cur.copy(f"COPY requests ({_COLUMNS}) FROM STDIN") as copy:
                         for r in batch:
@@ -400,6 +445,21 @@ class LedgerWriter:
         return path
 
 
+def _supersede_sql(batch: list[LedgerRow], p: str, chunk: int = 500) -> list[tuple[str, tuple[Any, ...]]]:
+    # An incomplete row is stamped at admission, before its final row: the ts
+    # bound keeps each DELETE on the ts index rather than the whole table.
+    out: list[tuple[str, tuple[Any, ...]]] = []
+    since = min(r.ts for r in batch) - CLOCK_SLACK_S if batch else 0.0
+    for i in range(0, len(batch), chunk):
+        ids = tuple(r.request_id for r in batch[i : i + chunk])
+        sql = (
+            f"DELETE FROM requests WHERE outcome = '{INCOMPLETE}' AND ts >= {p} "
+            f"AND request_id IN ({', '.join([p] * len(ids))})"
+        )
+        out.append((sql, (since, *ids)))
+    return out
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
@@ -436,7 +496,10 @@ def _row_json(row: LedgerRow) -> list[Any]:
 
 
 def load_spill(url: str, path: str | os.PathLike[str]) -> int:
-    """Commit the rows of a spill file to the store in one transaction; return how many."""
+    """Commit the rows of a spill file to the store in one transaction; return how many.
+
+    A gateway started since may have recorded these requests as ``incomplete``
+    from its admission journal; those provisional rows are replaced, not doubled."""
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -446,7 +509,7 @@ def load_spill(url: str, path: str | os.PathLike[str]) -> int:
     writer._conn = writer._open()
     try:
         if rows:
-            writer._commit(rows)
+            writer._commit(rows, supersede=True)
     finally:
         writer._disconnect()
     return len(rows)

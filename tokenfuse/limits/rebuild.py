@@ -49,10 +49,12 @@ class _NanoSum:
 
 def _billed(dialect: str) -> str:
     # A row was billed (and settled, not released) if it succeeded or used
-    # anything; refused and killed rows never reached the provider.
+    # anything; refused and killed rows never reached the provider. An
+    # 'incomplete' row (recovered from the admission journal) was forwarded and
+    # is charged at its bound, even a bound of zero: it still counts a request.
     cost = "CAST(cost_usd AS REAL) > 0" if dialect == "sqlite" else "cost_usd > 0"
     return (
-        "(outcome = 'ok' OR (outcome NOT IN ('refused', 'killed') AND "
+        "(outcome IN ('ok', 'incomplete') OR (outcome NOT IN ('refused', 'killed') AND "
         f"(input_uncached + cache_read + cache_write + cache_write_1h + output > 0 OR {cost})))"
     )
 
