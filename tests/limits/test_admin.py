@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.limits.conftest import wait_until
 from tokenfuse.config import BudgetConfig
 from tokenfuse.limits.admin import AdminApp
 from tokenfuse.limits.budgets import BudgetStatus
@@ -342,3 +343,104 @@ def test_with_the_real_limiter_runtime_budgets_enforce_and_show_reservations(tmp
             budgets.close()
 
     asyncio.run(main())
+
+
+# -- kill switches during a store outage -----------------------------------------
+
+
+async def test_kill_during_a_store_outage_applies_here_and_is_persisted_when_the_store_returns(pg_url: str) -> None:
+    from tests.limits.flaky_tcp import FlakyTCP
+
+    proxy = FlakyTCP("127.0.0.1", 5432)
+    url = proxy.url_for(pg_url)
+    kills, other_kills = KillSwitches(), KillSwitches()
+    watcher = ControlWatcher(url, kills, None, poll_ms=50)
+    other = ControlWatcher(pg_url, other_kills, None, poll_ms=50)  # another replica, store reachable
+    store, budgets = KillSwitchStore(url), RuntimeBudgetStore(url)
+    app = AdminApp(TOKEN, store, watcher, None, budgets)
+    bob = RequestContext("bob-batch", "bob", "batch", None, "gpt-4o", "openai")
+    try:
+        await watcher.start()
+        await other.start()
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), headers={"authorization": f"Bearer {TOKEN}"}
+        ) as client:
+            await client.post(BASE + "/kills", json={"scope": "principal", "value": "bob", "reason": "before"})
+            assert await wait_until(lambda: other_kills.check(bob) is not None)
+            proxy.down()
+
+            r = await client.post(BASE + "/kills", json={"scope": "workflow", "value": "droid", "reason": "loop"})
+            assert r.status_code == 202, r.text
+            payload = r.json()
+            assert payload["persisted"] is False
+            message = payload["message"]
+            assert message.startswith("applied on this gateway; not yet persisted: the store is unreachable (")
+            assert "other replicas will apply it when the store is reachable" in message
+            hit = kills.check(CTX)
+            assert hit is not None and hit.reason == "loop"  # at once, on this replica
+            assert other_kills.check(CTX) is None  # the other replica cannot know yet
+
+            r = await client.request("DELETE", BASE + "/kills", json={"scope": "principal", "value": "bob"})
+            assert r.status_code == 202 and r.json()["persisted"] is False
+            assert kills.check(bob) is None
+
+            # A poll that fails keeps the pending changes applied.
+            await asyncio.sleep(0.2)
+            assert kills.check(CTX) is not None and kills.check(bob) is None
+
+            listed = (await client.get(BASE + "/kills")).json()
+            assert "the store is unreachable" in listed["store_error"]
+            assert [(s["scope"], s["value"]) for s in listed["kill_switches"]] == [("workflow", "droid")]
+            assert {(c["action"], c["value"]) for c in listed["not_persisted"]} == {
+                ("kill", "droid"),
+                ("revive", "bob"),
+            }
+
+            r = await client.request("DELETE", BASE + "/kills", json={"scope": "session", "value": "never-killed"})
+            assert r.status_code == 503 and "nothing to lift" in r.json()["error"]["message"]
+
+            proxy.up()
+            assert await wait_until(lambda: not watcher.pending())
+            assert await wait_until(lambda: other_kills.check(CTX) is not None)  # propagated
+            assert await wait_until(lambda: other_kills.check(bob) is None)
+            assert kills.check(CTX) is not None and kills.check(bob) is None
+            listed = (await client.get(BASE + "/kills")).json()
+            assert "store_error" not in listed and listed["not_persisted"] == []
+    finally:
+        await watcher.stop()
+        await other.stop()
+        await app.close()
+        proxy.close()
+
+
+async def test_kill_without_a_watcher_and_no_store_is_503_saying_nothing_was_set() -> None:
+    url = "postgresql://postgres@127.0.0.1:1/test?connect_timeout=2"
+    app = AdminApp(TOKEN, KillSwitchStore(url), None, None, RuntimeBudgetStore(url))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), headers={"authorization": f"Bearer {TOKEN}"}
+    ) as client:
+        r = await client.post(BASE + "/kills", json={"scope": "all"})
+        assert r.status_code == 503
+        assert r.json()["error"]["message"].startswith("the kill switch was not set: the store is unreachable")
+    await app.close()
+
+
+async def test_a_model_kill_through_the_api_is_stored_in_canonical_form(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    kills = KillSwitches()
+    watcher = ControlWatcher(url, kills, None, poll_ms=600_000)
+    app = AdminApp(TOKEN, KillSwitchStore(url), watcher, None, RuntimeBudgetStore(url))
+    await watcher.start()
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), headers={"authorization": f"Bearer {TOKEN}"}
+        ) as client:
+            r = await client.post(BASE + "/kills", json={"scope": "model", "value": "US.Anthropic.Claude-Opus-4-6-v1"})
+            assert r.status_code == 201 and r.json()["kill_switch"]["value"] == "claude-opus-4-6"
+            opus = RequestContext("k", "p", "w", None, "CLAUDE-OPUS-4-6", "anthropic")
+            assert kills.check(opus) is not None
+            r = await client.request("DELETE", BASE + "/kills", json={"scope": "model", "value": "claude-opus-4-6 "})
+            assert r.status_code == 200 and kills.check(opus) is None
+    finally:
+        await watcher.stop()
+        await app.close()

@@ -92,8 +92,51 @@ def test_model_globs_and_exact_fields() -> None:
     assert b.matches(ctx(model="us.anthropic.claude-opus-4-1-v1:0"))
     assert b.matches(ctx(model="claude-opus-4-1"))
     assert not b.matches(ctx(model="claude-sonnet-4"))
-    assert not b.matches(ctx(model="CLAUDE-OPUS"))  # globs are case-sensitive
+    assert b.matches(ctx(model="CLAUDE-OPUS"))  # compared as canonical (lower-case) ids
     assert not b.matches(ctx(model="claude-opus-4-1", workflow="batch"))
+
+
+OPUS_SPELLINGS = [
+    "claude-opus-4-6",
+    "CLAUDE-OPUS-4-6",
+    "claude-opus-4-6 ",
+    "claude-opus-4-6@20260101",
+    "us.anthropic.claude-opus-4-6-v1",
+    "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-opus-4-6-v1",
+    "arn%3Aaws%3Abedrock%3Aus-east-1%3A%3Afoundation-model%2Fanthropic.claude-opus-4-6-v1",
+]
+
+
+@pytest.mark.parametrize(
+    "configured", ["claude-opus-4-6", "Claude-Opus-4-6", "us.anthropic.claude-opus-4-6-v1:0"]
+)
+def test_a_per_model_budget_counts_every_spelling_of_the_model(configured: str) -> None:
+    b = budget(match={"model": configured})
+    for sent in OPUS_SPELLINGS:
+        assert b.matches(ctx(model=sent)), sent
+        assert b.matches_row({"model": sent}), sent
+    assert not b.matches(ctx(model="claude-opus-4-5"))
+    assert not b.matches_row({"model": "claude-opus-4-5"})
+
+
+def test_a_budget_on_an_alias_counts_the_aliased_model() -> None:
+    b = budget(match={"model": "claude-3-5-sonnet-latest"})
+    assert b.matches(ctx(model="claude-3-5-sonnet-20241022"))
+    assert b.matches(ctx(model="anthropic.claude-3-5-sonnet-20240620-v1:0"))
+
+
+def test_unpriced_model_budgets_match_normalised_spellings() -> None:
+    b = budget(match={"model": "test-model"})
+    for sent in ("test-model", "TEST-MODEL", " test-model ", "test-model-2024-01-01"):
+        assert b.matches(ctx(model=sent)), sent
+    assert not b.matches(ctx(model="test-model-2"))
+
+
+def test_index_does_not_cache_oversized_model_names() -> None:
+    index = BudgetIndex([budget(match={"model": "*"})])
+    for i in range(50):
+        assert index.match(ctx(model=f"{i}" + "x" * 100_000))
+    assert len(index._cache) == 0
 
 
 def test_key_and_session_match() -> None:

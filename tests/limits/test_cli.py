@@ -19,6 +19,8 @@ def config(tmp_path: Path) -> Path:
     cfg.write_text(
         f"store: sqlite:///{tmp_path / 'store.db'}\n"
         "kill_poll_ms: 100\n"
+        f"keys:\n  - {{name: alice-droid, key_sha256: '{'a' * 64}', principal: alice, workflow: droid}}\n"
+        f"  - {{name: x1, key_sha256: '{'b' * 64}', principal: x1, workflow: batch}}\n"
         "budgets:\n  - {name: alice-monthly, match: {principal: alice}, window: month, limit: {usd: 200}}\n"
     )
     return cfg
@@ -181,3 +183,119 @@ def test_budget_add_refuses_a_config_budget_name(config: Path, capsys: pytest.Ca
 def test_budget_without_action(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert budgetcli.main([]) == 2
     assert "add, list or remove" in one_line(capsys.readouterr().err)
+
+
+# -- naming a target that does not exist ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "close"),
+    [("--key", "nosuchkey", None), ("--workflow", "bacth", "batch"), ("--principal", "alcie", "alice")],
+)
+def test_killing_an_unknown_target_is_refused_with_the_close_matches(
+    config: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, close: str | None
+) -> None:
+    assert killcli.main(["kill", "--config", str(config), flag, value]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"no {flag[2:]} named {value!r}" in line and "nothing was killed" in line and "--force" in line
+    if close:
+        assert f"did you mean {close}" in line
+    assert switches(config) == []
+    assert killcli.main(["kill", "--config", str(config), flag, value, "--force"]) == 0
+    assert switches(config) == [(flag[2:], value, None)]
+
+
+def test_targets_named_only_by_budgets_or_keys_with_unset_secrets_are_known(tmp_path: Path) -> None:
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(
+        f"store: sqlite:///{tmp_path / 's.db'}\n"
+        "keys:\n  - {name: ci-bot, key: '${TF_TEST_SECRET_NOT_SET_ANYWHERE}', principal: ci, workflow: nightly}\n"
+        "budgets:\n  - {name: b, match: {workflow: reports}, limit: {usd: 1}}\n"
+    )
+    for flag, value in (
+        ("--key", "ci-bot"),
+        ("--principal", "ci"),
+        ("--workflow", "nightly"),
+        ("--workflow", "reports"),
+    ):
+        assert killcli.main(["kill", "--config", str(cfg), flag, value]) == 0, (flag, value)
+
+
+# -- the store is down ----------------------------------------------------------
+
+
+def outage_config(tmp_path: Path, store: str, gateway_port: int, token: str | None = "admin-secret") -> Path:
+    cfg = tmp_path / "outage.yaml"
+    server = f"server: {{host: 127.0.0.1, port: {gateway_port}" + (
+        f", admin_token: {token}}}" if token else "}"
+    )
+    cfg.write_text(f"{server}\nstore: {store}\nkill_poll_ms: 100\n")
+    return cfg
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_store_and_gateway_both_unreachable_fails_loudly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = outage_config(tmp_path, "postgresql://tf:hunter2@127.0.0.1:1/db?connect_timeout=2", free_port())
+    assert killcli.main(["kill", "--config", str(cfg), "--all", "--reason", "incident"]) == 1
+    line = one_line(capsys.readouterr().err)
+    assert "cannot use the store postgresql://tf@127.0.0.1:1/db" in line
+    assert "no gateway answered at http://127.0.0.1:" in line and "NOT set anywhere" in line
+    assert "hunter2" not in line and "admin-secret" not in line
+
+
+def test_store_down_kill_is_applied_by_the_gateway_and_persisted_when_the_store_returns(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from tests.gateway.conftest import make_config
+    from tests.limits.flaky_tcp import FlakyTCP
+    from tokenfuse.gateway.runner import GatewayThread
+    from tokenfuse.limits.context import RequestContext
+
+    proxy = FlakyTCP("127.0.0.1", 5432)
+    store = proxy.url_for(pg_url)
+    gw_config = make_config("http://127.0.0.1:9", tmp_path / "unused.db").model_copy(update={"store": store})
+    try:
+        with GatewayThread(gw_config) as gw:
+            port = int(gw.url.rsplit(":", 1)[1])
+            cfg = outage_config(tmp_path, store, port)
+            proxy.down()
+            assert (
+                killcli.main(
+                    ["kill", "--config", str(cfg), "--principal", "alice", "--force", "--reason", "r"]
+                )
+                == 0
+            )
+            captured = capsys.readouterr()
+            assert "cannot use the store" in captured.err
+            out = captured.out.strip()
+            assert out.startswith("killed principal=alice on the gateway at http://127.0.0.1:")
+            assert "applied on this gateway; not yet persisted: the store is unreachable" in out
+            assert "other replicas will apply it when the store is reachable" in out
+            alice = RequestContext("alice-droid", "alice", "droid", None, "test-model", "openai")
+            assert gw.gateway.kills.check(alice) is not None  # applied at once, on this replica
+
+            # Listing during the outage shows what the gateway applies.
+            assert killcli.main(["kill", "--config", str(cfg), "--list"]) == 0
+            assert "principal=alice" in capsys.readouterr().out
+
+            proxy.up()
+            deadline = time.monotonic() + 10
+            while [(s.scope, s.value) for s in KillSwitchStore(pg_url).list()] != [("principal", "alice")]:
+                assert time.monotonic() < deadline, "the pending kill was never persisted"
+                time.sleep(0.05)
+            assert gw.gateway.watcher.pending() == []
+            assert gw.gateway.kills.check(alice) is not None
+    finally:
+        proxy.close()

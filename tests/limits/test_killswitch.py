@@ -72,10 +72,87 @@ def test_replace_revives_and_clears_the_glob_cache() -> None:
     assert len(kills) == 0
 
 
-def test_glob_is_case_sensitive_like_budget_matching() -> None:
+def test_model_globs_match_canonical_ids_so_case_does_not_matter() -> None:
+    # Identities are lower-case, so a glob is too: `*Opus*` must not miss `claude-opus-4-1`.
     kills = KillSwitches()
-    kills.replace([switch("model", "*Opus*")])
-    assert kills.check(ctx()) is None
+    s = switch("model", "*Opus*")
+    kills.replace([s])
+    assert kills.check(ctx()) == s
+    assert kills.check(ctx(model="CLAUDE-OPUS-4-1")) == s
+
+
+SPELLINGS_OF_OPUS_4_6 = [
+    "claude-opus-4-6",
+    "CLAUDE-OPUS-4-6",
+    "claude-opus-4-6 ",
+    " Claude-Opus-4-6\t",
+    "claude-opus-4-6@20260101",
+    "claude%2Dopus-4-6",
+    "anthropic.claude-opus-4-6-v1",
+    "us.anthropic.claude-opus-4-6-v1",
+    "global.anthropic.claude-opus-4-6-v1:0",
+    "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-opus-4-6-v1",
+    "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-opus-4-6-v1",
+    "ARN:AWS:BEDROCK:US-EAST-1::FOUNDATION-MODEL/ANTHROPIC.CLAUDE-OPUS-4-6-V1",
+    "arn%3Aaws%3Abedrock%3Aus-east-1%3A%3Afoundation-model%2Fanthropic.claude-opus-4-6-v1",
+]
+
+
+@pytest.mark.parametrize(
+    "configured", ["claude-opus-4-6", "CLAUDE-OPUS-4-6", "us.anthropic.claude-opus-4-6-v1"]
+)
+@pytest.mark.parametrize("sent", SPELLINGS_OF_OPUS_4_6)
+def test_a_model_switch_stops_every_spelling_of_the_model(configured: str, sent: str) -> None:
+    kills = KillSwitches()
+    s = switch("model", configured, "runaway")
+    kills.replace([s])
+    assert kills.check(ctx(model=sent)) == s
+    assert kills.check(ctx(model="claude-opus-4-5")) is None
+    assert kills.check(ctx(model="claude-opus-4-6-fast")) is None  # a different model, not a spelling
+
+
+@pytest.mark.parametrize(
+    "glob", ["claude-opus-4-6*", "*OPUS-4-6", "anthropic.claude-opus-*", "us.anthropic.*"]
+)
+def test_a_model_glob_is_matched_against_the_canonical_id(glob: str) -> None:
+    kills = KillSwitches()
+    s = switch("model", glob)
+    kills.replace([s])
+    for sent in SPELLINGS_OF_OPUS_4_6:
+        assert kills.check(ctx(model=sent)) == s, sent
+    assert kills.check(ctx(model="gpt-4o")) is None
+
+
+def test_unpriced_names_are_matched_in_normalised_form() -> None:
+    kills = KillSwitches()
+    s = switch("model", "test-model")
+    kills.replace([s])
+    for sent in (
+        "TEST-MODEL",
+        " test-model ",
+        "test-model-2024-01-01",
+        "test-model@20240101",
+        "test%2Dmodel",
+    ):
+        assert kills.check(ctx(model=sent)) == s, sent
+    assert kills.check(ctx(model="test-model-2")) is None
+
+
+def test_normalise_stores_model_switches_in_canonical_form() -> None:
+    assert normalise("model", " US.Anthropic.Claude-Opus-4-6-v1 ") == ("model", "claude-opus-4-6")
+    assert normalise("model", "claude-3-5-sonnet-latest") == ("model", "claude-3-5-sonnet")
+    assert normalise("model", "*Opus*") == ("model", "*opus*")
+    # Other scopes are names the operator chose: kept as written.
+    assert normalise("workflow", " Droid ") == ("workflow", "Droid")
+
+
+def test_an_oversized_model_name_is_matched_by_a_catch_all_glob_without_being_held() -> None:
+    kills = KillSwitches()
+    s = switch("model", "*")
+    kills.replace([s])
+    huge = "x" * 1_000_000
+    assert kills.check(ctx(model=huge)) == s
+    assert all(len(k) < 300 for k in kills._glob_cache)
 
 
 @pytest.mark.parametrize(

@@ -292,3 +292,29 @@ def test_sonnet_4_and_4_5_carry_the_long_context_tier(book: PriceBook) -> None:
     regional = book.require("eu.anthropic.claude-sonnet-4-5-20250929-v1:0")
     assert regional.long_context is not None and regional.long_context.input == D("6.6")
     assert book.require("claude-sonnet-4-6").long_context is None
+
+
+# -- bounded caches and name length --------------------------------------------
+
+
+def test_a_model_name_longer_than_the_maximum_is_unpriced_and_not_cached() -> None:
+    from tokenfuse.pricing import MAX_MODEL_NAME
+
+    book = PriceBook.build(overrides={"test-model": TEST_MODEL})
+    padded = " " * 1_000_000 + "test-model"  # what reached 373 MB RSS in issue 9
+    assert book.lookup(padded) is None
+    assert book.resolve(padded) is None
+    assert len(book._cache) == 0
+    at_limit = " " * (MAX_MODEL_NAME - len("test-model")) + "test-model"
+    assert book.lookup(at_limit) is not None
+    assert book.lookup(at_limit + " ") is None
+
+
+def test_the_price_cache_is_bounded_for_names_that_resolve() -> None:
+    from tokenfuse.pricing.catalog import CACHE_SIZE
+
+    book = PriceBook.build(overrides={"test-model": TEST_MODEL})
+    for i in range(CACHE_SIZE + 1000):
+        assert book.lookup(" " * (i % 200) + "test-model" + " " * (i // 200)) is not None
+    assert len(book._cache) == CACHE_SIZE
+    assert book.lookup("test-model") is not None  # evicted entries are simply recomputed

@@ -39,7 +39,7 @@ from tokenfuse.ledger.writer import LedgerWriter
 from tokenfuse.limits.bounds import Bound, compute_bound
 from tokenfuse.limits.context import RequestContext
 from tokenfuse.limits.limiter import Admission, Limiter
-from tokenfuse.pricing import Price, PriceBook
+from tokenfuse.pricing import MAX_MODEL_NAME, Price, PriceBook
 from tokenfuse.protocols import anthropic as p_anthropic
 from tokenfuse.protocols import bedrock as p_bedrock
 from tokenfuse.protocols import openai as p_openai
@@ -53,8 +53,6 @@ PROTOCOLS: dict[str, ModuleType] = {"openai": p_openai, "anthropic": p_anthropic
 ADMIN_PREFIX = "/_tokenfuse/admin"
 ZERO_COST_ROUTES = frozenset({"count_tokens"})
 _ZERO = Decimal(0)
-# Longer names are never real model ids; refusing them keeps caches and ledger rows small.
-MAX_MODEL_NAME = 256
 MAX_SESSION_ID = 128
 _UNPRICED = Price("(unpriced)", _ZERO, _ZERO, None, None, None)
 

@@ -16,6 +16,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tokenfuse.config import Config, UpstreamConfig
+from tokenfuse.pricing import MAX_MODEL_NAME, canonical_model, canonical_pattern
 
 # Headers a client sends that are about its own connection or its own
 # credentials; everything else that a provider understands is passed on.
@@ -87,24 +88,34 @@ class Upstream:
 
 class Router:
     def __init__(self, config: Config) -> None:
-        self._by_protocol: dict[str, list[Upstream]] = {}
+        # Per protocol, in config order: each upstream with its globs, each as
+        # written (lower-cased) and as matched against canonical ids.
+        self._by_protocol: dict[str, list[tuple[Upstream, tuple[str, ...]]]] = {}
         for u in config.upstreams:
-            self._by_protocol.setdefault(u.protocol, []).append(Upstream(u))
+            globs = {g for raw in u.models or () for g in (raw.strip().lower(), canonical_pattern(raw))}
+            self._by_protocol.setdefault(u.protocol, []).append((Upstream(u), tuple(sorted(globs))))
         self._cache: dict[tuple[str, str], Upstream | None] = {}
 
     def pick(self, protocol: str, model: str) -> Upstream | None:
+        """The first upstream of the protocol whose `models` globs match the model.
+
+        A glob matches when it matches the model's canonical id (so every
+        spelling of one model routes alike) or the name as sent, lower-cased
+        and trimmed (so a glob over Bedrock ids such as ``us.anthropic.*``
+        still routes what it names).
+        """
         key = (protocol, model)
         try:
             return self._cache[key]
         except KeyError:
             pass
+        names = {canonical_model(model), model.strip().lower()}
         chosen: Upstream | None = None
-        for up in self._by_protocol.get(protocol, ()):
-            globs = up.config.models
-            if not globs or any(fnmatch.fnmatchcase(model, g) for g in globs):
+        for up, globs in self._by_protocol.get(protocol, ()):
+            if not globs or any(fnmatch.fnmatchcase(n, g) for g in globs for n in names):
                 chosen = up
                 break
-        if len(self._cache) < 10_000:
+        if len(self._cache) < 10_000 and len(model) <= MAX_MODEL_NAME:
             self._cache[key] = chosen
         return chosen
 

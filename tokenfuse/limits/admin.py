@@ -30,7 +30,13 @@ log = logging.getLogger("tokenfuse.admin")
 PREFIX = "/_tokenfuse/admin"
 _KEY = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_BODY = 1024 * 1024
-
+# How long a kill or revive waits for the store before it is applied here only:
+# an operator stopping a runaway must get an answer even from a hung store.
+STORE_WRITE_TIMEOUT_S = 5.0
+NOT_PERSISTED = (
+    "applied on this gateway; not yet persisted: {error}; other replicas will apply it when the store is "
+    "reachable (this gateway persists it then; a restart before that loses it)"
+)
 
 
 class LimiterView(Protocol):
@@ -148,8 +154,7 @@ class AdminApp:
             return 200, await self.status()
         if path == "/kills":
             if method == "GET":
-                switches = await asyncio.to_thread(self.kills_store.list)
-                return 200, {"kill_switches": [s.as_json() for s in switches]}
+                return 200, await self._list_kills()
             if method == "POST":
                 return await self._kill(await _json_body(receive))
             if method == "DELETE":
@@ -182,10 +187,10 @@ class AdminApp:
             except Exception as exc:
                 # The counter store (Redis) is down: say so rather than show zeros.
                 raise HTTPError(503, f"budget counters are unavailable: {exc}") from None
-        switches = await asyncio.to_thread(self.kills_store.list)
+        kills = await self._list_kills()
         return {
             "budgets": to_json(budgets),
-            "kill_switches": [s.as_json() for s in switches],
+            **kills,
             "sessions": to_json(sessions),
             "guards": self.guard_findings() if self.guard_findings is not None else [],
         }
@@ -200,24 +205,84 @@ class AdminApp:
                 # The write landed; the regular poll applies it once the store reads again.
                 log.warning("applied to the store but not yet to this replica: %s", exc)
 
+    async def _list_kills(self) -> dict[str, Any]:
+        pending = self.watcher.pending() if self.watcher is not None else []
+        not_persisted = [
+            {"scope": c.scope, "value": c.value, "action": "kill" if c.switch else "revive", "error": c.error}
+            for c in pending
+        ]
+        try:
+            switches = await asyncio.wait_for(asyncio.to_thread(self.kills_store.list), STORE_WRITE_TIMEOUT_S)
+        except Exception as exc:
+            if self.watcher is None:
+                raise HTTPError(
+                    503, f"the store is unreachable ({_first_line(exc)}); try again when it is"
+                ) from None
+            # What this replica enforces is still worth showing during an outage.
+            return {
+                "kill_switches": [s.as_json() for s in self.watcher.kills.active()],
+                "not_persisted": not_persisted,
+                "store_error": f"the store is unreachable ({_first_line(exc)}); showing what this gateway applies",
+            }
+        if pending:
+            # Overlay what this replica applies but the store has not taken yet.
+            merged = {(s.scope, s.value): s for s in switches}
+            for c in pending:
+                if c.switch is None:
+                    merged.pop((c.scope, c.value), None)
+                else:
+                    merged[(c.scope, c.value)] = c.switch
+            switches = list(merged.values())
+        return {"kill_switches": [s.as_json() for s in switches], "not_persisted": not_persisted}
+
     async def _kill(self, body: dict[str, Any]) -> tuple[int, Any]:
         scope, value = _scope_value(body)
         reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise HTTPError(400, "reason must be a string")
-        switch = await asyncio.to_thread(self.kills_store.set, scope, value, reason)
+        try:
+            switch = await asyncio.wait_for(
+                asyncio.to_thread(self.kills_store.set, scope, value, reason), STORE_WRITE_TIMEOUT_S
+            )
+        except Exception as exc:
+            error = _store_error(exc)
+            if self.watcher is None:
+                raise HTTPError(
+                    503, f"the kill switch was not set: {error}; fix the store or use a running gateway"
+                ) from None
+            switch = self.watcher.hold(scope, value, reason, error)
+            message = NOT_PERSISTED.format(error=error)
+            return 202, {"kill_switch": switch.as_json(), "persisted": False, "message": message}
         await self._refresh()
         log.warning("kill switch set through the admin API: %s", switch.describe())
-        return 201, {"kill_switch": switch.as_json()}
+        poll = f"{self.watcher.poll_s * 1000:g} ms" if self.watcher is not None else "one kill_poll_ms"
+        return 201, {
+            "kill_switch": switch.as_json(),
+            "persisted": True,
+            "message": f"applied on this gateway and persisted; other replicas apply it within {poll}",
+        }
 
     async def _revive(self, body: dict[str, Any]) -> tuple[int, Any]:
         scope, value = _scope_value(body)
-        removed = await asyncio.to_thread(self.kills_store.clear, scope, value)
+        try:
+            removed = await asyncio.wait_for(
+                asyncio.to_thread(self.kills_store.clear, scope, value), STORE_WRITE_TIMEOUT_S
+            )
+        except Exception as exc:
+            error = _store_error(exc)
+            if self.watcher is None or not self.watcher.hold_revive(scope, value, error):
+                raise HTTPError(
+                    503,
+                    f"the kill switch for {scope}={value} was not lifted: {error}; "
+                    "this gateway does not apply it either, so there is nothing to lift here",
+                ) from None
+            message = NOT_PERSISTED.format(error=error)
+            return 202, {"revived": {"scope": scope, "value": value}, "persisted": False, "message": message}
         await self._refresh()
         if not removed:
             raise HTTPError(404, f"no kill switch for {scope}={value}; GET {PREFIX}/kills lists them")
         log.warning("kill switch lifted through the admin API: %s=%s", scope, value)
-        return 200, {"revived": {"scope": scope, "value": value}}
+        return 200, {"revived": {"scope": scope, "value": value}, "persisted": True}
 
     async def _add_budget(self, body: dict[str, Any]) -> tuple[int, Any]:
         try:
@@ -249,6 +314,17 @@ class AdminApp:
             )
         await self._refresh()
         return 200, {"removed": name}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _store_error(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"the store did not answer within {STORE_WRITE_TIMEOUT_S:g} s"
+    return f"the store is unreachable ({type(exc).__name__}: {_first_line(exc)})"
 
 
 def _scope_value(body: dict[str, Any]) -> tuple[str, str]:

@@ -5,6 +5,11 @@ week on Monday 00:00, a month on the 1st at 00:00. ``total`` never resets. A
 rolling window is kept as buckets of 1/60 of its length; the counter covers
 the last 61 buckets, so it may count up to one bucket's worth of older spend
 (it errs towards refusing, never towards overspending).
+
+``match.model`` is compared in canonical form (`tokenfuse.pricing.identity`):
+the configured name or glob is canonicalised once when the budget is
+compiled, the request's or ledger row's model on every match, so every
+spelling of a model counts against the same per-model budget.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from fnmatch import fnmatchcase
 from tokenfuse.config import BudgetConfig
 from tokenfuse.limits.context import RequestContext
 from tokenfuse.limits.counters import DIMS, NDIMS, TOKEN_DIMS, UNLIMITED, Entry, Vec, from_nano, to_nano
+from tokenfuse.pricing import MAX_MODEL_NAME, canonical_model, canonical_pattern
 
 FIXED_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
 ROLLING_BUCKETS = 60
@@ -107,7 +113,9 @@ class Budget:
         self.rolling: int | None = config.rolling_seconds
         m = config.match
         self.match: tuple[tuple[str, str], ...] = tuple(
-            (f, v) for f in _MATCH_FIELDS if (v := getattr(m, f)) is not None
+            (f, canonical_pattern(v) if f == "model" else v)
+            for f in _MATCH_FIELDS
+            if (v := getattr(m, f)) is not None
         )
         self._end = -math.inf
         self._start: float | None = None
@@ -129,7 +137,7 @@ class Budget:
             if got is None:
                 return False
             if f == "model":
-                if not fnmatchcase(got, want):
+                if not fnmatchcase(canonical_model(got), want):
                     return False
             elif got != want:
                 return False
@@ -138,7 +146,7 @@ class Budget:
     def matches_row(self, row: dict[str, str | None]) -> bool:
         for f, want in self.match:
             got = row.get(f)
-            if got is None or not (fnmatchcase(got, want) if f == "model" else got == want):
+            if got is None or not (fnmatchcase(canonical_model(got), want) if f == "model" else got == want):
                 return False
         return True
 
@@ -212,10 +220,11 @@ class BudgetIndex:
         k = (ctx.key_name, ctx.principal, ctx.workflow, ctx.model, ctx.protocol)
         hit = self._cache.get(k)
         if hit is None:
-            if len(self._cache) >= self._CACHE_MAX:
-                self._cache.clear()
             hit = [b for b in self._plain if b.matches(ctx)]
-            self._cache[k] = hit
+            if len(ctx.model) <= MAX_MODEL_NAME:  # never hold a client's oversized string
+                if len(self._cache) >= self._CACHE_MAX:
+                    self._cache.clear()
+                self._cache[k] = hit
         if self._by_session and ctx.session is not None:
             return hit + [b for b in self._by_session if b.matches(ctx)]
         return hit

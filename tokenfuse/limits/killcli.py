@@ -2,16 +2,39 @@
 
 The store is the source of truth, so this works whether or not a gateway is
 running; running gateways pick the change up within ``kill_poll_ms``.
+
+When the store cannot be used (the outage an operator is reacting to), the
+command asks a running gateway's admin API instead (``--gateway URL``, else
+the config's ``server`` address, with ``server.admin_token``): that gateway
+applies the switch at once and persists it when the store is back. The exit
+status is 0 only when the switch is applied somewhere.
+
+A kill of a key, principal or workflow the config does not name is refused
+(exit 2, with the close matches) unless ``--force``: a typo must not leave a
+runaway running while the operator believes it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
+import ssl
 import sys
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from tokenfuse.config import ConfigError, load_config
+import yaml
+
+from tokenfuse.config import Config, ConfigError, load_config
 from tokenfuse.limits.killswitch import KillSwitch, KillSwitchStore
+
+ADMIN_KILLS = "/_tokenfuse/admin/kills"
+GATEWAY_TIMEOUT_S = 10.0
+_VALIDATED = ("key", "principal", "workflow")
 
 _SCOPE_FLAGS = ("workflow", "key", "principal", "session", "model")
 
@@ -33,6 +56,17 @@ def _parser(command: str) -> argparse.ArgumentParser:
     target.add_argument("--list", action="store_true", help="list active kill switches")
     if command == "kill":
         p.add_argument("--reason", help="shown to refused callers and in `tokenfuse status`")
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="kill a key/principal/workflow the config does not name (e.g. one about to be added)",
+        )
+    p.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="gateway to ask when the store is unreachable (default: the config's server address); "
+        "it needs server.admin_token",
+    )
     return p
 
 
@@ -61,47 +95,186 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         config = load_config(args.config, secrets=False)
-        store = KillSwitchStore(config.store)
-        try:
-            if args.list:
-                switches = store.list()
-                if not switches:
-                    print("no active kill switches")
-                for s in switches:
-                    print(_line(s))
-                return 0
-            assert scope is not None
-            if command == "kill":
-                switch = store.set(scope, value, args.reason)
-                print(
-                    f"killed {switch.describe()}; running gateways refuse it within "
-                    f"{config.kill_poll_ms} ms (store: {store_name(config.store)})"
-                )
-                return 0
-            if store.clear(scope, value):
-                target = "all traffic" if scope == "all" else f"{scope}={value}"
-                print(f"revived {target}; running gateways admit it again within {config.kill_poll_ms} ms")
-                return 0
-            print(
-                f"tokenfuse revive: no kill switch for {scope}={value}; `tokenfuse kill --config {args.config} --list` "
-                "shows the active ones",
-                file=sys.stderr,
-            )
-            return 1
-        finally:
-            store.close()
     except ConfigError as exc:
         print(f"tokenfuse {command}: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        print(f"tokenfuse {command}: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # the store is unreachable or unwritable
+    if command == "kill" and scope in _VALIDATED and not args.force:
+        assert value is not None
+        unknown = unknown_target(config, args.config, scope, value)
+        if unknown is not None:
+            print(f"tokenfuse kill: {unknown}", file=sys.stderr)
+            return 2
+    store = KillSwitchStore(config.store)
+    try:
+        if args.list:
+            switches = store.list()
+            if not switches:
+                print("no active kill switches")
+            for s in switches:
+                print(_line(s))
+            return 0
+        assert scope is not None
+        if command == "kill":
+            switch = store.set(scope, value, args.reason)
+            print(
+                f"killed {switch.describe()}; running gateways refuse it within "
+                f"{config.kill_poll_ms} ms (store: {store_name(config.store)})"
+            )
+            return 0
+        if store.clear(scope, value):
+            target = "all traffic" if scope == "all" else f"{scope}={value}"
+            print(f"revived {target}; running gateways admit it again within {config.kill_poll_ms} ms")
+            return 0
         print(
-            f"tokenfuse {command}: cannot use the store {store_name(config.store)}: {first_line(exc)}",
+            f"tokenfuse revive: no kill switch for {scope}={value}; `tokenfuse kill --config {args.config} --list` "
+            "shows the active ones",
             file=sys.stderr,
         )
         return 1
+    except ValueError as exc:
+        print(f"tokenfuse {command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the store is unreachable or unwritable: ask a gateway
+        store_error = f"cannot use the store {store_name(config.store)}: {first_line(exc)}"
+        return _through_gateway(command, args, config, scope, value, store_error)
+    finally:
+        store.close()
+
+
+def unknown_target(config: Config, path: str, scope: str, value: str) -> str | None:
+    """Why a key/principal/workflow kill names nothing the config knows, or None when it does."""
+    known = known_targets(config, path)[scope]
+    if value in known:
+        return None
+    close = difflib.get_close_matches(value, sorted(known), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    listed = ", ".join(sorted(known)[:10]) or "none"
+    return (
+        f"no {scope} named {value!r} in {path} ({scope}s: {listed}); {hint}nothing was killed. "
+        f"Check the name, or pass --force to kill a {scope} the config does not name yet"
+    )
+
+
+def known_targets(config: Config, path: str) -> dict[str, set[str]]:
+    known: dict[str, set[str]] = {"key": set(), "principal": set(), "workflow": set()}
+    entries: list[dict[str, Any]] = [k.model_dump() for k in config.keys]
+    try:
+        # Keys whose ${SECRET} is unset in this shell were dropped from `config`;
+        # their names still count.
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        raw_keys = raw.get("keys") if isinstance(raw, dict) else None
+        entries += [k for k in raw_keys or () if isinstance(k, dict)]
+    except (OSError, yaml.YAMLError):
+        pass
+    for k in entries:
+        for field, scope in (("name", "key"), ("principal", "principal"), ("workflow", "workflow")):
+            if isinstance(k.get(field), str):
+                known[scope].add(k[field])
+        if "workflow" not in k:
+            known["workflow"].add("default")
+    known["workflow"].update(config.sessions.workflows)
+    for b in config.budgets:
+        for scope in ("key", "principal", "workflow"):
+            if isinstance(v := getattr(b.match, scope), str):
+                known[scope].add(v)
+    return known
+
+
+def gateway_url(config: Config, explicit: str | None) -> str:
+    if explicit:
+        return explicit.rstrip("/")
+    host = config.server.host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"  # listening on every address: reach it on loopback
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if config.server.tls is not None else "http"
+    return f"{scheme}://{host}:{config.server.port}"
+
+
+def _admin_call(url: str, token: str, method: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url + ADMIN_KILLS,
+        data=data,
+        method=method,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
+    context = ssl.create_default_context() if url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(req, timeout=GATEWAY_TIMEOUT_S, context=context) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = json.loads(exc.read() or b"{}")
+        except ValueError:
+            payload = {}
+        return exc.code, payload if isinstance(payload, dict) else {}
+
+
+def _through_gateway(
+    command: str,
+    args: argparse.Namespace,
+    config: Config,
+    scope: str | None,
+    value: str | None,
+    store_error: str,
+) -> int:
+    url = gateway_url(config, args.gateway)
+    token = config.server.admin_token
+    nowhere = (
+        "nothing was changed" if command == "revive" or args.list else "the kill switch is NOT set anywhere"
+    )
+    fix = (
+        "fix the store, or pass --gateway URL of a running gateway whose server.admin_token is in this config"
+    )
+    if not token:
+        print(
+            f"tokenfuse {command}: {store_error}; no gateway can be asked either (server.admin_token is not set); "
+            f"{nowhere}. To act: {fix}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.list:
+        method, body = "GET", None
+    elif command == "kill":
+        method, body = "POST", {"scope": scope, "value": value, "reason": args.reason}
+    else:
+        method, body = "DELETE", {"scope": scope, "value": value}
+    try:
+        status, payload = _admin_call(url, token, method, body)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(
+            f"tokenfuse {command}: {store_error}; and no gateway answered at {url} ({reason}); {nowhere}. "
+            f"To act: {fix}",
+            file=sys.stderr,
+        )
+        return 1
+    message = str(payload.get("message") or payload.get("error", {}).get("message") or "")
+    if status >= 300:
+        print(
+            f"tokenfuse {command}: {store_error}; the gateway at {url} answered {status}: {message}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"tokenfuse {command}: {store_error}; asked the gateway at {url} instead", file=sys.stderr)
+    if args.list:
+        if payload.get("store_error"):
+            print(f"({payload['store_error']})", file=sys.stderr)
+        rows = [
+            KillSwitch(s["scope"], s["value"], s.get("reason"), float(s["created_ts"]))
+            for s in payload.get("kill_switches", [])
+        ]
+        if not rows:
+            print("no active kill switches on that gateway")
+        for s in rows:
+            print(_line(s))
+        return 0
+    target = "all traffic" if scope == "all" else f"{scope}={value}"
+    verb = "killed" if command == "kill" else "revived"
+    print(f"{verb} {target} on the gateway at {url}: {message or 'applied and persisted'}")
+    return 0
 
 
 def first_line(exc: BaseException) -> str:

@@ -5,6 +5,11 @@ the admin API and every gateway agree on them and a restart keeps them. The
 gateway never reads the store on the request path: a watcher copies the rows
 into :class:`KillSwitches`, whose :meth:`KillSwitches.check` is a handful of
 dict lookups.
+
+Model switches compare canonical model ids (`tokenfuse.pricing.identity`):
+the value is canonicalised when the switch is set and again when it is
+loaded, and the request's model before it is checked, so no spelling of a
+killed model gets through.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ from typing import Any
 
 from tokenfuse.ledger.store import StoreConnection
 from tokenfuse.limits.context import RequestContext
+from tokenfuse.pricing import PriceBook, canonical_model, canonical_pattern
+from tokenfuse.pricing.names import is_glob
 
 SCOPES: tuple[str, ...] = ("key", "principal", "workflow", "session", "model", "all")
 _FIELD_SCOPES: tuple[str, ...] = ("key", "principal", "workflow", "session", "model")
-_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,8 @@ def normalise(scope: str, value: str | None) -> tuple[str, str]:
         return "all", "*"
     if value is None or not value.strip():
         raise ValueError(f"a {scope} kill switch needs a value, e.g. --{scope} NAME")
+    if scope == "model":
+        return scope, canonical_pattern(value)
     return scope, value.strip()
 
 
@@ -64,9 +72,11 @@ class KillSwitchStore:
         self.url = url
         self._store = StoreConnection(url)
 
-    def set(self, scope: str, value: str | None, reason: str | None = None) -> KillSwitch:
+    def set(
+        self, scope: str, value: str | None, reason: str | None = None, created_ts: float | None = None
+    ) -> KillSwitch:
         scope, value = normalise(scope, value)
-        switch = KillSwitch(scope, value, reason or None, time.time())
+        switch = KillSwitch(scope, value, reason or None, time.time() if created_ts is None else created_ts)
         p = self._store.p
         self._store.execute(
             f"INSERT INTO kill_switches (scope, value, reason, created_ts) VALUES ({p}, {p}, {p}, {p}) "
@@ -102,12 +112,15 @@ class _Index:
 
 
 _EMPTY = _Index(None, (), (), ())
+# Canonical ids are at most MAX_MODEL_NAME long, so this holds at most ~2.5 MB.
+_GLOB_CACHE_SIZE = 10_000
 
 
 class KillSwitches:
     """The in-memory copy the gateway checks on every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, prices: PriceBook | None = None) -> None:
+        self._prices = prices
         self._index = _EMPTY
         # model name -> matching glob switch (or None); reset on every replace.
         self._glob_cache: dict[str, KillSwitch | None] = {}
@@ -119,8 +132,13 @@ class KillSwitches:
         for s in switches:
             if s.scope == "all":
                 everything = s
-            elif s.scope == "model" and _GLOB_CHARS.intersection(s.value):
-                globs.append((s.value, s))
+            elif s.scope == "model":
+                # Rows written by an older tokenfuse (or by hand) hold raw names.
+                pattern = canonical_pattern(s.value, self._prices)
+                if is_glob(pattern):
+                    globs.append((pattern, s))
+                else:
+                    exact.setdefault("model", {})[pattern] = s
             elif s.scope in _FIELD_SCOPES:
                 exact.setdefault(s.scope, {})[s.value] = s
         # One assignment, so a request never sees half an update.
@@ -139,11 +157,13 @@ class KillSwitches:
         for scope, values in index.exact:
             value = ctx.field(scope)
             if value is not None:
+                if scope == "model":
+                    value = canonical_model(value, self._prices)
                 hit = values.get(value)
                 if hit is not None:
                     return hit
         if index.model_globs:
-            return self._glob(index, ctx.model)
+            return self._glob(index, canonical_model(ctx.model, self._prices))
         return None
 
     def _glob(self, index: _Index, model: str) -> KillSwitch | None:
@@ -151,7 +171,7 @@ class KillSwitches:
         if model in cache:
             return cache[model]
         hit = next((s for pattern, s in index.model_globs if fnmatchcase(model, pattern)), None)
-        if len(cache) < 10_000 and index is self._index:
+        if len(cache) < _GLOB_CACHE_SIZE and index is self._index:
             cache[model] = hit
         return hit
 

@@ -4,6 +4,14 @@ in step with the store's kill switches and run-time budgets.
 One background task polls both tables every ``kill_poll_ms`` so that a switch
 or budget written anywhere (CLI, another replica's admin API) takes effect
 here within one poll interval, and a restart keeps them.
+
+A kill switch must work exactly when things are broken, the store included.
+When the store cannot take a switch (or a revive), the admin API hands it to
+:meth:`ControlWatcher.hold`: it applies on this replica at once, sits in a
+pending list that every read of the store is overlaid with, and is written to
+the store by the next poll that reaches it; the other replicas then read it as
+usual. Pending changes live in this process only: a restart during the outage
+loses them, which the API answer says.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -19,7 +28,7 @@ from pydantic import ValidationError
 from tokenfuse.aio import spawn
 from tokenfuse.config import BudgetConfig
 from tokenfuse.ledger.store import StoreConnection
-from tokenfuse.limits.killswitch import KillSwitch, KillSwitches, KillSwitchStore
+from tokenfuse.limits.killswitch import KillSwitch, KillSwitches, KillSwitchStore, normalise
 
 log = logging.getLogger("tokenfuse.limits")
 
@@ -78,6 +87,16 @@ def parse_specs(specs: list[tuple[str, str]]) -> list[BudgetConfig]:
     return budgets
 
 
+@dataclass(frozen=True)
+class PendingChange:
+    """A kill or revive applied here that the store has not taken yet."""
+
+    scope: str
+    value: str
+    switch: KillSwitch | None  # None: a revive
+    error: str  # why the store did not take it
+
+
 class ControlWatcher:
     """Polls kill switches and run-time budgets and pushes them in memory."""
 
@@ -94,15 +113,80 @@ class ControlWatcher:
         self._refresh_lock = asyncio.Lock()
         self._last_specs: list[tuple[str, str]] | None = None
         self._failing = False
+        self._stored: list[KillSwitch] = []  # the last kill switches read from the store
+        self._pending: dict[tuple[str, str], PendingChange] = {}
+
+    # -- changes the store could not take -------------------------------------
+
+    def hold(self, scope: str, value: str | None, reason: str | None, error: str) -> KillSwitch:
+        """Apply a kill switch on this replica now; persist it when the store answers."""
+        scope, value = normalise(scope, value)
+        switch = KillSwitch(scope, value, reason or None, time.time())
+        self._pending[(scope, value)] = PendingChange(scope, value, switch, error)
+        self._apply()
+        log.error(
+            "kill switch %s applied on this gateway only: the store did not take it (%s); "
+            "it is persisted when the store answers",
+            switch.describe(),
+            error,
+        )
+        return switch
+
+    def hold_revive(self, scope: str, value: str | None, error: str) -> bool:
+        """Lift a kill switch on this replica now; False when this replica does not apply it."""
+        scope, value = normalise(scope, value)
+        if not any((s.scope, s.value) == (scope, value) for s in self.kills.active()):
+            return False
+        self._pending[(scope, value)] = PendingChange(scope, value, None, error)
+        self._apply()
+        log.error(
+            "kill switch %s=%s lifted on this gateway only: the store did not take it (%s)",
+            scope,
+            value,
+            error,
+        )
+        return True
+
+    def pending(self) -> list[PendingChange]:
+        return list(self._pending.values())
+
+    def _apply(self) -> None:
+        merged = {(s.scope, s.value): s for s in self._stored}
+        for key, change in self._pending.items():
+            if change.switch is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = change.switch
+        self.kills.replace(list(merged.values()))
+
+    async def _persist_pending(self) -> None:
+        for key, change in list(self._pending.items()):
+            if change.switch is not None:
+                s = change.switch
+                await asyncio.to_thread(self.kill_store.set, s.scope, s.value, s.reason, s.created_ts)
+            else:
+                await asyncio.to_thread(self.kill_store.clear, change.scope, change.value)
+            # A newer change to the same target may have arrived meanwhile; it stays pending.
+            if self._pending.get(key) is change:
+                del self._pending[key]
+            what = (
+                change.switch.describe() if change.switch else f"the revive of {change.scope}={change.value}"
+            )
+            log.warning("%s, applied here while the store was unreachable, is now persisted", what)
+
+    # -- polling -----------------------------------------------------------------
 
     def _read(self) -> tuple[list[KillSwitch], list[tuple[str, str]]]:
         return self.kill_store.list(), self.budget_store.specs()
 
     async def refresh_now(self) -> None:
-        """Read the store once and apply it; raises if the store cannot be read."""
+        """Persist pending changes, read the store once and apply it; raises if the store fails."""
         async with self._refresh_lock:
+            if self._pending:
+                await self._persist_pending()
             switches, specs = await asyncio.to_thread(self._read)
-            self.kills.replace(switches)
+            self._stored = switches
+            self._apply()
             if self.limiter is not None and specs != self._last_specs:
                 self.limiter.set_runtime_budgets(parse_specs(specs))
             self._last_specs = specs
@@ -131,7 +215,9 @@ class ControlWatcher:
                 # blinked would silently revive killed traffic.
                 if not self._failing:
                     log.error(
-                        "cannot read kill switches from the store (%s); keeping the last known set", exc
+                        "cannot read kill switches from the store (%s); keeping the last known set%s",
+                        exc,
+                        f" and {len(self._pending)} change(s) not yet persisted" if self._pending else "",
                     )
                 self._failing = True
             else:

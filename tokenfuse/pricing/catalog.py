@@ -16,16 +16,20 @@ from decimal import Decimal, InvalidOperation
 from importlib import resources
 from typing import Any, ClassVar
 
-from tokenfuse.pricing.names import candidates
+from tokenfuse.pricing.lru import LRU
+from tokenfuse.pricing.names import MAX_MODEL_NAME, candidates, reduce_name
 from tokenfuse.pricing.price import PRICE_FIELDS, Price, UnpricedModel
 
 LAYER_CONFIG = "config"
 LAYER_LITELLM = "litellm"
 LAYER_CATALOG = "catalog"
 
-# Past this many distinct unknown model strings, misses stop being cached so a
-# client cycling through random names cannot grow the cache without bound.
-_MISS_CACHE_LIMIT = 4096
+# Entries in each per-book cache (prices by requested string, identities by
+# requested string). Keys are at most MAX_MODEL_NAME characters, so each cache
+# holds at most ~1 MB of names however many distinct ones clients send.
+CACHE_SIZE = 4096
+# Appended to the identity of a name longer than MAX_MODEL_NAME.
+TRUNCATED = "…(truncated)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +72,12 @@ class PriceBook:
     def __init__(self, layers: Iterable[Layer]) -> None:
         self._layers = tuple(layers)
         self._premiums = self._collect_premiums()
-        self._cache: dict[str, Price | None] = {}
-        self._misses = 0
+        self._cache: LRU[str, Price | None] = LRU(CACHE_SIZE)
+        self._identities: LRU[str, str] = LRU(CACHE_SIZE)
+        # Identity comes from the bundled catalog only, never from config
+        # overrides or a LiteLLM file, so every process agrees on it.
+        self._identity_layers = tuple(layer for layer in self._layers if layer.name == LAYER_CATALOG)
+        self._reduced_keys: dict[str, str] | None = None
 
     @classmethod
     def default(cls) -> PriceBook:
@@ -99,16 +107,60 @@ class PriceBook:
     # -- lookups -------------------------------------------------------------
 
     def lookup(self, model: str) -> Price | None:
+        """The price for a requested model string; None when nothing prices it or it is too long."""
         try:
             return self._cache[model]
         except KeyError:
             pass
+        if len(model) > MAX_MODEL_NAME:
+            return None
         resolution = self.resolve(model)
         price = None if resolution is None else resolution.price
-        if price is not None or self._misses < _MISS_CACHE_LIMIT:
-            self._misses += price is None
-            self._cache[model] = price
+        self._cache.put(model, price)
         return price
+
+    def canonical(self, model: str) -> str:
+        """The one identity of a requested model string (see `tokenfuse.pricing.identity`)."""
+        try:
+            return self._identities[model]
+        except KeyError:
+            pass
+        stripped = model.strip()
+        if len(stripped) > MAX_MODEL_NAME:
+            # Never priced and never cached. Cut short so no table keyed by the
+            # identity (glob caches, ledger rows) holds what the client sent;
+            # the marker keeps it distinct from every real (shorter) id.
+            return stripped[:MAX_MODEL_NAME].lower() + TRUNCATED
+        ident = self._identify(stripped)
+        if len(model) <= MAX_MODEL_NAME:
+            self._identities.put(model, ident)
+        return ident
+
+    def _identify(self, model: str) -> str:
+        chain = candidates(model)
+        for layer in self._identity_layers:
+            for cand in chain:
+                key = layer.find(cand.name)
+                if key is not None:
+                    return key
+        reduced = reduce_name(model)
+        return self._by_reduced_name().get(reduced, reduced)
+
+    def _by_reduced_name(self) -> dict[str, str]:
+        # A name pricing cannot resolve (``amazon.nova-pro`` without its
+        # ``-v1:0``) still names a catalog model when it reduces like one does.
+        if self._reduced_keys is None:
+            table: dict[str, str] = {}
+            for layer in self._identity_layers:
+                for key in layer.entries:
+                    table.setdefault(key, key)
+            for layer in self._identity_layers:
+                for name in (*layer.entries, *layer.aliases):
+                    key_ = layer.find(name)
+                    if key_ is not None:
+                        table.setdefault(reduce_name(name), key_)
+            self._reduced_keys = table
+        return self._reduced_keys
 
     def require(self, model: str) -> Price:
         price = self.lookup(model)
@@ -117,6 +169,8 @@ class PriceBook:
         return price
 
     def resolve(self, model: str) -> Resolution | None:
+        if len(model) > MAX_MODEL_NAME:
+            return None
         chain = candidates(model)
         for layer in self._layers:
             for cand in chain:

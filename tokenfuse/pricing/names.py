@@ -14,6 +14,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+# Longest model name the gateway prices or matches. Real ids are well under
+# 128 characters (the longest Bedrock ARNs are ~110); anything longer is
+# refused, never cached, so a client cannot make the gateway hold its garbage.
+MAX_MODEL_NAME = 256
+
 # Bedrock system-defined inference profiles put a geography in front of the
 # model id: ``us.anthropic...``, ``global.anthropic...``.
 GEO_PREFIXES: frozenset[str] = frozenset({"us", "us-gov", "eu", "apac", "au", "jp", "ca", "global"})
@@ -54,8 +59,8 @@ def candidates(model: str) -> list[Candidate]:
 
     add(name, None)
     if "%" in name:
-        add(unquote(name), "URL-decoded")
-    if name.startswith("arn:"):
+        add(unquote(name).strip(), "URL-decoded")
+    if name[:4].lower() == "arn:":
         add(name.rsplit("/", 1)[-1], "ARN reduced to its last path segment")
     add(name.lower(), "lower-cased")
     head, dot, rest = name.partition(".")
@@ -70,3 +75,52 @@ def candidates(model: str) -> list[Candidate]:
     if m := _DATE.search(name):
         add(name[: m.start()], f"snapshot date {m.group(0)!r} removed")
     return out
+
+
+_GLOB_CHARS = frozenset("*?[")
+# What a bare vendor glob (``anthropic.*``) means once the vendor prefix is gone.
+_VENDOR_FAMILY: dict[str, str] = {"anthropic.": "claude*"}
+
+
+def is_glob(pattern: str) -> bool:
+    return bool(_GLOB_CHARS.intersection(pattern))
+
+
+def reduce_name(model: str) -> str:
+    """The model string with every known decoration removed: the most reduced candidate.
+
+    Repeated until nothing changes, so the result reduces to itself (an
+    identity must be a fixed point: canonicalising it again cannot move it).
+    """
+    name = model.strip()
+    for _ in range(4):
+        chain = candidates(name)
+        reduced = chain[-1].name if chain else ""
+        if reduced == name:
+            break
+        name = reduced
+    return name
+
+
+def reduce_pattern(pattern: str) -> str:
+    """A glob over model ids, with the decorations that can be seen at its head removed.
+
+    Only the head is reduced (percent-encoding, case, an ARN path, a geography,
+    ``anthropic.``): cutting a ``-v1`` or a date off the tail of a glob could
+    widen ``*-v1`` to ``*``. ``anthropic.*`` means every Claude model, which is
+    ``claude*`` once the vendor prefix is gone.
+    """
+    name = pattern.strip()
+    if "%" in name:
+        name = unquote(name).strip()
+    name = name.lower()
+    if name.startswith("arn:") and "/" in name:
+        name = name.rsplit("/", 1)[-1]
+    head, dot, rest = name.partition(".")
+    if dot and head in GEO_PREFIXES and "." in rest:
+        name = rest
+    for vendor in SAME_PRICE_VENDORS:
+        if name.startswith(vendor):
+            rest = name[len(vendor) :]
+            name = rest if rest and not set(rest) <= _GLOB_CHARS else _VENDOR_FAMILY.get(vendor, rest)
+    return name
