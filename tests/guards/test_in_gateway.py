@@ -118,9 +118,9 @@ def test_uncached_agent_loop_is_priced_and_a_cached_one_is_not(
     agent_loop(stack, "agent-cached", markers=True)
     agent_loop(stack, "agent-uncached", markers=False)
     (finding,) = hook.wait_for(lambda r: r.get("guard") == "cache_miss")
-    assert finding["session"] == "agent-uncached" and finding["event"] == "guard_finding"
+    assert finding["session"] == "alice/agent-uncached" and finding["event"] == "guard_finding"
 
-    rows = [r for r in stack.rows() if r["session"] == "agent-uncached"]
+    rows = [r for r in stack.rows() if r["session"] == "alice/agent-uncached"]
     assert len(rows) == 4 and all(r["cache_read"] == 0 and r["input_uncached"] > 1024 for r in rows)
     # Requests 2-4 each re-sent the whole previous prompt uncached.
     repeated = sum(r["input_uncached"] for r in rows[:3])
@@ -130,11 +130,11 @@ def test_uncached_agent_loop_is_priced_and_a_cached_one_is_not(
     assert Decimal(finding["savings_usd"]) == expected
     assert f"{repeated:,} × ($3.00/M − $0.30/M) = $" in finding["text"]
 
-    cached_rows = [r for r in stack.rows() if r["session"] == "agent-cached"]
+    cached_rows = [r for r in stack.rows() if r["session"] == "alice/agent-cached"]
     assert len(cached_rows) == 4 and all(r["cache_read"] > 1024 for r in cached_rows[1:])
     # Alerts are sent in order, so the cached loop's would have arrived first.
-    assert [r["session"] for r in hook.received if r.get("guard") == "cache_miss"] == ["agent-uncached"]
-    assert any(p["session"] == "agent-uncached" for p in stack.gw.gateway.guards.recent())
+    assert [r["session"] for r in hook.received if r.get("guard") == "cache_miss"] == ["alice/agent-uncached"]
+    assert any(p["session"] == "alice/agent-uncached" for p in stack.gw.gateway.guards.recent())
 
 
 def test_loop_guard_refuses_the_repeat_in_the_callers_protocol(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_loop_guard_refuses_the_repeat_in_the_callers_protocol(tmp_path: Path) -
         # A different request in the same session still goes through.
         client.messages.create(model=MODEL, max_tokens=32, messages=[{"role": "user", "content": "try X"}])
         (finding,) = hook.wait_for(lambda r: r.get("guard") == "loop")
-        assert finding["severity"] == "critical" and finding["session"] == "retry"
+        assert finding["severity"] == "critical" and finding["session"] == "alice/retry"
         rows = stack.rows()
         assert [r["outcome"] for r in rows] == ["ok", "ok", "refused", "ok"]
         assert rows[2]["reason"] == "guard loop"
