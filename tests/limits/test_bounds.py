@@ -88,3 +88,29 @@ def test_any_usage_the_request_can_produce_costs_at_most_the_bound(
     assert usage.input_uncached <= b.tokens["input_uncached"]
     assert usage.cache_write_all <= b.tokens["cache_write"]
     assert usage.total <= b.tokens["total"]
+
+
+def test_output_is_bounded_per_choice_and_input_once() -> None:
+    one = info(1000, 100, writes=False)
+    eight = info(1000, 100, writes=False)
+    eight.choices = 8
+    b1, b8 = compute_bound(one, PRICE), compute_bound(eight, PRICE)
+    assert b8.tokens["output"] == 800 and b8.tokens["input_uncached"] == 1000
+    assert b8.usd - b1.usd == 700 * PRICE.output / 1_000_000
+
+
+@given(
+    choices=st.integers(1, 128),
+    max_out=st.integers(1, 64_000),
+    out_fracs=st.lists(st.floats(0, 1), min_size=128),
+)
+def test_any_output_of_every_choice_costs_at_most_the_bound(
+    choices: int, max_out: int, out_fracs: list[float]
+) -> None:
+    # A provider honouring `n` bills the sum of every choice's output, each up to max_tokens.
+    i = info(500, max_out, writes=False)
+    i.choices = choices
+    out = sum(int(max_out * f) for f in out_fracs[:choices])
+    b = compute_bound(i, PRICE)
+    assert PRICE.cost(Usage(input_uncached=500, output=out)) <= b.usd
+    assert out <= b.tokens["output"]

@@ -245,3 +245,58 @@ def test_error_response_parses_in_the_sdk() -> None:
 def test_non_retryable_429_is_not_retried_by_the_sdk() -> None:
     err, calls = anthropic_call(*anthropic.error_response(429, "rate_limit_error", "stop", retryable=False))
     assert isinstance(err, anthropic_sdk.RateLimitError) and calls == 1
+
+
+# --- what the body does not bound -------------------------------------------
+
+
+def test_max_tokens_of_zero_is_refused() -> None:
+    with pytest.raises(ProtocolError) as exc:
+        anthropic.parse_request("messages", dumps({**MSG, "max_tokens": 0}))
+    assert (exc.value.status, exc.value.error_type) == (400, "invalid_request_error")
+    assert "'max_tokens' must be at least 1" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "type='web_search_20250305'"),
+        ({"tools": [{"type": "web_fetch_20250910", "name": "web_fetch"}]}, "type='web_fetch_20250910'"),
+        ({"tools": [{"type": "code_execution_20250825", "name": "c"}]}, "type='code_execution_20250825'"),
+        ({"mcp_servers": [{"type": "url", "url": "https://x", "name": "x"}]}, "mcp_servers"),
+        ({"container": "container_011"}, "container='container_011'"),
+    ],
+)
+def test_server_tools_and_server_context_are_named(extra: dict[str, object], reason: str) -> None:
+    info = anthropic.parse_request("messages", dumps({**MSG, **extra}))
+    assert len(info.unbounded) == 1 and reason in info.unbounded[0], info.unbounded
+
+
+def test_client_tools_are_bounded() -> None:
+    tools = [
+        {"name": "get_weather", "input_schema": {"type": "object"}},
+        {"type": "bash_20250124", "name": "bash"},
+        {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"},
+    ]
+    info = anthropic.parse_request("messages", dumps({**MSG, "tools": tools, "mcp_servers": []}))
+    assert (info.unbounded, info.priced_options) == ((), ())
+
+
+@pytest.mark.parametrize(
+    ("extra", "priced"),
+    [
+        ({"service_tier": "auto"}, ()),
+        ({"service_tier": "standard_only"}, ()),
+        ({"speed": "fast"}, ("speed='fast' is billed at a multiple of standard rates",)),
+        ({"inference_geo": "us"}, ("inference_geo='us' is billed above global rates on newer models",)),
+        ({"inference_geo": "global"}, ()),
+    ],
+)
+def test_priced_options_are_named(extra: dict[str, object], priced: tuple[str, ...]) -> None:
+    assert anthropic.parse_request("messages", dumps({**MSG, **extra})).priced_options == priced
+
+
+def test_count_tokens_is_free_whatever_it_names() -> None:
+    body = {"model": "m", "messages": [], "tools": [{"type": "web_search_20250305", "name": "w"}]}
+    info = anthropic.parse_request("count_tokens", dumps(body))
+    assert info.unbounded == () and info.max_tokens == 0

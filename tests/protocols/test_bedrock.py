@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -7,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenfuse.protocols import bedrock
-from tokenfuse.protocols.base import IMAGE_TOKEN_BOUND, ProtocolError, RequestInfo
+from tokenfuse.protocols.base import IMAGE_TOKEN_BOUND, ProtocolError, RequestInfo, compact_json
 from tokenfuse.protocols.estimate import tokens_from_bytes
 from tokenfuse.usage import Usage
 
@@ -426,3 +427,140 @@ def test_invoke_stream_gpt_oss_family_cut_short_is_estimated() -> None:
     _, meter = run("invoke_stream", chunks, "openai.gpt-oss-120b-1:0")
     usage = meter.usage(False)
     assert usage.estimated and usage.output == tokens_from_bytes(32)
+
+
+# --- output limits, choices and what the body does not bound ----------------
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "model", "field"),
+    [
+        ("converse", {"inferenceConfig": {"maxTokens": 0}}, CLAUDE, "inferenceConfig.maxTokens"),
+        ("invoke", {"anthropic_version": "x", "max_tokens": 0, "messages": []}, CLAUDE, "'max_tokens'"),
+        ("invoke", {"prompt": "hi", "max_gen_len": 0}, "meta.llama3-3-70b-instruct-v1:0", "max_gen_len"),
+        (
+            "invoke",
+            {"inputText": "hi", "textGenerationConfig": {"maxTokenCount": 0}},
+            "amazon.titan-text-express-v1",
+            "textGenerationConfig.maxTokenCount",
+        ),
+        (
+            "invoke",
+            {"messages": [], "inferenceConfig": {"maxTokens": 0}},
+            "amazon.nova-pro-v1:0",
+            "maxTokens",
+        ),
+        ("invoke", {"messages": [], "max_completion_tokens": 0}, "openai.gpt-oss-120b-1:0", "max_completion"),
+    ],
+)
+def test_output_limits_of_zero_are_refused(route: str, body: dict[str, Any], model: str, field: str) -> None:
+    with pytest.raises(ProtocolError) as exc:
+        parse(route, body, model)
+    assert (exc.value.status, exc.value.error_type) == (400, "ValidationException")
+    assert field in exc.value.message and "must be at least 1" in exc.value.message
+
+
+def test_invoke_bound_is_the_largest_limit_of_any_family_and_all_are_rewritten() -> None:
+    # A Llama field in a body that looks like Anthropic's: whichever the model reads is bounded.
+    body = {"anthropic_version": "bedrock-2023-05-31", "messages": [], "max_tokens": 10, "max_gen_len": 5000}
+    arn = "arn:aws:bedrock:us-east-1:1:application-inference-profile/a1b2c3"
+    info = parse("invoke", body, arn)
+    assert info.max_tokens == 5000
+    bedrock.set_max_tokens(info, 100)
+    assert (info.body["max_tokens"], info.body["max_gen_len"]) == (100, 100)
+    assert bedrock.encode_body(info) == compact_json(info.body)
+
+
+def test_converse_additional_model_fields_are_bounded_and_rewritten() -> None:
+    body = {**CONVERSE, "additionalModelRequestFields": {"max_tokens": 9000, "top_k": 5}}
+    info = parse("converse", body)
+    assert info.max_tokens == 9000
+    bedrock.set_max_tokens(info, 300)
+    assert info.body["additionalModelRequestFields"] == {"max_tokens": 300, "top_k": 5}
+    assert info.body["inferenceConfig"]["maxTokens"] == 300
+    assert json.loads(bedrock.encode_body(info)) == info.body
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "choices"),
+    [
+        ("invoke", {"prompt": "hi", "num_generations": 5}, 5),
+        ("invoke", {"prompt": "hi", "numResults": 3}, 3),
+        ("invoke", {"messages": [], "n": 4}, 4),
+        ("converse", {**CONVERSE, "additionalModelRequestFields": {"n": 6}}, 6),
+    ],
+)
+def test_multiple_generations_are_choices(route: str, body: dict[str, Any], choices: int) -> None:
+    assert parse(route, body, "cohere.command-r-v1:0").choices == choices
+
+
+def test_too_many_generations_are_refused() -> None:
+    with pytest.raises(ProtocolError, match="between 1 and 128"):
+        parse("invoke", {"prompt": "hi", "n": 1000}, "cohere.command-r-v1:0")
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "model", "reason"),
+    [
+        (
+            "converse",
+            CONVERSE,
+            "arn:aws:bedrock:us-east-1:123456789012:prompt/PROMPT12345",
+            "Prompt management",
+        ),
+        (
+            "converse",
+            {"promptVariables": {"topic": {"text": "x"}}},
+            "arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Aprompt%2FP1%3A2",
+            "Prompt management",
+        ),
+        (
+            "converse",
+            {**CONVERSE, "toolConfig": {"tools": [{"systemTool": {"name": "nova_grounding"}}]}},
+            "us.amazon.nova-premier-v1:0",
+            "systemTool={'name': 'nova_grounding'}",
+        ),
+        (
+            "invoke",
+            {
+                "anthropic_version": "x",
+                "max_tokens": 5,
+                "messages": [],
+                "tools": [{"type": "web_search_20250305"}],
+            },
+            CLAUDE,
+            "type='web_search_20250305'",
+        ),
+    ],
+)
+def test_what_the_body_does_not_bound_is_named(
+    route: str, body: dict[str, Any], model: str, reason: str
+) -> None:
+    info = parse(route, body, model)
+    assert any(reason in r for r in info.unbounded), info.unbounded
+
+
+def test_prompt_variables_alone_are_named() -> None:
+    info = parse("converse", {**CONVERSE, "promptVariables": {"a": {"text": "b"}}})
+    assert info.unbounded == ("promptVariables: fills a prompt held by Bedrock",)
+
+
+@pytest.mark.parametrize(
+    ("extra", "priced"),
+    [
+        ({"performanceConfig": {"latency": "optimized"}}, "performanceConfig.latency='optimized'"),
+        ({"serviceTier": {"type": "priority"}}, "serviceTier.type='priority'"),
+        ({"serviceTier": {"type": "reserved"}}, "serviceTier.type='reserved'"),
+        ({"guardrailConfig": {"guardrailIdentifier": "g", "guardrailVersion": "1"}}, "guardrailConfig"),
+    ],
+)
+def test_priced_options_are_named(extra: dict[str, Any], priced: str) -> None:
+    info = parse("converse", {**CONVERSE, **extra})
+    assert len(info.priced_options) == 1 and priced in info.priced_options[0]
+
+
+def test_standard_and_cheaper_options_are_not_priced() -> None:
+    extra = {"performanceConfig": {"latency": "standard"}, "serviceTier": {"type": "flex"}}
+    info = parse("converse", {**CONVERSE, **extra})
+    assert (info.priced_options, info.unbounded) == ((), ())
+    assert parse("converse", {**CONVERSE, "serviceTier": {"type": "default"}}).priced_options == ()

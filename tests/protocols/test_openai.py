@@ -44,9 +44,136 @@ def test_parse_chat_request() -> None:
     assert info.wants_usage_chunk is False
 
 
-def test_max_completion_tokens_wins_over_max_tokens() -> None:
-    info = info_for({**CHAT, "max_completion_tokens": 70, "max_tokens": 10})
-    assert info.max_tokens == 70
+@pytest.mark.parametrize(("mct", "mt"), [(70, 10), (10, 70), (0, None), (None, 1_000_000)])
+def test_the_larger_output_limit_is_the_bound_and_both_are_rewritten(mct: int | None, mt: int | None) -> None:
+    body = {**CHAT, "max_completion_tokens": mct, "max_tokens": mt}
+    if 0 in (mct, mt):
+        with pytest.raises(ProtocolError, match="must be at least 1"):
+            info_for(body)
+        return
+    info = info_for(body)
+    assert info.max_tokens == max(v for v in (mct, mt) if v is not None)
+    openai.set_max_tokens(info, 4096)
+    assert info.max_tokens == 4096
+    for key in ("max_completion_tokens", "max_tokens"):
+        assert info.body[key] == (4096 if body[key] is not None else None)
+
+
+def test_max_completion_tokens_0_beside_a_huge_max_tokens_is_refused() -> None:
+    with pytest.raises(ProtocolError) as exc:
+        info_for({**CHAT, "max_completion_tokens": 0, "max_tokens": 1_000_000})
+    assert exc.value.status == 400
+    assert "'max_completion_tokens' must be at least 1" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("chat.completions", {**CHAT, "max_tokens": 0}),
+        ("chat.completions", {**CHAT, "max_completion_tokens": 0}),
+        ("responses", {"model": "o4-mini", "input": "hi", "max_output_tokens": 0}),
+        ("responses", {"model": "o4-mini", "input": "hi", "max_output_tokens": -1}),
+    ],
+)
+def test_output_limits_of_zero_or_less_are_refused(route: str, body: dict[str, object]) -> None:
+    with pytest.raises(ProtocolError) as exc:
+        info_for(body, route)
+    assert (exc.value.status, exc.value.error_type) == (400, "invalid_request_error")
+
+
+def test_responses_reads_and_rewrites_chat_limit_names_an_upstream_may_honour() -> None:
+    info = info_for({"model": "m", "input": "hi", "max_output_tokens": 10, "max_tokens": 5000}, "responses")
+    assert info.max_tokens == 5000
+    openai.set_max_tokens(info, 100)
+    assert (info.body["max_output_tokens"], info.body["max_tokens"]) == (100, 100)
+
+
+@pytest.mark.parametrize(("extra", "choices"), [({}, 1), ({"n": None}, 1), ({"n": 8}, 8), ({"n": 128}, 128)])
+def test_n_is_the_number_of_choices(extra: dict[str, object], choices: int) -> None:
+    assert info_for({**CHAT, **extra}).choices == choices
+
+
+def test_best_of_counts_as_choices_too() -> None:
+    assert info_for({**CHAT, "n": 2, "best_of": 5}).choices == 5
+
+
+@pytest.mark.parametrize(
+    ("n", "fragment"),
+    [
+        (0, "between 1 and 128"),
+        (129, "between 1 and 128"),
+        (-1, "non-negative"),
+        ("2", "non-negative"),
+        (2.0, "non-negative"),
+    ],
+)
+def test_bad_n_is_refused(n: object, fragment: str) -> None:
+    with pytest.raises(ProtocolError) as exc:
+        info_for({**CHAT, "n": n})
+    assert exc.value.status == 400 and fragment in exc.value.message and "'n'" in exc.value.message
+
+
+@pytest.mark.parametrize(
+    ("route", "extra", "reason"),
+    [
+        ("responses", {"previous_response_id": "resp_123"}, "previous_response_id='resp_123'"),
+        ("responses", {"conversation": "conv_9"}, "conversation='conv_9'"),
+        ("responses", {"prompt": {"id": "pmpt_1"}}, "prompt={'id': 'pmpt_1'}"),
+        ("responses", {"background": True}, "background=true"),
+        ("responses", {"tools": [{"type": "web_search_preview"}]}, "tools type='web_search_preview'"),
+        ("responses", {"tools": [{"type": "web_search"}]}, "tools type='web_search'"),
+        ("responses", {"tools": [{"type": "file_search", "vector_store_ids": ["v"]}]}, "type='file_search'"),
+        ("responses", {"tools": [{"type": "code_interpreter"}]}, "type='code_interpreter'"),
+        ("responses", {"tools": [{"type": "image_generation"}]}, "type='image_generation'"),
+        ("responses", {"tools": [{"type": "mcp", "server_url": "https://x"}]}, "type='mcp'"),
+        ("responses", {"tools": [{"type": "computer_use_preview"}]}, "type='computer_use_preview'"),
+        ("responses", {"input": [{"type": "item_reference", "id": "msg_1"}]}, "item_reference id='msg_1'"),
+        ("chat.completions", {"web_search_options": {}}, "web_search_options"),
+        ("chat.completions", {"model": "gpt-4o-search-preview"}, "searches the web"),
+        ("chat.completions", {"prediction": {"type": "content", "content": "x"}}, "prediction"),
+    ],
+)
+def test_what_the_body_does_not_bound_is_named(route: str, extra: dict[str, object], reason: str) -> None:
+    base = CHAT if route == "chat.completions" else {"model": "gpt-4.1", "input": "hi"}
+    info = info_for({**base, **extra}, route)
+    assert len(info.unbounded) == 1 and reason in info.unbounded[0], info.unbounded
+    assert info.priced_options == ()
+
+
+def test_plain_requests_and_function_tools_are_bounded() -> None:
+    tools = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    for route, body in [
+        ("chat.completions", {**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+        ("responses", {"model": "gpt-4.1", "input": "hi", "tools": tools, "previous_response_id": None}),
+        ("embeddings", {"model": "text-embedding-3-small", "input": "x", "service_tier": "priority"}),
+    ]:
+        info = info_for(body, route)
+        assert (info.unbounded, info.priced_options) == ((), ())
+
+
+@pytest.mark.parametrize(
+    ("tier", "priced"),
+    [
+        ("priority", True),
+        ("scale", True),
+        ("fast", True),
+        ("flex", False),
+        ("auto", False),
+        ("default", False),
+        (None, False),
+    ],
+)
+def test_service_tiers_dearer_than_standard_are_named(tier: str | None, priced: bool) -> None:
+    for route, base in [("chat.completions", CHAT), ("responses", {"model": "gpt-4.1", "input": "hi"})]:
+        info = info_for({**base, "service_tier": tier}, route)
+        assert bool(info.priced_options) is priced
+        if priced:
+            assert info.priced_options == (f"service_tier='{tier}' is billed above standard rates",)
+
+
+def test_audio_output_is_a_priced_option() -> None:
+    info = info_for({**CHAT, "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}})
+    assert info.priced_options and "audio" in info.priced_options[0]
 
 
 def test_responses_and_embeddings_limits() -> None:
@@ -340,7 +467,9 @@ def test_error_response_parses_in_the_sdk_and_is_not_retried() -> None:
 
 
 def test_bad_request_error_in_the_sdk() -> None:
-    err, calls = openai_call(*openai.error_response(400, "invalid_request_error", "Field 'model' is missing."))
+    err, calls = openai_call(
+        *openai.error_response(400, "invalid_request_error", "Field 'model' is missing.")
+    )
     assert isinstance(err, openai_sdk.BadRequestError) and calls == 1
     assert err.body == {
         "message": "Field 'model' is missing.",
@@ -350,12 +479,11 @@ def test_bad_request_error_in_the_sdk() -> None:
     }
 
 
-def test_encode_body_keeps_a_lone_surrogate_escaped() -> None:
-    info = openai.parse_request(
-        "chat.completions", b'{"model":"m","messages":[{"role":"user","content":"a\\ud83d"}]}'
-    )
-    openai.set_max_tokens(info, 5)
-    assert json.loads(openai.encode_body(info))["messages"][0]["content"] == "a\ud83d"
+def test_a_lone_surrogate_is_refused_since_it_has_no_utf8_form_to_forward() -> None:
+    with pytest.raises(ProtocolError, match="unpaired surrogate"):
+        openai.parse_request(
+            "chat.completions", b'{"model":"m","messages":[{"role":"user","content":"a\\ud83d"}]}'
+        )
 
 
 def test_finish_twice_does_not_repeat_held_bytes() -> None:

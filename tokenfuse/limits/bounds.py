@@ -3,7 +3,8 @@
 Why each figure is a true bound is argued in docs/limits.md. In short: a
 request cannot bill more input tokens than ``prompt_bytes`` (the protocol
 layer's bound), more output tokens than ``max_tokens`` (the gateway always sets
-one), and no input token is billed above the dearest input rate that can apply.
+one) for each of the ``choices`` completions it asks for (input is billed
+once, however many choices), and no input token is billed above the dearest input rate that can apply.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def input_rate_bound(info: RequestInfo, price: Price) -> Decimal:
 
 def compute_bound(info: RequestInfo, price: Price) -> Bound:
     max_in = max(0, info.prompt_bytes)
-    max_out = max(0, info.max_tokens or 0)
+    max_out = max(0, info.max_tokens or 0) * max(1, info.choices)
     # Long-context tiers bill the whole request at higher rates once the input
     # passes a threshold; the bound must use the tier its largest input would hit.
     price = price.tier_for(max_in)

@@ -12,7 +12,6 @@ wins, nothing is summed.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,13 +19,14 @@ from tokenfuse.protocols.base import (
     ProtocolError,
     RequestInfo,
     as_int,
-    asks_ttl_1h,
-    compact_json,
-    load_object,
+    body_changed,
+    describe,
+    encoded_body,
     loads_object,
+    off_list,
     opt_bool,
-    opt_int,
-    prompt_bound,
+    opt_limit,
+    parse_body,
     require_list,
     require_model,
     string_values_bytes,
@@ -37,21 +37,32 @@ from tokenfuse.usage import Usage
 
 ROUTES: tuple[str, ...] = ("messages", "count_tokens")
 _ERR = "invalid_request_error"
-_CACHE_CONTROL = re.compile(rb'"cache_control"\s*:\s*\{')
 
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+# Tools Anthropic runs itself, billed per use and adding their results as input.
+_SERVER_TOOL_PREFIXES = ("web_search_", "web_fetch_", "code_execution_")
+# `service_tier` values billed at standard rates: Priority Tier is a capacity
+# commitment drawn down at standard ratios, not a per-request premium.
+_STANDARD_TIERS = frozenset({"auto", "standard_only"})
+_STANDARD_SPEEDS = frozenset({"standard"})
+_GLOBAL_GEO = frozenset({"global"})
 
 
 def parse_request(route: str, body: bytes, model_from_path: str | None = None) -> RequestInfo:
     if route not in ROUTES:
         raise ProtocolError(404, "not_found_error", f"Unknown Anthropic route {route!r}.")
-    obj = load_object(body, _ERR)
+    parsed = parse_body(body, _ERR)
+    obj = parsed.obj
     model = require_model(obj, _ERR)
     require_list(obj, "messages", _ERR)
+    unbounded: list[str] = []
+    priced: list[str] = []
     if route == "messages":
         stream = opt_bool(obj, "stream", _ERR)
-        max_tokens = opt_int(obj, "max_tokens", _ERR)
-        cache = b"cache_control" in body and _CACHE_CONTROL.search(body) is not None
+        max_tokens = opt_limit(obj, "max_tokens", _ERR)
+        cache = parsed.cache_marker
+        billed_outside_the_body(obj, unbounded, priced)
     else:
         stream, max_tokens, cache = False, 0, False
     return RequestInfo(
@@ -60,17 +71,45 @@ def parse_request(route: str, body: bytes, model_from_path: str | None = None) -
         model=model,
         stream=stream,
         max_tokens=max_tokens,
-        prompt_bytes=prompt_bound(body),
+        prompt_bytes=parsed.prompt_bytes,
         cache_writes_possible=cache,
-        cache_1h=cache and asks_ttl_1h(body),
+        cache_1h=cache and parsed.ttl_1h,
         body=obj,
+        unbounded=tuple(unbounded),
+        priced_options=tuple(priced),
+        canonical=parsed.canonical,
     )
+
+
+def billed_outside_the_body(obj: Mapping[str, Any], unbounded: list[str], priced: list[str]) -> None:
+    """Append what a Messages body can be billed for beyond its bytes and max_tokens."""
+    tools = obj.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if isinstance(kind, str) and kind.startswith(_SERVER_TOOL_PREFIXES):
+                unbounded.append(f"tools type={describe(kind)} runs on Anthropic's side, billed per use")
+    if obj.get("mcp_servers"):
+        unbounded.append("mcp_servers: remote MCP tool calls add input the body does not show")
+    container = obj.get("container")
+    if container is not None:
+        unbounded.append(f"container={describe(container)}: a code-execution container is billed by time")
+    tier = obj.get("service_tier")
+    if off_list(tier, _STANDARD_TIERS):
+        priced.append(f"service_tier={describe(tier)} is not a standard-rate tier")
+    speed = obj.get("speed")
+    if off_list(speed, _STANDARD_SPEEDS):
+        priced.append(f"speed={describe(speed)} is billed at a multiple of standard rates")
+    geo = obj.get("inference_geo")
+    if off_list(geo, _GLOBAL_GEO):
+        priced.append(f"inference_geo={describe(geo)} is billed above global rates on newer models")
 
 
 def set_max_tokens(info: RequestInfo, value: int) -> None:
     if info.route != "messages":
         return
     info.body["max_tokens"] = value
+    body_changed(info, "max_tokens")
     info.max_tokens = value
 
 
@@ -79,7 +118,7 @@ def request_usage_in_stream(info: RequestInfo) -> None:
 
 
 def encode_body(info: RequestInfo) -> bytes:
-    return compact_json(info.body)
+    return encoded_body(info)
 
 
 class UsageFields:

@@ -3,11 +3,15 @@ the stream meter's contract and a few small helpers over JSON bytes.
 
 The gateway never looks inside a body itself; it asks the protocol module of
 the route for a `RequestInfo`, and for the usage of a response or stream.
+Every decision is taken on the parsed body (escapes decoded, repeated keys
+refused) and the bytes forwarded are that body re-encoded (`encode_body`), so
+what is checked is what is sent.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +24,52 @@ from tokenfuse.usage import Usage
 # compressed image or PDF can cost far more tokens than it has bytes.
 IMAGE_TOKEN_BOUND = 10_000
 DOCUMENT_TOKEN_BOUND = 250_000
+
+# Limits on what a request body may be made of (docs/protocols.md, "Parsing").
+# Real request bodies nest about 10 deep (a tool schema adds two levels per
+# nested object); 64 leaves room and keeps every later walk shallow.
+MAX_JSON_DEPTH = 64
+# No field of any protocol needs a longer number; longer literals only attack
+# the parser (int() is quadratic, and refuses over 4,300 digits with ValueError).
+MAX_INT_DIGITS = 30
+MAX_FLOAT_CHARS = 64
+# Most completions one request may ask for (OpenAI's own limit on `n`).
+MAX_CHOICES = 128
+
+
+class Canonical:
+    """The canonical encoding of a request body (compact UTF-8 JSON), kept per
+    top-level member so that changing one member (`max_tokens`,
+    `stream_options`) re-encodes that member only, not a 100 kB prompt."""
+
+    __slots__ = ("_joined", "_members")
+
+    def __init__(self, body: Mapping[str, Any]) -> None:
+        self._members = {k: _member(k, v) for k, v in body.items()}
+        self._joined: bytes | None = None
+
+    def changed(self, body: Mapping[str, Any], *keys: str) -> None:
+        """Re-encode the top-level `keys` of `body` after a change to them."""
+        for k in keys:
+            if k in body:
+                self._members[k] = _member(k, body[k])
+            else:
+                self._members.pop(k, None)
+        self._joined = None
+
+    def encode(self) -> bytes:
+        joined = self._joined
+        if joined is None:
+            joined = self._joined = b"{" + b",".join(self._members.values()) + b"}"
+        return joined
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _member(key: str, value: Any) -> bytes:
+    # Strict UTF-8: a lone surrogate raises UnicodeEncodeError (parse_body refuses it).
+    return _ENCODER.encode({key: value})[1:-1].encode("utf-8")
 
 
 @dataclass(slots=True)
@@ -34,6 +84,15 @@ class RequestInfo:
     cache_1h: bool
     body: dict[str, Any] = field(repr=False)
     wants_usage_chunk: bool = True
+    # Completions generated (and billed) per request: OpenAI `n`, `best_of`, ...
+    choices: int = 1
+    # Features the provider can bill that the body does not bound, one reason each.
+    unbounded: tuple[str, ...] = ()
+    # Options billed at rates the gateway does not price, one reason each.
+    priced_options: tuple[str, ...] = ()
+    # The encoding of `body` that `encode_body` returns. Protocol functions that
+    # change `body` update it; anything else that changes `body` must set it to None.
+    canonical: Canonical | None = field(default=None, repr=False, compare=False)
 
 
 class ProtocolError(Exception):
@@ -58,8 +117,85 @@ class StreamMeterLike(Protocol):
     def usage(self, complete: bool) -> Usage: ...
 
 
-def load_object(body: bytes, error_type: str) -> dict[str, Any]:
-    """Decode a request body that must be a UTF-8 JSON object."""
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A request body decoded once, with what the bounds need from it."""
+
+    obj: dict[str, Any]
+    canonical: Canonical
+    images: int
+    documents: int
+    cache_marker: bool  # an Anthropic `cache_control` or Bedrock `cachePoint` object
+    ttl_1h: bool  # some `"ttl": "1h"`
+
+    @property
+    def prompt_bytes(self) -> int:
+        """Upper bound on input tokens, in bytes-as-tokens (see docs/protocols.md)."""
+        return (
+            len(self.canonical.encode())
+            + IMAGE_TOKEN_BOUND * self.images
+            + DOCUMENT_TOKEN_BOUND * self.documents
+        )
+
+
+class _Refused(Exception):
+    """Raised from inside the JSON decoder's hooks; becomes a ProtocolError."""
+
+    def __init__(self, what: str, fix: str) -> None:
+        self.what = what
+        self.fix = fix
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers keep different copies of a repeated key; refusing it means the
+    # upstream cannot act on another model, limit or tool than the one checked.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(
+                    f"repeats the key {key[:80]!r} in one object", "Send each key once per object."
+                )
+            seen.add(key)
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"contains {name}, which is not JSON", "Send finite numbers only.")
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) > MAX_INT_DIGITS and len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Refused(f"contains an integer with more than {MAX_INT_DIGITS} digits", _NUMBER_FIX)
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float:
+    value = float(literal) if len(literal) <= MAX_FLOAT_CHARS else math.inf
+    if not math.isfinite(value):
+        raise _Refused(
+            f"contains a number out of range or longer than {MAX_FLOAT_CHARS} characters", _NUMBER_FIX
+        )
+    return value
+
+
+_NUMBER_FIX = "Send numbers of ordinary size."
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_pairs,
+    parse_constant=_no_constant,
+    parse_int=_parse_int,
+    parse_float=_parse_float,
+)
+
+
+def parse_body(body: bytes, error_type: str) -> Parsed:
+    """Decode a request body that must be a UTF-8 JSON object, and measure it.
+
+    Raises only ProtocolError(400): bad UTF-8, bad JSON, a repeated key at any
+    depth, nesting deeper than MAX_JSON_DEPTH, NaN/Infinity, an integer of more
+    than MAX_INT_DIGITS digits, a float out of range, an unpaired surrogate, a
+    body that is not an object."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -70,7 +206,7 @@ def load_object(body: bytes, error_type: str) -> dict[str, Any]:
             "Send the JSON body encoded as UTF-8.",
         ) from None
     try:
-        obj = json.loads(text)
+        obj = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError(
             400,
@@ -78,6 +214,10 @@ def load_object(body: bytes, error_type: str) -> dict[str, Any]:
             f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}. "
             "Send a single JSON object.",
         ) from None
+    except _Refused as exc:
+        raise ProtocolError(400, error_type, f"The request body {exc.what}. {exc.fix}") from None
+    except RecursionError:
+        raise _too_deep(error_type) from None
     if not isinstance(obj, dict):
         raise ProtocolError(
             400,
@@ -85,7 +225,101 @@ def load_object(body: bytes, error_type: str) -> dict[str, Any]:
             f"The request body must be a JSON object, got a JSON {_json_kind(obj)}. "
             'Send an object such as {"model": ..., ...}.',
         )
-    return obj
+    images, documents, cache, ttl_1h = _scan(obj, error_type)
+    try:
+        canonical = Canonical(obj)
+    except UnicodeEncodeError:
+        raise ProtocolError(
+            400,
+            error_type,
+            "The request body contains an unpaired surrogate escape (such as \\ud800), which is not "
+            "Unicode text and cannot be forwarded as UTF-8. Send valid Unicode text.",
+        ) from None
+    return Parsed(obj, canonical, images, documents, cache, ttl_1h)
+
+
+def load_object(body: bytes, error_type: str) -> dict[str, Any]:
+    """Decode a request body that must be a UTF-8 JSON object (see parse_body)."""
+    return parse_body(body, error_type).obj
+
+
+def _too_deep(error_type: str) -> ProtocolError:
+    return ProtocolError(
+        400,
+        error_type,
+        f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep. "
+        "Flatten the JSON you send.",
+    )
+
+
+# Media blocks by their `type` (OpenAI, Anthropic) ...
+_IMAGE_TYPES = frozenset({"image", "image_url", "input_image"})
+_DOCUMENT_TYPES = frozenset(
+    {"document", "file", "input_file", "input_audio", "audio", "video", "input_video", "container_upload"}
+)
+# ... or by their key (Bedrock Converse and Nova: {"image": {...}}).
+_IMAGE_KEYS = frozenset({"image"})
+_DOCUMENT_KEYS = frozenset({"document", "video", "audio"})
+_CACHE_KEYS = frozenset({"cache_control", "cachePoint"})
+# Values that are schemas or free-form tool data, never content blocks: a
+# property named "image" in a tool schema is not an image. `input` only when it
+# is an object (a tool call's arguments); as an array it is a Responses input.
+# `source` is the inside of a media block, already counted.
+_OPAQUE_KEYS = frozenset({"input_schema", "parameters", "schema", "json", "source"})
+# Keys whose dict holding them takes the slow path of the walk.
+_SPECIAL_KEYS = _IMAGE_KEYS | _DOCUMENT_KEYS | _CACHE_KEYS | _OPAQUE_KEYS | {"input"}
+
+
+def _scan(obj: dict[str, Any], error_type: str) -> tuple[int, int, bool, bool]:
+    """One iterative walk over the containers: (images, documents, cache marker,
+    1h ttl), refusing nesting deeper than MAX_JSON_DEPTH.
+
+    Cache markers and TTLs count everywhere (a false positive only raises the
+    bound); media blocks do not count inside schemas and tool data."""
+    images = documents = 0
+    cache = ttl_1h = False
+    # (container, depth, whether content blocks inside it count as media)
+    stack: list[tuple[Any, int, bool]] = [(obj, 1, True)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth, counted = pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep(error_type)
+        if node.__class__ is list:
+            for value in node:
+                cls = value.__class__
+                if cls is dict or cls is list:
+                    push((value, depth + 1, counted))
+            continue
+        if counted:
+            kind = node.get("type")
+            if kind.__class__ is str:
+                if kind in _IMAGE_TYPES:
+                    images += 1
+                elif kind in _DOCUMENT_TYPES:
+                    documents += 1
+        if not ttl_1h and node.get("ttl") == "1h":
+            ttl_1h = True
+        if _SPECIAL_KEYS.isdisjoint(node):
+            # The common case, kept tight: no key needs a look, only children to visit.
+            for value in node.values():
+                cls = value.__class__
+                if cls is dict or cls is list:
+                    push((value, depth + 1, counted))
+            continue
+        for key, value in node.items():
+            cls = value.__class__
+            if cls is dict:
+                if key in _CACHE_KEYS:
+                    cache = True
+                elif counted and key in _IMAGE_KEYS:
+                    images += 1
+                elif counted and key in _DOCUMENT_KEYS:
+                    documents += 1
+                push((value, depth + 1, counted and key not in _OPAQUE_KEYS and key != "input"))
+            elif cls is list:
+                push((value, depth + 1, counted and key not in _OPAQUE_KEYS))
+    return images, documents, cache, ttl_1h
 
 
 def _json_kind(value: object) -> str:
@@ -121,6 +355,37 @@ def opt_int(obj: Mapping[str, Any], key: str, error_type: str, where: str = "") 
             error_type,
             f"Field '{where}{key}' must be a non-negative integer, got {_json_kind(value)} {value!r:.40}. "
             f'Send a whole number such as "{key}": 1024.',
+        )
+    return value
+
+
+def opt_limit(obj: Mapping[str, Any], key: str, error_type: str, where: str = "") -> int | None:
+    """An optional output limit: a positive integer (JSON null counts as absent).
+
+    0 is refused, not read as "no output": every provider refuses it too, and
+    a bound of zero output tokens would let the request through for free."""
+    value = opt_int(obj, key, error_type, where)
+    if value == 0:
+        raise ProtocolError(
+            400,
+            error_type,
+            f"Field '{where}{key}' must be at least 1, got 0. Send the most output tokens you want, "
+            f'such as "{key}": 1024, or leave it out for the gateway\'s default.',
+        )
+    return value
+
+
+def opt_choices(obj: Mapping[str, Any], key: str, error_type: str, where: str = "") -> int:
+    """How many completions a multiple-choice field (`n`, `best_of`, ...) asks for; 1 when absent."""
+    value = opt_int(obj, key, error_type, where)
+    if value is None:
+        return 1
+    if not 1 <= value <= MAX_CHOICES:
+        raise ProtocolError(
+            400,
+            error_type,
+            f"Field '{where}{key}' must be between 1 and {MAX_CHOICES}, got {value}. "
+            f"Ask for fewer completions per request.",
         )
     return value
 
@@ -161,29 +426,31 @@ def sub_object(obj: Mapping[str, Any], key: str, error_type: str) -> Mapping[str
     return value
 
 
-# Quotes inside JSON strings are escaped, so an unescaped `"type"` key can only
-# be a real key: a regex over the raw body counts media blocks without a walk.
-_IMAGE_RE = re.compile(rb'"type"\s*:\s*"(?:image|image_url|input_image)"|"image"\s*:\s*\{')
-_DOCUMENT_RE = re.compile(
-    rb'"type"\s*:\s*"(?:document|file|input_file|input_audio|container_upload)"|"(?:document|video|audio)"\s*:\s*\{'
-)
+def encoded_body(info: RequestInfo) -> bytes:
+    """The bytes to forward: `info.body` in its canonical encoding."""
+    canonical = info.canonical
+    if canonical is None:
+        try:
+            canonical = info.canonical = Canonical(info.body)
+        except UnicodeEncodeError:
+            return compact_json(info.body)
+    return canonical.encode()
 
 
-def prompt_bound(body: bytes) -> int:
-    """Upper bound on input tokens, in bytes-as-tokens (see docs/protocols.md)."""
-    extra = 0
-    if b"image" in body:
-        extra += IMAGE_TOKEN_BOUND * len(_IMAGE_RE.findall(body))
-    if b"document" in body or b"file" in body or b"audio" in body or b"video" in body or b"container" in body:
-        extra += DOCUMENT_TOKEN_BOUND * len(_DOCUMENT_RE.findall(body))
-    return len(body) + extra
+def body_changed(info: RequestInfo, *keys: str) -> None:
+    """Record that the top-level `keys` of `info.body` were changed."""
+    if info.canonical is not None:
+        info.canonical.changed(info.body, *keys)
 
 
-_TTL_1H_RE = re.compile(rb'"ttl"\s*:\s*"1h"')
+def off_list(value: object, allowed: frozenset[str]) -> bool:
+    """True when a client value is present and not one of `allowed` (any non-string included)."""
+    return value is not None and not (isinstance(value, str) and value in allowed)
 
 
-def asks_ttl_1h(body: bytes) -> bool:
-    return b"1h" in body and _TTL_1H_RE.search(body) is not None
+def describe(value: object) -> str:
+    """A short, safe rendering of a client value for a refusal reason."""
+    return f"{value!r:.60}"
 
 
 def compact_json(obj: Any) -> bytes:

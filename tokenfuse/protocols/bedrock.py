@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -25,13 +24,16 @@ from tokenfuse.protocols.base import (
     ProtocolError,
     RequestInfo,
     as_int,
-    asks_ttl_1h,
+    body_changed,
     compact_json,
-    load_object,
+    describe,
+    encoded_body,
     loads_object,
+    off_list,
     opt_bool,
-    opt_int,
-    prompt_bound,
+    opt_choices,
+    opt_limit,
+    parse_body,
     require_list,
     string_values_bytes,
     sub_object,
@@ -42,7 +44,6 @@ from tokenfuse.usage import Usage
 
 ROUTES: tuple[str, ...] = ("converse", "converse_stream", "invoke", "invoke_stream")
 _ERR = "ValidationException"
-_CACHE_MARKER = re.compile(rb'"cachePoint"\s*:\s*\{|"cache_control"\s*:\s*\{')
 
 # Cross-region inference profiles prefix the model id with a geography.
 _GEO_PREFIXES = frozenset({"us", "eu", "apac", "global", "us-gov", "jp", "au", "ca", "apne", "euc"})
@@ -102,12 +103,43 @@ def _get_path(body: Mapping[str, Any], path: tuple[str, ...]) -> tuple[Mapping[s
     return obj, obj.get(path[-1])
 
 
-def _read_max_tokens(family: str, body: Mapping[str, Any]) -> int | None:
-    for path in _MAX_TOKEN_PATHS[family]:
+# Every output-limit field any InvokeModel family knows. All that are present
+# count (the largest is the bound) and all are rewritten, so a family guessed
+# wrong from an application inference profile ARN cannot leave the real one free.
+_ALL_LIMIT_PATHS: tuple[tuple[str, ...], ...] = tuple(
+    dict.fromkeys(
+        [p for paths in _MAX_TOKEN_PATHS.values() for p in paths]
+        + [("maxTokens",), ("max_new_tokens",), ("parameters", "max_new_tokens")]
+    )
+)
+_LIMIT_ROOTS = tuple(dict.fromkeys(p[0] for p in _ALL_LIMIT_PATHS))
+# Fields that make a model generate (and bill) several completions: OpenAI `n`,
+# `best_of`, Cohere `num_generations`, AI21 `numResults`.
+_CHOICE_FIELDS = ("n", "best_of", "num_generations", "numResults")
+# Converse passes these through to the model's own body.
+_ADDITIONAL = "additionalModelRequestFields"
+# performanceConfig.latency and serviceTier.type values billed at standard rates or less.
+_STANDARD_LATENCY = frozenset({"standard"})
+_STANDARD_TIERS = frozenset({"default", "flex"})
+
+
+def _where(path: tuple[str, ...], prefix: str = "") -> str:
+    return prefix + "".join(k + "." for k in path[:-1])
+
+
+def _read_limits(body: Mapping[str, Any], paths: tuple[tuple[str, ...], ...], prefix: str = "") -> list[int]:
+    limits = []
+    for path in paths:
         parent, value = _get_path(body, path)
         if parent is not None and value is not None:
-            return opt_int(parent, path[-1], _ERR, ".".join(path[:-1]) + "." if len(path) > 1 else "")
-    return None
+            limit = opt_limit(parent, path[-1], _ERR, _where(path, prefix))
+            if limit is not None:
+                limits.append(limit)
+    return limits
+
+
+def _read_choices(body: Mapping[str, Any], prefix: str = "") -> int:
+    return max(opt_choices(body, k, _ERR, prefix) for k in _CHOICE_FIELDS)
 
 
 def parse_request(route: str, body: bytes, model_from_path: str | None = None) -> RequestInfo:
@@ -120,30 +152,73 @@ def parse_request(route: str, body: bytes, model_from_path: str | None = None) -
             _ERR,
             "The model id is missing from the URL. Call /model/{modelId}/" + route.replace("_", "-") + ".",
         )
-    obj = load_object(body, _ERR)
+    parsed = parse_body(body, _ERR)
+    obj = parsed.obj
+    unbounded: list[str] = []
+    priced: list[str] = []
     if route.startswith("converse"):
         require_list(obj, "messages", _ERR, optional=True)
         require_list(obj, "system", _ERR, optional=True)
         config = sub_object(obj, "inferenceConfig", _ERR)
-        max_tokens = opt_int(config, "maxTokens", _ERR, "inferenceConfig.")
+        limits = _read_limits(config, (("maxTokens",),), "inferenceConfig.")
+        extra = sub_object(obj, _ADDITIONAL, _ERR)
+        limits += _read_limits(extra, _ALL_LIMIT_PATHS, _ADDITIONAL + ".")
+        choices = _read_choices(extra, _ADDITIONAL + ".")
+        _converse_billed_outside_the_body(obj, unbounded, priced)
     else:
         if "messages" in obj:
             require_list(obj, "messages", _ERR)
         if "stream" in obj:
             opt_bool(obj, "stream", _ERR)
-        max_tokens = _read_max_tokens(model_family(model, obj), obj)
-    cache = (b"cachePoint" in body or b"cache_control" in body) and _CACHE_MARKER.search(body) is not None
+        limits = _read_limits(obj, _ALL_LIMIT_PATHS)
+        choices = _read_choices(obj)
+        family = model_family(model, obj)
+        if family == "anthropic":
+            anthropic.billed_outside_the_body(obj, unbounded, priced)
+    if model.startswith("arn:") and ":prompt/" in model:
+        unbounded.append(f"model {describe(model)} is a Prompt management prompt held by Bedrock")
+    if obj.get("promptVariables") is not None:
+        unbounded.append("promptVariables: fills a prompt held by Bedrock")
     return RequestInfo(
         protocol="bedrock",
         route=route,
         model=model,
         stream=route.endswith("_stream"),
-        max_tokens=max_tokens,
-        prompt_bytes=prompt_bound(body),
-        cache_writes_possible=cache,
-        cache_1h=cache and asks_ttl_1h(body),
+        max_tokens=max(limits) if limits else None,
+        prompt_bytes=parsed.prompt_bytes,
+        cache_writes_possible=parsed.cache_marker,
+        cache_1h=parsed.cache_marker and parsed.ttl_1h,
         body=obj,
+        choices=choices,
+        unbounded=tuple(unbounded),
+        priced_options=tuple(priced),
+        canonical=parsed.canonical,
     )
+
+
+def _converse_billed_outside_the_body(
+    obj: Mapping[str, Any], unbounded: list[str], priced: list[str]
+) -> None:
+    perf = obj.get("performanceConfig")
+    latency = perf.get("latency") if isinstance(perf, dict) else perf
+    if off_list(latency, _STANDARD_LATENCY):
+        priced.append(f"performanceConfig.latency={describe(latency)} is billed above standard rates")
+    tier = obj.get("serviceTier")
+    kind = tier.get("type") if isinstance(tier, dict) else tier
+    if off_list(kind, _STANDARD_TIERS):
+        priced.append(f"serviceTier.type={describe(kind)} is billed above standard rates")
+    if obj.get("guardrailConfig") is not None:
+        priced.append(
+            "guardrailConfig: Bedrock Guardrails bill per text unit, which the gateway does not price"
+        )
+    config = obj.get("toolConfig")
+    tools = config.get("tools") if isinstance(config, dict) else None
+    if isinstance(tools, list):
+        for tool in tools:
+            if isinstance(tool, dict) and tool.get("systemTool") is not None:
+                unbounded.append(
+                    f"toolConfig systemTool={describe(tool['systemTool'])} runs on Bedrock's side"
+                )
 
 
 def set_max_tokens(info: RequestInfo, value: int) -> None:
@@ -153,6 +228,10 @@ def set_max_tokens(info: RequestInfo, value: int) -> None:
         if not isinstance(config, dict):
             config = body["inferenceConfig"] = {}
         config["maxTokens"] = value
+        extra = body.get(_ADDITIONAL)
+        if isinstance(extra, dict):
+            _rewrite_present(extra, value)
+        body_changed(info, "inferenceConfig", _ADDITIONAL)
     else:
         paths = _MAX_TOKEN_PATHS[model_family(info.model, body)]
         chosen = paths[0]
@@ -168,7 +247,16 @@ def set_max_tokens(info: RequestInfo, value: int) -> None:
                 nxt = obj[key] = {}
             obj = nxt
         obj[chosen[-1]] = value
+        _rewrite_present(body, value)
+        body_changed(info, *_LIMIT_ROOTS)
     info.max_tokens = value
+
+
+def _rewrite_present(body: dict[str, Any], value: int) -> None:
+    for path in _ALL_LIMIT_PATHS:
+        parent, current = _get_path(body, path)
+        if parent is not None and current is not None:
+            parent[path[-1]] = value  # type: ignore[index]
 
 
 def request_usage_in_stream(info: RequestInfo) -> None:
@@ -176,7 +264,7 @@ def request_usage_in_stream(info: RequestInfo) -> None:
 
 
 def encode_body(info: RequestInfo) -> bytes:
-    return compact_json(info.body)
+    return encoded_body(info)
 
 
 # --- usage ----------------------------------------------------------------

@@ -17,12 +17,15 @@ from tokenfuse.protocols.base import (
     ProtocolError,
     RequestInfo,
     as_int,
-    compact_json,
-    load_object,
+    body_changed,
+    describe,
+    encoded_body,
     loads_object,
+    off_list,
     opt_bool,
-    opt_int,
-    prompt_bound,
+    opt_choices,
+    opt_limit,
+    parse_body,
     require_list,
     require_model,
     string_values_bytes,
@@ -38,21 +41,49 @@ _ERR = "invalid_request_error"
 # Reasoning models reject `max_tokens`; they take `max_completion_tokens`.
 _REASONING_MODEL = re.compile(r"^(?:.*/)?(?:o\d|gpt-5)")
 
+# Every output-limit field a route may carry, the one written by default first.
+# Responses takes only `max_output_tokens`; the chat names are read too, since
+# an OpenAI-compatible upstream may honour them.
+_LIMIT_FIELDS: dict[str, tuple[str, ...]] = {
+    "chat.completions": ("max_completion_tokens", "max_tokens"),
+    "responses": ("max_output_tokens", "max_completion_tokens", "max_tokens"),
+}
+# Fields that make the provider generate (and bill) several completions.
+_CHOICE_FIELDS = ("n", "best_of")
+
+# Responses tools run by OpenAI and billed per call or by the content they pull in.
+_SERVER_TOOL_PREFIXES = (
+    "web_search",
+    "file_search",
+    "code_interpreter",
+    "image_generation",
+    "mcp",
+    "computer_use",
+)
+# Responses fields that bring in context OpenAI holds, which the body does not show.
+_SERVER_CONTEXT_FIELDS = ("previous_response_id", "conversation", "prompt")
+# Chat models that search the web on every request.
+_SEARCH_MODEL = re.compile(r"search", re.IGNORECASE)
+# service_tier values billed at or below standard rates. `auto` uses the tier set
+# in the OpenAI project, which must not be set to priority (docs/protocols.md).
+_STANDARD_TIERS = frozenset({"auto", "default", "flex"})
+
 
 def parse_request(route: str, body: bytes, model_from_path: str | None = None) -> RequestInfo:
     if route not in ROUTES:
         raise ProtocolError(404, _ERR, f"Unknown OpenAI route {route!r}.")
-    obj = load_object(body, _ERR)
+    parsed = parse_body(body, _ERR)
+    obj = parsed.obj
     model = require_model(obj, _ERR)
     stream = False
-    max_tokens: int | None
+    max_tokens: int | None = 0
+    choices = 1
+    unbounded: list[str] = []
+    priced: list[str] = []
     if route == "chat.completions":
         require_list(obj, "messages", _ERR)
         stream = opt_bool(obj, "stream", _ERR)
         sub_object(obj, "stream_options", _ERR)
-        mct = opt_int(obj, "max_completion_tokens", _ERR)
-        mt = opt_int(obj, "max_tokens", _ERR)
-        max_tokens = mct if mct is not None else mt
     elif route == "responses":
         inp = obj.get("input")
         if inp is not None and not isinstance(inp, str | list):
@@ -60,13 +91,15 @@ def parse_request(route: str, body: bytes, model_from_path: str | None = None) -
                 400, _ERR, 'Field \'input\' must be a string or an array of input items. Send "input": "...".'
             )
         stream = opt_bool(obj, "stream", _ERR)
-        max_tokens = opt_int(obj, "max_output_tokens", _ERR)
-    else:
-        if obj.get("input") is None:
-            raise ProtocolError(
-                400, _ERR, 'Field \'input\' is missing. Send the text to embed as "input": "...".'
-            )
-        max_tokens = 0
+    elif obj.get("input") is None:
+        raise ProtocolError(
+            400, _ERR, 'Field \'input\' is missing. Send the text to embed as "input": "...".'
+        )
+    if route != "embeddings":
+        limits = [v for k in _LIMIT_FIELDS[route] if (v := opt_limit(obj, k, _ERR)) is not None]
+        max_tokens = max(limits) if limits else None
+        choices = max(opt_choices(obj, k, _ERR) for k in _CHOICE_FIELDS)
+        _billed_outside_the_body(route, model, obj, unbounded, priced)
     wants = True
     if stream and route == "chat.completions":
         opts = obj.get("stream_options")
@@ -77,26 +110,71 @@ def parse_request(route: str, body: bytes, model_from_path: str | None = None) -
         model=model,
         stream=stream,
         max_tokens=max_tokens,
-        prompt_bytes=prompt_bound(body),
+        prompt_bytes=parsed.prompt_bytes,
         cache_writes_possible=False,
         cache_1h=False,
         body=obj,
         wants_usage_chunk=wants,
+        choices=choices,
+        unbounded=tuple(unbounded),
+        priced_options=tuple(priced),
+        canonical=parsed.canonical,
     )
 
 
-def set_max_tokens(info: RequestInfo, value: int) -> None:
-    body = info.body
-    if info.route == "chat.completions":
-        fields = [k for k in ("max_completion_tokens", "max_tokens") if body.get(k) is not None]
-        if not fields:
-            fields = ["max_completion_tokens" if _REASONING_MODEL.match(info.model) else "max_tokens"]
-        for k in fields:
-            body[k] = value
-    elif info.route == "responses":
-        body["max_output_tokens"] = value
-    else:
+def _billed_outside_the_body(
+    route: str, model: str, obj: Mapping[str, Any], unbounded: list[str], priced: list[str]
+) -> None:
+    """Append what this request can be billed for beyond its body and output limit."""
+    tier = obj.get("service_tier")
+    if off_list(tier, _STANDARD_TIERS):
+        priced.append(f"service_tier={describe(tier)} is billed above standard rates")
+    if route == "chat.completions":
+        if obj.get("web_search_options") is not None:
+            unbounded.append("web_search_options: web searches are billed per call and add search results")
+        elif _SEARCH_MODEL.search(model):
+            unbounded.append(f"model {describe(model)} searches the web on every request (billed per search)")
+        if obj.get("prediction") is not None:
+            unbounded.append("prediction: rejected prediction tokens are billed as output beyond max_tokens")
+        modalities = obj.get("modalities")
+        if obj.get("audio") is not None or (isinstance(modalities, list) and "audio" in modalities):
+            priced.append("audio output (audio / modalities) is billed at audio token rates")
         return
+    for name in _SERVER_CONTEXT_FIELDS:
+        value = obj.get(name)
+        if value is not None:
+            unbounded.append(f"{name}={describe(value)} brings in context held by OpenAI")
+    if obj.get("background") is True:
+        unbounded.append("background=true: the response is generated after this request returns")
+    tools = obj.get("tools")
+    if isinstance(tools, list):
+        for tool in tools:
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if isinstance(kind, str) and kind.startswith(_SERVER_TOOL_PREFIXES):
+                unbounded.append(f"tools type={describe(kind)} runs on OpenAI's side, billed per call")
+    inp = obj.get("input")
+    if isinstance(inp, list):
+        for item in inp:
+            if isinstance(item, dict) and item.get("type") == "item_reference":
+                unbounded.append(
+                    f"input item_reference id={describe(item.get('id'))} brings in a stored item"
+                )
+
+
+def set_max_tokens(info: RequestInfo, value: int) -> None:
+    fields = _LIMIT_FIELDS.get(info.route)
+    if fields is None:
+        return
+    body = info.body
+    present = [k for k in fields if body.get(k) is not None]
+    if not present:
+        if info.route == "chat.completions" and not _REASONING_MODEL.match(info.model):
+            present = ["max_tokens"]
+        else:
+            present = [fields[0]]
+    for k in present:
+        body[k] = value
+    body_changed(info, *present)
     info.max_tokens = value
 
 
@@ -110,11 +188,12 @@ def request_usage_in_stream(info: RequestInfo) -> None:
         opts["include_usage"] = True
     else:
         info.body["stream_options"] = {"include_usage": True}
+    body_changed(info, "stream_options")
     info.wants_usage_chunk = False
 
 
 def encode_body(info: RequestInfo) -> bytes:
-    return compact_json(info.body)
+    return encoded_body(info)
 
 
 def usage_of(route: str, u: Mapping[str, Any]) -> Usage:
