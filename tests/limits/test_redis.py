@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from tests.conftest import unavailable
 from tests.limits.conftest import bound, by_name, ctx, insert_rows, make_config
 from tokenfuse.config import SessionCaps
-from tokenfuse.limits.counters import Entry, Vec
+from tokenfuse.limits.counters import CountersLost, Entry, Vec
 from tokenfuse.limits.limiter import Limiter
 from tokenfuse.limits.memory import MemoryCounters
 from tokenfuse.limits.redis import RedisCounters
@@ -29,8 +29,9 @@ CAP = {"name": "cap", "match": {"principal": "alice"}, "window": "day", "limit":
 
 
 async def replica(tmp_path: Path, url: str, prefix: str, budgets: list[dict[str, Any]], **kw: Any) -> Limiter:
+    grace = kw.pop("seed_grace_s", None)
     cfg = make_config(budgets, counters=url, store=f"sqlite:///{tmp_path / 'ledger.db'}", **kw)
-    return await Limiter.create(cfg, prefix=prefix)
+    return await Limiter.create(cfg, prefix=prefix, seed_grace_s=grace)
 
 
 async def test_two_replicas_never_exceed_a_shared_cap(
@@ -220,14 +221,115 @@ async def test_unreachable_redis_fails_closed(tmp_path: Path) -> None:
     await lim.close()
 
 
-async def test_unreachable_redis_fails_open_to_local_counters(tmp_path: Path) -> None:
+async def test_fail_open_with_no_figure_from_redis_refuses(tmp_path: Path) -> None:
+    # Redis was never reached: there is no last known headroom to take a share of.
     lim = await replica(tmp_path, "redis://127.0.0.1:9/0", "x", [CAP], on_counter_failure="open")
-    adm = await lim.reserve(ctx(), bound("0.6"))
-    assert adm.ok
-    await lim.settle(adm, Usage(output=1), Decimal("0.5"))
-    # The local fallback still enforces the cap within this process.
-    assert not (await lim.reserve(ctx(), bound("0.6"))).ok
-    assert by_name(await lim.snapshot())["cap"].spent_usd == Decimal("0.5")
+    adm = await lim.reserve(ctx(), bound("0.01"))
+    assert adm.refusal is not None and adm.refusal.kind == "counters_unavailable"
+    assert "no recent figure" in adm.refusal.message
+    assert (await lim.reserve(ctx(principal="bob"), bound("0.01"))).ok  # no budget applies
+    await lim.close()
+
+
+def _wipe(url: str, prefix: str) -> int:
+    """What a Redis restarted without persistence, or a FLUSHDB, leaves of these counters: nothing."""
+    client = redis.Redis.from_url(url)
+    n = 0
+    for k in client.scan_iter(match=f"{prefix}:*", count=1000):
+        n += int(client.delete(k))
+    client.close()
+    return n
+
+
+async def test_counters_lost_in_redis_are_reseeded_from_the_ledger(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    store = f"sqlite:///{tmp_path / 'ledger.db'}"
+    insert_rows(store, [{"ts": time.time() - 5, "principal": "alice", "cost_usd": "0.60", "output": 10}])
+    lim = await replica(tmp_path, redis_url, redis_prefix, [CAP], seed_grace_s=0.05)
+    assert not (await lim.reserve(ctx(), bound("0.5"))).ok
+    assert _wipe(redis_url, redis_prefix) > 0
+    # Before the fix the counters restarted at zero here and $0.50 was admitted.
+    refused = await lim.reserve(ctx(), bound("0.5"))
+    assert refused.refusal is not None and refused.refusal.kind == "budget"
+    s = by_name(await lim.snapshot())["cap"]
+    assert s.spent_usd == Decimal("0.6") and s.reserved_usd == 0
+    assert (await lim.reserve(ctx(), bound("0.4"))).ok
+    await lim.close()
+
+
+async def test_reservations_in_flight_survive_the_loss(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    # Two replicas; `a` has a request in flight and sends nothing more when Redis
+    # loses its data. Its heartbeat holds the reservation again during `b`'s grace
+    # period, so `b` cannot hand that headroom out twice.
+    a = await replica(tmp_path, redis_url, redis_prefix, [CAP])
+    b = await replica(tmp_path, redis_url, redis_prefix, [CAP])
+    inflight = await a.reserve(ctx(), bound("0.7"))
+    assert inflight.ok
+    _wipe(redis_url, redis_prefix)
+    assert not (await b.reserve(ctx(), bound("0.5"))).ok
+    s = by_name(await b.snapshot())["cap"]
+    assert (s.spent_usd, s.reserved_usd) == (Decimal(0), Decimal("0.7"))
+    await a.settle(inflight, Usage(output=1), Decimal("0.65"))
+    s = by_name(await b.snapshot())["cap"]
+    assert (s.spent_usd, s.reserved_usd) == (Decimal("0.65"), Decimal(0))
+    await a.close()
+    await b.close()
+
+
+async def test_a_settle_whose_reservation_was_lost_counts_in_full(redis_url: str, redis_prefix: str) -> None:
+    red = RedisCounters(redis_url, prefix=redis_prefix)
+    e = Entry("b:lost:1", (1000, -1, -1, -1, -1, -1, -1), expire_at=time.time() + 3600)
+    now = time.time()
+    assert await red.seed_epoch([], now, "e1")
+    assert await red.reserve_in("e1", [e], "r1", (800, 1, 0, 0, 0, 0, 0), now, 60) is not None
+    _wipe(redis_url, redis_prefix)
+    # Every reserve now refuses to count on what is left until the counters are seeded.
+    try:
+        await red.reserve_in("e1", [e], "r2", (1, 1, 0, 0, 0, 0, 0), now, 60)
+        raise AssertionError("a reserve counted on lost counters")
+    except CountersLost as lost:
+        assert lost.epoch is None
+    assert await red.seed([], now) == 0  # nothing to create, and without an epoch it could not
+    await red.settle([e], "r1", (300, 1, 0, 0, 0, 0, 0), now, False, (800, 1, 0, 0, 0, 0, 0))
+    [r] = await red.read([e], now)
+    # Not 300 - 800: a hold that no longer exists is not subtracted.
+    assert r.spent[:2] == (300, 1) and r.reserved[:2] == (0, 0)
+    # A second settle of the same id (a replay) and a late re-hold change nothing.
+    await red.settle([e], "r1", (300, 1, 0, 0, 0, 0, 0), now, False, (800, 1, 0, 0, 0, 0, 0))
+    assert await red.rehold([("r1", now + 60, (800, 1, 0, 0, 0, 0, 0), [e])]) == 0
+    assert (await red.read([e], now))[0] == r
+    await red.flush_prefix()
+    await red.close()
+
+
+async def test_replicas_noticing_a_loss_together_seed_it_once(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    store = f"sqlite:///{tmp_path / 'ledger.db'}"
+    insert_rows(store, [{"ts": time.time() - 5, "principal": "alice", "cost_usd": "0.30", "output": 10}])
+    lims = [await replica(tmp_path, redis_url, redis_prefix, [CAP], seed_grace_s=0.05) for _ in range(3)]
+    _wipe(redis_url, redis_prefix)
+    got = await asyncio.gather(*(lim.reserve(ctx(), bound("0.1")) for lim in lims))
+    assert all(a.ok for a in got)
+    s = by_name(await lims[0].snapshot())["cap"]
+    assert (s.spent_usd, s.reserved_usd) == (Decimal("0.3"), Decimal("0.3"))
+    for lim in lims:
+        await lim.close()
+
+
+async def test_a_ledger_that_cannot_be_read_fails_closed_after_a_loss(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    lim = await replica(tmp_path, redis_url, redis_prefix, [CAP], seed_grace_s=0.05)
+    _wipe(redis_url, redis_prefix)
+    (tmp_path / "ledger.db").unlink()
+    (tmp_path / "ledger.db").mkdir()  # now unreadable as a database
+    adm = await lim.reserve(ctx(), bound("0.1"))
+    assert adm.refusal is not None and adm.refusal.kind == "counters_unavailable"
+    assert "rebuilt from the ledger" in adm.refusal.message
     await lim.close()
 
 
@@ -306,6 +408,94 @@ async def test_an_outage_refuses_then_recovers_and_replays_usage(tmp_path: Path)
         proc.wait()
 
 
+def _start_persistent_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A private Redis that keeps its data across a SHUTDOWN SAVE: an outage, not a loss."""
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--dbfilename",
+            "counters.rdb",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    return proc
+
+
+def _shutdown_saving(port: int, proc: subprocess.Popen[bytes]) -> None:
+    client = redis.Redis(port=port)
+    try:
+        client.shutdown(save=True)
+    except redis.exceptions.ConnectionError:
+        pass
+    proc.wait()
+
+
+async def test_fail_open_admits_at_most_a_share_of_the_last_headroom(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server binary", "not on PATH")
+    port = _free_port()
+    proc = _start_persistent_redis(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        kw: dict[str, Any] = {"on_counter_failure": "open", "counters_replicas": 2, "seed_grace_s": 0.05}
+        a = await replica(tmp_path, url, "open", [CAP], **kw)
+        b = await replica(tmp_path, url, "open", [CAP], **kw)
+        for i in range(8):
+            lim = a if i % 2 else b
+            adm = await lim.reserve(ctx(), bound("0.1"))
+            await lim.settle(adm, Usage(output=1), Decimal("0.1"))
+        for lim in (a, b):  # each replica's last figure: $0.80 spent, $0.01 its own request
+            await lim.release(await lim.reserve(ctx(), bound("0.01")))
+        _shutdown_saving(port, proc)
+        t = time.time()
+        # Headroom $0.19, two replicas: each may admit up to $0.095 on its own.
+        inflight = await a.reserve(ctx(), bound("0.05"), now=t)
+        assert inflight.ok
+        refused = await a.reserve(ctx(), bound("0.05"), now=t)
+        assert refused.refusal is not None and refused.refusal.kind == "counters_unavailable"
+        assert "share of the last known headroom" in refused.refusal.message
+        other = await b.reserve(ctx(), bound("0.05"), now=t)
+        assert other.ok
+        await b.settle(other, Usage(output=1), Decimal("0.05"), now=t)
+        assert not (await b.reserve(ctx(), bound("0.05"), now=t)).ok
+        # Before the fix each replica used counters seeded at start-up (here: $0 spent).
+        proc = _start_persistent_redis(port, tmp_path)  # back, with its data
+        later = t + 1.5  # past the one-second breaker
+        await b.release(await b.reserve(ctx(), bound("0.01"), now=later), now=later)
+        await a.release(await a.reserve(ctx(), bound("0.01"), now=later), now=later)
+        await asyncio.sleep(0.3)  # replay and re-hold run in the background
+        s = by_name(await a.snapshot(now=later))["cap"]
+        # b's $0.05 was replayed; a's request still in flight is held in Redis now.
+        assert (s.spent_usd, s.reserved_usd) == (Decimal("0.85"), Decimal("0.05"))
+        await a.settle(inflight, Usage(output=1), Decimal("0.05"), now=later)
+        s = by_name(await a.snapshot(now=later))["cap"]
+        assert (s.spent_usd, s.reserved_usd) == (Decimal("0.90"), Decimal(0))
+        await a.close()
+        await b.close()
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 # The Lua scripts and the in-process backend implement one contract; driven by
 # the same random operations they must agree on every figure.
 _T0 = 1_900_000_000.0
@@ -335,6 +525,7 @@ def test_redis_and_memory_backends_agree(redis_url: str, ops: list[tuple[Any, ..
         mem = MemoryCounters()
         red = RedisCounters(redis_url, prefix=f"tftest:{uuid.uuid4().hex[:12]}")
         now = _T0
+        assert await red.seed_epoch([], now, "e1")
         held: dict[int, tuple[tuple[Entry, ...], Vec]] = {}
         try:
             for n, (kind, a, b, c) in enumerate(ops):

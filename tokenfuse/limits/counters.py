@@ -99,6 +99,23 @@ class CountersUnavailable(RuntimeError):
     """The counter store cannot be reached; the caller decides open or closed."""
 
 
+class CountersLost(RuntimeError):
+    """The store answers but no longer holds the counters the caller knows.
+
+    ``epoch`` is None when the store has no epoch marker at all (it restarted
+    empty, was flushed, or the marker was evicted): the counters must be seeded
+    from the ledger again before anything is admitted. Otherwise it is the epoch
+    another replica seeded since; the caller must catch up before admitting.
+    Never a reason to fail open: the store is up, its figures are wrong.
+    """
+
+    def __init__(self, epoch: str | None) -> None:
+        super().__init__(
+            "the budget counters were lost" if epoch is None else f"counter epoch is now {epoch}"
+        )
+        self.epoch = epoch
+
+
 class Counters(Protocol):
     async def reserve(
         self, entries: Sequence[Entry], res_id: str, amount: Vec, now: float, ttl_s: float

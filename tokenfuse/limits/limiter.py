@@ -5,6 +5,12 @@
 them: it never shrinks a reservation to fit. `settle` replaces the
 reservation by what the provider billed; `release` drops it for a request
 that was never billed.
+
+With Redis counters the limiter also keeps the counters honest when the store
+misbehaves: a Redis that lost its data is re-seeded from the ledger before
+anything is admitted (`_sync`), reservations still in flight are held again
+(`_rehold`), and with ``on_counter_failure: open`` an outage admits at most a
+share of the last headroom Redis reported (`_open_entries`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 from tokenfuse.aio import spawn
 from tokenfuse.config import BudgetConfig, Config, SessionCaps
@@ -30,6 +37,7 @@ from tokenfuse.limits.counters import (
     UNLIMITED,
     ZERO,
     Counters,
+    CountersLost,
     CountersUnavailable,
     Entry,
     Reading,
@@ -43,6 +51,16 @@ from tokenfuse.limits.memory import MemoryCounters
 from tokenfuse.limits.rebuild import ledger_seeds
 from tokenfuse.usage import Usage
 
+if TYPE_CHECKING:
+    from tokenfuse.limits.redis import RedisCounters
+
+
+def redacted(url: str) -> str:
+    from tokenfuse.limits.redis import redacted as hide
+
+    return hide(url)
+
+
 log = logging.getLogger("tokenfuse.limits")
 
 # After a counter-store failure, skip it for this long: a dead Redis must not
@@ -50,6 +68,17 @@ log = logging.getLogger("tokenfuse.limits")
 BREAKER_S = 1.0
 LOUD_LOG_EVERY_S = 30.0
 REPLAY_MAX = 100_000
+# While requests are in flight, a replica checks the Redis epoch this often (when
+# no reserve did it meanwhile), so that after a data loss it holds its in-flight
+# reservations again well within the re-seeding replica's grace period.
+HEARTBEAT_S = 0.1
+SEED_LOCK_TTL_S = 30.0
+# How long a request waits for another replica to finish re-seeding lost counters.
+SEED_WAIT_S = 5.0
+SEED_POLL_S = 0.02
+MAX_SYNCS = 3
+# Fail-open trusts a budget's last headroom reported by Redis for this long only.
+OPEN_SNAPSHOT_MAX_AGE_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +109,13 @@ _Owner = Budget | _Session
 @dataclass(slots=True)
 class _Held:
     res_id: str
-    entries: tuple[Entry, ...]
+    entries: tuple[Entry, ...]  # where it is held now (fail-open: this replica's share counters)
     owners: tuple[_Owner, ...]
     backend: Counters
     at: float
     amount: Vec
+    origin: tuple[Entry, ...]  # the budgets' own counters
+    expiry: float
 
 
 @dataclass(slots=True)
@@ -160,6 +191,12 @@ class Limiter:
         self._backend = backend
         self._memory = backend if isinstance(backend, MemoryCounters) else None
         self._fallback = fallback
+        self._redis: RedisCounters | None = None
+        if self._memory is None:
+            from tokenfuse.limits.redis import RedisCounters
+
+            if isinstance(backend, RedisCounters):
+                self._redis = backend
         self._on_settle = on_settle
         self._closed_mode = config.on_counter_failure == "closed"
         self._ttl = float(config.reservation_ttl_s)
@@ -173,8 +210,21 @@ class Limiter:
         self._last_loud = -LOUD_LOG_EVERY_S
         self._replay: list[tuple[tuple[Entry, ...], str, Vec, float, Vec]] = []
         self._flushing = False
-        self._unseeded: list[Seed] = []
         self._pending: dict[str, asyncio.Future[None]] = {}
+        # Redis only: the epoch of the counters this replica counts on, its
+        # reservations in flight (to hold again if Redis loses them), and, for
+        # fail-open, each counter's spent + reserved at its last reserve.
+        self._epoch: str | None = None
+        self._live: dict[str, _Held] = {}
+        self._seen: dict[str, tuple[float, Vec]] = {}
+        self._open_admitted = False
+        self._replicas = config.counters_replicas
+        self._grace = 2 * config.ledger.batch_interval_ms / 1000 + 3 * HEARTBEAT_S
+        self._sync_lock = asyncio.Lock()
+        self._heartbeat: asyncio.Task[Any] | None = None
+        self._heard = 0.0
+        self._migrating = False
+        self._sync_failed_until = 0.0
 
     # -- construction -------------------------------------------------------------
 
@@ -187,10 +237,13 @@ class Limiter:
         prefix: str = "tokenfuse",
         rebuild: bool = True,
         now: float | None = None,
+        seed_grace_s: float | None = None,
     ) -> Limiter:
         """Build the backend named by ``config.counters`` and rebuild open windows from the ledger.
 
         ``prefix`` namespaces Redis keys (one per deployment sharing a Redis).
+        ``seed_grace_s`` overrides how long a replica re-seeding empty Redis
+        counters waits for the others first (tests with a single replica).
         """
         backend: Counters
         fallback = None
@@ -203,9 +256,33 @@ class Limiter:
             if config.on_counter_failure == "open":
                 fallback = MemoryCounters()
         lim = cls(config, backend, fallback=fallback, on_settle=on_settle)
+        if seed_grace_s is not None:
+            lim._grace = seed_grace_s
         if rebuild:
-            await lim.rebuild(lim._config_budgets, now=now, sessions=True)
+            await lim._start(now)
         return lim
+
+    async def _start(self, now: float | None) -> None:
+        t = time.time() if now is None else now
+        if self._redis is None:
+            await self.rebuild(self._config_budgets, now=t, sessions=True)
+            return
+        policy = await self._redis.eviction_policy()
+        if policy is not None and policy != "noeviction":
+            log.error(
+                "Redis at %s may evict keys (maxmemory-policy %s): an evicted budget counter restarts from zero "
+                "unless the whole epoch is lost; set maxmemory-policy noeviction for the counters' Redis",
+                redacted(self._redis.url),
+                policy,
+            )
+        try:
+            await self._sync(t)
+        except CountersUnavailable as exc:
+            # Still read the ledger: a store that cannot be read must stop start-up.
+            await self._ledger_seeds(self._config_budgets, t, self._session_idle())
+            self._trip(t, f"{exc}; the counters will be loaded when it answers")
+        except CountersLost:
+            pass  # another replica is still seeding; the first reserve catches up
 
     def _session_idle(self) -> float | None:
         caps = [self.config.sessions, *self.config.sessions.workflows.values()]
@@ -221,21 +298,26 @@ class Limiter:
         idle = self._session_idle() if sessions else None
         if not budgets and not idle:
             return 0
+        seeds = await self._ledger_seeds(budgets, t, idle)
         try:
-            seeds = await asyncio.to_thread(ledger_seeds, self.config.store, list(budgets), t, idle)
+            return await self._backend.seed(seeds, t)
+        except CountersLost:
+            return 0  # Redis lost its counters: the re-seed that follows covers these budgets
+        except CountersUnavailable as exc:
+            # Forget the epoch: the first reserve after Redis answers again
+            # catches up, loading every budget's missing counters.
+            self._epoch = None
+            self._trip(t, f"could not load rebuilt budget counters ({exc}); will retry when it answers")
+            return 0
+
+    async def _ledger_seeds(self, budgets: Sequence[Budget], t: float, idle: float | None) -> list[Seed]:
+        try:
+            return await asyncio.to_thread(ledger_seeds, self.config.store, list(budgets), t, idle)
         except Exception as exc:
             raise RuntimeError(
                 f"cannot rebuild budget counters from the ledger at {self.config.store.split('@')[-1]}: {exc}; "
                 "budgets would restart from zero, so tokenfuse will not start until the store is readable"
             ) from exc
-        if self._fallback is not None:
-            await self._fallback.seed(seeds, t)
-        try:
-            return await self._backend.seed(seeds, t)
-        except CountersUnavailable as exc:
-            self._unseeded += seeds
-            self._trip(t, f"could not load rebuilt budget counters ({exc}); will retry when it answers")
-            return 0
 
     # -- the hot path ---------------------------------------------------------------
 
@@ -281,22 +363,35 @@ class Limiter:
         res_id = f"{self._pid}{next(self._seq)}"
         ent = tuple(entries)
         deadline: float | None = None
+        syncs = 0
         while True:
-            backend: Counters = self._backend
             if self._memory is not None:
                 short = self._memory.reserve_now(ent, res_id, amount, t, self._ttl)
             else:
                 try:
                     short = await self._remote_reserve(ent, res_id, amount, t)
+                except CountersLost:
+                    # Redis lost the counters (or another replica re-seeded them):
+                    # catch up before anything is admitted, never fail open on it.
+                    syncs += 1
+                    try:
+                        if syncs > MAX_SYNCS:
+                            raise CountersLost(None)
+                        await self._sync(t)
+                    except (CountersLost, CountersUnavailable, RuntimeError) as exc:
+                        log.error("budget counters could not be re-seeded: %s", exc)
+                        return Admission(False, self._unavailable(owners, "lost"))
+                    continue
                 except CountersUnavailable as exc:
                     if not isinstance(exc, _BreakerOpen):
                         self._trip(t, str(exc))
-                    if self._fallback is None:
-                        return Admission(False, self._unavailable(owners))
-                    backend = self._fallback
-                    short = self._fallback.reserve_now(ent, res_id, amount, t, self._ttl)
+                    return self._reserve_open(ent, owners, res_id, amount, t)
             if short is None:
-                return Admission(True, held=_Held(res_id, ent, tuple(owners), backend, t, amount))
+                held = _Held(res_id, ent, tuple(owners), self._backend, t, amount, ent, t + self._ttl)
+                if self._redis is not None:
+                    self._live[res_id] = held
+                    self._watch()
+                return Admission(True, held=held)
             # Refusing only because other requests' upper bounds are still held
             # would waste headroom they are about to give back: wait for them.
             if not short.reserved or short.spent + amount[short.dim] > ent[short.index].limits[short.dim]:
@@ -316,18 +411,184 @@ class Limiter:
     ) -> Shortfall | None:
         if t < self._down_until:
             raise _BreakerOpen("the counter store failed moments ago")
-        if self._unseeded:
-            seeds, self._unseeded = self._unseeded, []
-            try:
-                await self._backend.seed(seeds, t)
-            except CountersUnavailable:
-                self._unseeded = seeds + self._unseeded
-                raise
-        short = await self._backend.reserve(ent, res_id, amount, t, self._ttl)
+        assert self._redis is not None
+        got = await self._redis.reserve_in(
+            self._epoch or "", ent, res_id, amount, t, self._ttl, want_used=self._fallback is not None
+        )
+        self._heard = time.monotonic()
+        # Usage still waiting to be replayed is not in these figures: do not
+        # take them as the last known headroom until it is written.
+        if got.used is not None and not self._replay:
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            for e, used in zip(ent, got.used, strict=True):
+                self._seen[e.key] = (t, used)
         if self._replay and not self._flushing:
             self._flushing = True
             spawn(self._flush_replay())
-        return short
+        if self._open_admitted and not self._migrating:
+            self._migrating = True
+            spawn(self._migrate())
+        return got.short
+
+    # -- counter-store loss and fail-open -------------------------------------------------
+
+    async def _sync(self, t: float) -> None:
+        """Catch up with the counters in Redis before admitting anything more.
+
+        Re-holds this replica's reservations in flight (Redis may have lost
+        them). If Redis has no epoch marker it lost its counters: one replica
+        (SET NX lock) waits a grace period, so that the others hold their
+        reservations again and their ledger writers flush what was settled
+        before the loss, then adds the ledger's spend to every counter and sets
+        a new epoch. If another replica seeded a new epoch, this one loads the
+        counters only it knows about (run-time budgets, sessions) into it.
+        Raises CountersLost when seeding did not finish in time, RuntimeError
+        when the ledger cannot be read, CountersUnavailable when Redis is down.
+        """
+        redis = self._redis
+        assert redis is not None
+        async with self._sync_lock:
+            if time.monotonic() < self._sync_failed_until:
+                # It failed moments ago (the ledger cannot be read, say): refuse
+                # at once rather than queue every request behind another attempt.
+                raise CountersLost(None)
+            try:
+                await self._sync_locked(t)
+            except Exception:
+                self._sync_failed_until = time.monotonic() + BREAKER_S
+                raise
+
+    async def _sync_locked(self, t: float) -> None:
+        redis = self._redis
+        assert redis is not None
+        deadline = time.monotonic() + SEED_WAIT_S
+        while True:
+            epoch = await redis.current_epoch()
+            if epoch is not None and epoch == self._epoch:
+                return
+            await self._rehold()
+            if epoch is not None:
+                await self._seed_known(t, epoch)
+                return
+            if await redis.lock_seeding(self._pid, SEED_LOCK_TTL_S):
+                try:
+                    if await self._reseed(t):
+                        return
+                finally:
+                    await redis.unlock_seeding(self._pid)
+                continue
+            if time.monotonic() >= deadline:
+                raise CountersLost(None)
+            await asyncio.sleep(SEED_POLL_S)
+
+    async def _reseed(self, t: float) -> bool:
+        redis = self._redis
+        assert redis is not None
+        await asyncio.sleep(self._grace)
+        await self._rehold()
+        seeds = await self._ledger_seeds(self.budgets, t, self._session_idle())
+        epoch = os.urandom(8).hex()
+        if not await redis.seed_epoch(seeds, t, epoch):
+            return False
+        self._epoch = epoch
+        log.warning(
+            "budget counters in Redis at %s had no epoch marker (a first start on this Redis, or it restarted "
+            "empty, was flushed or evicted them): loaded %d counters from the ledger, held %d reservations "
+            "in flight again",
+            redacted(redis.url),
+            len(seeds),
+            len(self._live),
+        )
+        return True
+
+    async def _seed_known(self, t: float, epoch: str) -> None:
+        assert self._redis is not None
+        seeds = await self._ledger_seeds(self.budgets, t, self._session_idle())
+        await self._redis.seed(seeds, t)
+        self._epoch = self._redis.epoch = epoch
+
+    async def _rehold(self) -> None:
+        """Hold this replica's reservations in flight in Redis again (those it no longer knows)."""
+        redis = self._redis
+        holds = list(self._live.values())
+        if redis is None or not holds:
+            return
+        await redis.rehold([(h.res_id, h.expiry, h.amount, h.origin) for h in holds])
+        for h in holds:
+            if h.backend is not redis and h.res_id in self._live:
+                # Admitted locally during an outage: from now on it settles in Redis.
+                h.backend, h.entries = redis, h.origin
+        self._open_admitted = any(h.backend is not redis for h in self._live.values())
+
+    async def _migrate(self) -> None:
+        try:
+            await self._rehold()
+        except CountersUnavailable:
+            pass
+        finally:
+            self._migrating = False
+
+    def _watch(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = spawn(self._beat())
+
+    async def _beat(self) -> None:
+        """While requests are in flight, notice a Redis that lost its data even with no new requests."""
+        redis = self._redis
+        assert redis is not None
+        while self._live:
+            await asyncio.sleep(HEARTBEAT_S)
+            if not self._open_admitted and time.monotonic() - self._heard < HEARTBEAT_S:
+                continue  # a reserve just confirmed the epoch
+            try:
+                if self._open_admitted:
+                    await self._rehold()
+                if self._replay and not self._flushing:
+                    self._flushing = True
+                    await self._flush_replay()
+                if await redis.current_epoch() != self._epoch:
+                    await self._sync(time.time())
+                self._heard = time.monotonic()
+            except (CountersUnavailable, CountersLost, RuntimeError):
+                continue
+
+    def _open_entries(self, ent: tuple[Entry, ...], t: float) -> tuple[Entry, ...] | None:
+        """This replica's share of each counter's last known headroom, as local counters.
+
+        None if a counter has no figure younger than OPEN_SNAPSHOT_MAX_AGE_S.
+        The counters are named after the figure, so one figure gives one share,
+        however many outages follow before Redis reports a new one.
+        """
+        out = []
+        for e in ent:
+            seen = self._seen.get(e.key)
+            if seen is None or not 0 <= t - seen[0] <= OPEN_SNAPSHOT_MAX_AGE_S:
+                return None
+            at, used = seen
+            share = tuple(
+                UNLIMITED if cap == UNLIMITED else max(0, cap - u) // self._replicas
+                for cap, u in zip(e.limits, used, strict=True)
+            )
+            out.append(Entry(f"open:{at!r}:{e.key}", share, expire_at=e.expire_at, idle_s=e.idle_s))
+        return tuple(out)
+
+    def _reserve_open(
+        self, ent: tuple[Entry, ...], owners: Sequence[_Owner], res_id: str, amount: Vec, t: float
+    ) -> Admission:
+        if self._fallback is None:
+            return Admission(False, self._unavailable(owners))
+        local = self._open_entries(ent, t)
+        if local is None:
+            return Admission(False, self._unavailable(owners, "stale"))
+        short = self._fallback.reserve_now(local, res_id, amount, t, self._ttl)
+        if short is not None:
+            return Admission(False, self._unavailable(owners, "share"))
+        held = _Held(res_id, local, tuple(owners), self._fallback, t, amount, ent, t + self._ttl)
+        self._live[res_id] = held
+        self._open_admitted = True
+        self._watch()
+        return Admission(True, held=held)
 
     async def settle(
         self, admission: Admission, usage: Usage, cost: Decimal, *, now: float | None = None
@@ -348,21 +609,24 @@ class Limiter:
     async def _finish(self, held: _Held, actual: Vec, t: float) -> None:
         want = self._on_settle is not None and actual != ZERO
         readings: list[Reading] | None
+        self._live.pop(held.res_id, None)
         if isinstance(held.backend, MemoryCounters):
             readings = held.backend.settle_now(held.entries, held.res_id, actual, t, want)
-            if held.backend is not self._backend and actual != ZERO:
-                # Spent through the fail-open fallback: Redis hears of it when it is back.
-                self._queue_replay(held.entries, held.res_id, actual, t, held.amount)
+            if held.backend is not self._backend:
+                # Admitted through fail-open: Redis hears of it when it is back
+                # (a release too, in case it was held again there meanwhile).
+                self._queue_replay(held.origin, held.res_id, actual, t, held.amount)
+                readings = None  # figures of this replica's share, not of the budget
         else:
             try:
                 readings = await held.backend.settle(held.entries, held.res_id, actual, t, want, held.amount)
             except CountersUnavailable as exc:
                 self._trip(t, f"{exc}; the usage will be written when it answers")
                 readings = None
+                # Its reservation is in the last figures Redis reported, so the
+                # fail-open share already accounts for it.
                 if actual != ZERO:
                     self._queue_replay(held.entries, held.res_id, actual, t, held.amount)
-                    if self._fallback is not None:
-                        readings = self._fallback.settle_now(held.entries, held.res_id, actual, t, want)
         if want and readings is not None and self._on_settle is not None:
             statuses = [
                 self._status(o, e, r, held.at)
@@ -406,19 +670,39 @@ class Limiter:
         finally:
             self._flushing = False
 
-    def _unavailable(self, owners: Sequence[_Owner]) -> Refusal:
+    def _unavailable(self, owners: Sequence[_Owner], why: str = "down") -> Refusal:
         url = getattr(self._backend, "url", self.config.counters)
-        from tokenfuse.limits.redis import redacted
-
         first = owners[0]
         name = first.name if isinstance(first, Budget) else f"session:{first.session}"
+        where = redacted(url)
+        if why == "lost":
+            what = (
+                f"tokenfuse's budget counters in {where} were lost (Redis restarted empty, was flushed or evicted "
+                "them) and are being rebuilt from the ledger; until that is done it cannot prove this request "
+                f"fits budget '{name}' and refuses it."
+            )
+        elif why == "stale":
+            what = (
+                f"tokenfuse cannot reach its budget counters ({where}). on_counter_failure is open, but this "
+                f"replica has no recent figure from them for budget '{name}', so it cannot bound what it may "
+                "admit and refuses this request."
+            )
+        elif why == "share":
+            what = (
+                f"tokenfuse cannot reach its budget counters ({where}). on_counter_failure is open, and this "
+                f"replica has used up its share of the last known headroom of budget '{name}', so it refuses "
+                "this request."
+            )
+        else:
+            what = (
+                f"tokenfuse cannot reach its budget counters ({where}), so it cannot prove this request "
+                f"fits budget '{name}' and refuses it (on_counter_failure: closed)."
+            )
         return Refusal(
             kind="counters_unavailable",
             budget=name,
             message=(
-                f"tokenfuse cannot reach its budget counters ({redacted(url)}), so it cannot prove this request "
-                f"fits budget '{name}' and refuses it (on_counter_failure: closed). "
-                "This is an outage of the gateway's counter store, not of your budget; retry shortly."
+                f"{what} This is an outage of the gateway's counter store, not of your budget; retry shortly."
             ),
             limit="",
             spent="",
@@ -515,7 +799,8 @@ class Limiter:
             self._trip(t, str(exc))
             if self._fallback is None:
                 raise
-            readings = await self._fallback.read(entries, t)
+            # The last figures Redis reported (spent and reserved together).
+            readings = [Reading(self._seen.get(e.key, (t, ZERO))[1], ZERO) for e in entries]
         return [self._status(b, e, r, t) for b, e, r in zip(budgets, entries, readings, strict=True)]
 
     def _status(self, owner: _Owner, entry: Entry, r: Reading, t: float) -> BudgetStatus:
@@ -567,6 +852,8 @@ class Limiter:
         return rows[:limit]
 
     async def close(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
         if self._replay and not self._flushing:
             self._flushing = True
             await self._flush_replay()

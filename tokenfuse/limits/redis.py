@@ -6,8 +6,11 @@ per-counter sorted set scored by expiry and purged inside the scripts, so a
 replica that dies mid-request stops holding headroom once its TTL passes.
 Scripts are sent by SHA (EVALSHA; the client loads them on NOSCRIPT).
 
-Keys: ``<prefix>:<entry key>`` (hash) and ``<prefix>:z:<entry key>`` (sorted
-set). A reserve or settle touches several keys, so in Redis Cluster all of a
+Keys: ``<prefix>:<entry key>`` (hash per counter), ``<prefix>:held`` and
+``<prefix>:heldinfo`` (reservations in flight), ``<prefix>:epoch`` (written when
+the counters are seeded from the ledger; a Redis that restarted empty or was
+flushed has none, and every reserve checks it) and ``<prefix>:seedlock`` (the
+replica re-seeding them). A reserve or settle touches several keys, so in Redis Cluster all of a
 request's counters would have to share a slot; tokenfuse targets one Redis
 (or a primary with replicas), not Cluster.
 """
@@ -15,6 +18,7 @@ request's counters would have to share a slot; tokenfuse targets one Redis
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -25,6 +29,7 @@ from redis.exceptions import RedisError
 
 from tokenfuse.limits.counters import (
     NDIMS,
+    CountersLost,
     CountersUnavailable,
     Entry,
     Reading,
@@ -58,12 +63,24 @@ def _expiry_args(e: Entry) -> tuple[int, int]:
     return at, rel
 
 
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """A reserve's answer: why it was refused, or (when asked) each counter's
+    spent + reserved after the reservation, the last known use of each budget."""
+
+    short: Shortfall | None
+    used: list[Vec] | None = None
+
+
 def redacted(url: str) -> str:
     """The URL without a password, for messages."""
     if "@" in url:
         scheme, _, rest = url.partition("://")
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return url
+
+
+_UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class RedisCounters:
@@ -94,16 +111,22 @@ class RedisCounters:
         )
         self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._specs: dict[Entry, str] = {}
+        # The epoch this client last saw (None before it knows one).
+        self.epoch: str | None = None
         self._held = f"{prefix}:held"
         self._info = f"{prefix}:heldinfo"
+        self._epoch = f"{prefix}:epoch"
+        self._lock = f"{prefix}:seedlock"
         self._reserve = self._r.register_script(_script("reserve"))
         self._settle = self._r.register_script(_script("settle"))
         self._read = self._r.register_script(_script("read"))
         self._seed = self._r.register_script(_script("seed"))
+        self._rehold = self._r.register_script(_script("rehold"))
+        self._unlock = self._r.register_script(_UNLOCK)
 
     def _keys(self, entries: Sequence[Entry]) -> list[str]:
         p = self.prefix
-        return [self._held, self._info, *(f"{p}:{e.key}" for e in entries)]
+        return [self._held, self._info, self._epoch, *(f"{p}:{e.key}" for e in entries)]
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -127,12 +150,44 @@ class RedisCounters:
     async def reserve(
         self, entries: Sequence[Entry], res_id: str, amount: Vec, now: float, ttl_s: float
     ) -> Shortfall | None:
-        args: list[Any] = [_ms(now), res_id, _ms(now + ttl_s), len(entries), ",".join(map(str, amount))]
+        """The Counters contract, for a caller that tracks no epoch: it adopts the store's."""
+        try:
+            return (await self.reserve_in(self.epoch or "", entries, res_id, amount, now, ttl_s)).short
+        except CountersLost as lost:
+            if lost.epoch is None:
+                raise
+            self.epoch = lost.epoch
+            return (await self.reserve_in(lost.epoch, entries, res_id, amount, now, ttl_s)).short
+
+    async def reserve_in(
+        self,
+        epoch: str,
+        entries: Sequence[Entry],
+        res_id: str,
+        amount: Vec,
+        now: float,
+        ttl_s: float,
+        want_used: bool = False,
+    ) -> Reserved:
+        """Reserve, provided the counters are still those of ``epoch``; raise CountersLost if not."""
+        args: list[Any] = [
+            _ms(now),
+            res_id,
+            _ms(now + ttl_s),
+            len(entries),
+            ",".join(map(str, amount)),
+            epoch,
+            int(want_used),
+        ]
         args += [self._spec(e) for e in entries]
         res = await self._call(self._reserve, self._keys(entries), args)
-        if int(res[0]) == 0:
-            return None
-        return Shortfall(int(res[0]) - 1, int(res[1]) - 1, int(res[2]), int(res[3]))
+        code = int(res[0])
+        if code == 0:
+            used = [tuple(int(x) for x in r.split(b",")) for r in res[1:]] if want_used else None
+            return Reserved(None, used)
+        if code < 0:
+            raise CountersLost(res[1].decode() if code == -2 else None)
+        return Reserved(Shortfall(code - 1, int(res[1]) - 1, int(res[2]), int(res[3])))
 
     async def settle(
         self, entries: Sequence[Entry], res_id: str, actual: Vec, now: float, want: bool, amount: Vec
@@ -147,7 +202,9 @@ class RedisCounters:
         ]
         args += [self._spec(e) for e in entries]
         res = await self._call(self._settle, self._keys(entries), args)
-        return [_reading(r) for r in res] if want else None
+        if not want or len(res) != len(entries):  # settled before: nothing changed
+            return None
+        return [_reading(r) for r in res]
 
     async def read(self, entries: Sequence[Entry], now: float) -> list[Reading]:
         if not entries:
@@ -158,9 +215,26 @@ class RedisCounters:
         return [_reading(r) for r in res]
 
     async def seed(self, seeds: Sequence[Seed], now: float) -> int:
+        """Create the counters that do not exist yet; CountersLost if the store has no epoch."""
         if not seeds:
             return 0
-        args: list[Any] = [_ms(now), len(seeds)]
+        created, _ = await self._seed_call(seeds, now, "")
+        if created < 0:
+            raise CountersLost(None)
+        return created
+
+    async def seed_epoch(self, seeds: Sequence[Seed], now: float, epoch: str) -> bool:
+        """After a loss: add the ledger's spend to every counter and mark ``epoch``.
+
+        False if another replica set a marker first (then only missing counters are created).
+        """
+        _, fresh = await self._seed_call(seeds, now, epoch)
+        if fresh:
+            self.epoch = epoch
+        return fresh
+
+    async def _seed_call(self, seeds: Sequence[Seed], now: float, epoch: str) -> tuple[int, bool]:
+        args: list[Any] = [_ms(now), len(seeds), epoch]
         for sd in seeds:
             e = sd.entry
             at, rel = _expiry_args(e)
@@ -168,8 +242,64 @@ class RedisCounters:
                 rel = max(1, _ms(sd.touched + e.idle_s - now))
             args.append(f"{_ms(e.rolling_bucket_s)},{e.rolling_buckets},{at},{rel}")
             args.append(";".join(f"{i}:{','.join(map(str, v))}" for i, v in sorted(sd.buckets.items())))
-        created = await self._call(self._seed, self._keys([sd.entry for sd in seeds]), args)
-        return int(created)
+        res = await self._call(self._seed, self._keys([sd.entry for sd in seeds]), args)
+        return int(res[0]), int(res[1]) == 1
+
+    async def rehold(self, holds: Sequence[tuple[str, float, Vec, Sequence[Entry]]]) -> int:
+        """Hold again (id, expiry, amount, entries) reservations the store no longer knows."""
+        if not holds:
+            return 0
+        index: dict[Entry, int] = {}
+        for _, _, _, entries in holds:
+            for e in entries:
+                index.setdefault(e, len(index) + 1)
+        order = list(index)
+        args: list[Any] = [len(order)]
+        for e in order:
+            at, rel = _expiry_args(e)
+            args.append(f"{_ms(e.rolling_bucket_s)},{e.rolling_buckets},{at},{rel}")
+        for res_id, expiry, amount, entries in holds:
+            args += [
+                res_id,
+                _ms(expiry),
+                ",".join(map(str, amount)),
+                ",".join(str(index[e]) for e in entries),
+            ]
+        return int(await self._call(self._rehold, self._keys(order), args))
+
+    async def current_epoch(self) -> str | None:
+        try:
+            raw = await self._r.get(self._epoch)
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise CountersUnavailable(f"Redis at {redacted(self.url)}: {exc}") from exc
+        if raw is None:
+            return None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def lock_seeding(self, owner: str, ttl_s: float) -> bool:
+        """Become the one replica re-seeding lost counters (SET NX with a TTL, so a dead one lets go)."""
+        try:
+            return bool(await self._r.set(self._lock, owner, nx=True, px=_ms(ttl_s)))
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise CountersUnavailable(f"Redis at {redacted(self.url)}: {exc}") from exc
+
+    async def unlock_seeding(self, owner: str) -> None:
+        try:
+            await self._unlock(keys=[self._lock], args=[owner])
+        except (TimeoutError, RedisError, OSError):
+            pass  # the lock's TTL frees it
+
+    async def eviction_policy(self) -> str | None:
+        """Redis's maxmemory-policy when a maxmemory is set, else None (also when CONFIG is not allowed)."""
+        try:
+            raw: dict[Any, Any] = dict(await self._r.config_get("maxmemory*"))
+        except (TimeoutError, RedisError, OSError):
+            return None
+        got = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in raw.items()}
+        policy, limit = got.get("maxmemory-policy"), got.get("maxmemory")
+        if policy is None or limit in (None, 0, "0", b"0"):
+            return None
+        return policy.decode() if isinstance(policy, bytes) else str(policy)
 
     async def sessions(self, now: float) -> list[SessionReading]:
         fields = [f"s{d}" for d in range(1, NDIMS + 1)] + [f"r{d}" for d in range(1, NDIMS + 1)] + ["L"]

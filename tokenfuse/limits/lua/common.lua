@@ -5,7 +5,11 @@
 -- (bucket i's spend) with lo/hi (the oldest and newest bucket held).
 -- Reservations in flight live in one sorted set (KEYS[1], id scored by
 -- expiry) and one hash (KEYS[2], id -> "H\namounts\nbucket_ms,nb,hash1\n..."),
--- so purging expired ones costs one call when there are none. An expired
+-- so purging expired ones costs one call when there are none. KEYS[3] is the
+-- epoch marker, written only when the counters are seeded from the ledger: a
+-- Redis that lost its data has no marker, and reserve refuses to count on it.
+-- A settle that finds no reservation leaves "S" (settled) under its id, so a
+-- replica re-holding its reservations after a data loss skips that one. An expired
 -- reservation is charged: its amounts move from reserved to spent (nobody knows
 -- what the provider billed for it) and it stays a day as "C\n..." so that a
 -- late settle can replace the charge by the actual usage.

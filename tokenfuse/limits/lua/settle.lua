@@ -1,5 +1,5 @@
 -- Replace a reservation by what the request actually used (all zeros: release).
--- KEYS: held zset, held info hash, counter hash 1..n
+-- KEYS: held zset, held info hash, epoch marker, counter hash 1..n
 -- ARGV: now_ms, res_id, want, n, "u1,...,u7", "a1,...,a7" (what was reserved),
 --       then per counter "bucket_ms,nbuckets,pexpireat_ms,pexpire_ms"
 -- If the reservation expired and was charged, the charge is replaced by the usage.
@@ -9,16 +9,26 @@ local id = ARGV[2]
 local want = ARGV[3] == '1'
 local n = tonumber(ARGV[4])
 local u = nums(ARGV[5])
--- 'H': still held; 'C': expired and charged at the reserved amounts; nil: forgotten.
+-- 'H': still held; 'C': expired and charged at the reserved amounts; nil: lost or
+-- forgotten, so nothing is held and the usage counts in full; 'S': settled already.
 local mode = nil
 local x = redis.call('HGET', KEYS[2], id)
 if x then
   mode = string.sub(x, 1, 1)
+end
+if mode == 'H' or mode == 'C' then
   redis.call('HDEL', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)
+elseif mode == nil then
+  -- No reservation to drop (the store lost it, or it was forgotten): count the
+  -- usage in full, and leave a mark so that a replica re-holding its
+  -- reservations after a data loss does not hold this one again.
+  redis.call('HSET', KEYS[2], id, 'S')
+  redis.call('ZADD', KEYS[1], fmt(now + CHARGED_KEEP_MS), id)
 end
 local a = nums(ARGV[6])
 local delta = u
+if mode == 'S' then return {} end
 if mode == 'C' then
   delta = {}
   for d = 1, N do delta[d] = u[d] - a[d] end
@@ -26,7 +36,7 @@ end
 local out = {}
 
 for i = 1, n do
-  local h = KEYS[2 + i]
+  local h = KEYS[3 + i]
   local p = nums(ARGV[6 + i])
   local v, marked = figures(h)
   local args = {}
