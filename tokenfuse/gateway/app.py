@@ -39,6 +39,7 @@ from tokenfuse.ledger.writer import LedgerWriter
 from tokenfuse.limits.bounds import Bound, compute_bound
 from tokenfuse.limits.context import RequestContext
 from tokenfuse.limits.limiter import Admission, Limiter
+from tokenfuse.ops.app import MODEL_PREFIX, OPS_PATHS, OpsApp
 from tokenfuse.pricing import MAX_MODEL_NAME, Price, PriceBook
 from tokenfuse.protocols import anthropic as p_anthropic
 from tokenfuse.protocols import bedrock as p_bedrock
@@ -125,6 +126,9 @@ class Gateway:
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self._max_body = config.server.max_body_bytes
+        # Probes, /metrics and /v1/models: never metered (tokenfuse/ops/app.py).
+        self.ops = OpsApp(self)
+        self._observe = self.ops.metrics.observe
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -191,6 +195,9 @@ class Gateway:
         kind = scope["type"]
         if kind == "http":
             raw_path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+            if raw_path in OPS_PATHS or raw_path.startswith(MODEL_PREFIX):
+                await self.ops(scope, receive, send)
+                return
             if raw_path.startswith(ADMIN_PREFIX):
                 await self.admin(scope, receive, send)
                 return
@@ -395,7 +402,7 @@ class Gateway:
     ) -> None:
         """Refuse what the provider can bill beyond the request's bound, unless the operator allows it."""
         pricing = self.config.pricing
-        unbounded = list(getattr(info, "unbounded", ()))
+        unbounded = list(info.unbounded)
         if not pricing.allow_unbounded and unbounded:
             raise _Refused(
                 "bad_request",
@@ -406,9 +413,12 @@ class Gateway:
                 "refused",
                 f"unbounded: {'; '.join(unbounded)}",
             )
-        priced = [*getattr(info, "priced_options", ()), *options]
-        if beta and "context-1m" in beta and (price is None or price.long_context is None):
-            priced.append("anthropic-beta context-1m (long-context rates this gateway has no price for this model)")
+        priced = [*info.priced_options, *options]
+        if beta:
+            if "context-1m" in beta and (price is None or price.long_context is None):
+                priced.append("anthropic-beta context-1m (long-context rates this gateway has no price for this model)")
+            if "fast-mode" in beta:
+                priced.append("anthropic-beta fast-mode (billed at a multiple of the standard rates)")
         if not pricing.allow_priced_options and priced:
             raise _Refused(
                 "bad_request",
@@ -692,34 +702,34 @@ class Gateway:
         now = time.perf_counter()
         latency = (now - req.started) * 1000
         info, key, u = req.info, req.key, req.usage
-        self.ledger.write(
-            LedgerRow(
-                ts=time.time(),
-                request_id=req.id,
-                key_name=key.name if key else None,
-                principal=key.principal if key else None,
-                workflow=key.workflow if key else None,
-                session=req.session,
-                protocol=req.protocol,
-                route=req.route.route if req.route else None,
-                # The canonical id, so every spelling of a model groups together;
-                # refused oversized names are cut so request data cannot grow the ledger.
-                model=req.ctx.model if req.ctx is not None else (info.model[:MAX_MODEL_NAME] if info else None),
-                upstream=req.upstream.name if req.upstream else None,
-                status=req.status,
-                input_uncached=u.input_uncached,
-                cache_read=u.cache_read,
-                cache_write=u.cache_write,
-                cache_write_1h=u.cache_write_1h,
-                output=u.output,
-                cost_usd=req.cost,
-                latency_ms=latency,
-                overhead_ms=max(latency - req.upstream_ms, 0.0),
-                estimated=u.estimated,
-                outcome=req.outcome,
-                reason=req.reason[:1000] if req.reason else None,
-            )
+        row = LedgerRow(
+            ts=time.time(),
+            request_id=req.id,
+            key_name=key.name if key else None,
+            principal=key.principal if key else None,
+            workflow=key.workflow if key else None,
+            session=req.session,
+            protocol=req.protocol,
+            route=req.route.route if req.route else None,
+            # The canonical id, so every spelling of a model groups together;
+            # refused oversized names are cut so request data cannot grow the ledger.
+            model=req.ctx.model if req.ctx is not None else (info.model[:MAX_MODEL_NAME] if info else None),
+            upstream=req.upstream.name if req.upstream else None,
+            status=req.status,
+            input_uncached=u.input_uncached,
+            cache_read=u.cache_read,
+            cache_write=u.cache_write,
+            cache_write_1h=u.cache_write_1h,
+            output=u.output,
+            cost_usd=req.cost,
+            latency_ms=latency,
+            overhead_ms=max(latency - req.upstream_ms, 0.0),
+            estimated=u.estimated,
+            outcome=req.outcome,
+            reason=req.reason[:1000] if req.reason else None,
         )
+        self.ledger.write(row)
+        self._observe(row)
 
 
 class _StreamAborted(Exception):
