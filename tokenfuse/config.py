@@ -88,6 +88,7 @@ class ServerConfig(_Model):
     tls: TLSConfig | None = None
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     admin_token: str | None = None
+    metrics_public: bool = False  # GET /metrics without the admin token (docs/operations.md)
     upstream_timeout_s: float = Field(600.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -43,7 +43,8 @@ class GatewayThread:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self._thread.join(timeout=30)
+        # uvicorn cancels what is still running at server.shutdown_timeout_s, then flushes the ledger.
+        self._thread.join(timeout=self.config.server.shutdown_timeout_s + 20)
 
     def __enter__(self) -> GatewayThread:
         return self.start()

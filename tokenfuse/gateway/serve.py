@@ -3,36 +3,70 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from typing import Any
+from collections.abc import Iterator
+
+import uvicorn
 
 from tokenfuse.config import Config, ConfigError, load_config
 
+log = logging.getLogger("tokenfuse.gateway")
 
-def build_server(config: Config, host: str | None = None, port: int | None = None) -> Any:
-    import uvicorn
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, except that SIGTERM after a complete graceful shutdown exits 0.
+
+    uvicorn re-raises the signal it caught once it has shut down, so the process
+    would end "killed by SIGTERM" even though every request was answered or
+    cancelled at the deadline and the ledger was flushed. SIGINT still re-raises.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+
+def build_server(config: Config, host: str | None = None, port: int | None = None) -> GatewayServer:
     from tokenfuse.gateway.app import Gateway
+    from tokenfuse.gateway.server_limits import ServerLimits, open_file_limit, open_file_warning, protocol_for
+    from tokenfuse.logredact import install as install_log_redaction
 
-    tls = config.server.tls
+    # Before anything logs: no secret reaches a log line at any level (docs/gateway.md).
+    install_log_redaction(config)
+    server = config.server
+    open_files = open_file_limit()
+    limits = ServerLimits.from_config(server, open_files)
+    warning = open_file_warning(limits.max_connections, open_files)
+    if warning:
+        log.warning(warning)
+    tls = server.tls
     uv_config = uvicorn.Config(
         Gateway(config),
         host=host or config.server.host,
         port=config.server.port if port is None else port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_for(limits),
         lifespan="on",
         access_log=False,
         log_level=config.server.log_level,
-        timeout_keep_alive=75,
+        timeout_keep_alive=server.keep_alive_timeout_s,  # type: ignore[arg-type]  # a float works; uvicorn hints int
+        # The protocol refuses connections beyond max_connections when they are
+        # accepted; uvicorn's own check (503 when headers arrive) then only catches
+        # requests still running after their connection went, which count as tasks.
+        limit_concurrency=limits.max_connections + 1,
+        timeout_graceful_shutdown=server.shutdown_timeout_s,  # type: ignore[arg-type]
         backlog=4096,
         ssl_certfile=tls.cert if tls else None,
         ssl_keyfile=tls.key if tls else None,
         server_header=False,
         date_header=False,
     )
-    return uvicorn.Server(uv_config)
+    return GatewayServer(uv_config)
 
 
 def main(argv: list[str]) -> int:
