@@ -128,3 +128,45 @@ def test_escalation_note_in_json(export: tuple[Path, Manifest], capsys: pytest.C
     (f,) = [f for f in doc["findings"] if f["kind"] == "runaway_inference"]
     assert f["escalation_note"].startswith(f"## Escalation: runaway Bedrock inference in account {_runaway_account(m)}")
     assert "Spike ratio:" in f["escalation_note"]
+
+
+def test_as_of_beyond_the_data_is_refused(export: tuple[Path, Manifest], capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = export
+    assert main(["detect", str(path), "--as-of", "2026-10-05"]) == 2
+    err = capsys.readouterr().err
+    assert "--as-of 2026-10-05 is after the export's data: its last complete day is 2026-09-30" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_an_export_without_inference_rows_says_so(focus_sample: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # FinOps Foundation FOCUS sample data, CC BY 4.0 (see docs/billing.md for attribution).
+    statement = "this export has no AI inference usage rows tokenfuse can analyse (1,000 rows, services: "
+    html = tmp_path / "r.html"
+    assert main(["detect", str(focus_sample), "--html", str(html)]) == 0
+    text = capsys.readouterr().out
+    assert statement[0].upper() + statement[1:] in text
+    assert "No account flagged" not in text and "Budget advice" not in text
+    page = html.read_text()
+    assert statement[0].upper() + statement[1:] in page and "No account flagged" not in page
+    assert main(["detect", str(focus_sample), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["analysable"] is False and doc["statement"].startswith(statement)
+    assert doc["findings"] == [] and doc["rows"] == 1000
+
+
+def test_a_billing_lag_lump_is_not_blamed_on_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "lag.parquet"
+    m = generate(str(out), "cur-2.0", days=45, accounts=2, incidents=["billing_lag"])
+    assert main(["detect", str(out), "--json", "--escalation"]) == 0
+    doc = json.loads(capsys.readouterr().out, parse_float=Decimal)
+    (f,) = [f for f in doc["findings"] if f["kind"] == "runaway_inference"]
+    assert f["account"] == m.gateway_account and f["driver"] == "billing_lag"
+    assert "tokenfuse reconcile" in f["likely_cause"]
+    note = f["escalation_note"]
+    assert note.startswith(f"## Escalation: billing-lag lump (not a runaway) in account {m.gateway_account}")
+    assert "max_tokens" not in note and "output tokens" not in note and "tokenfuse reconcile" in note
+    (b,) = [x for x in doc["findings"] if x["kind"] == "budget_advice" and x["account"] == m.gateway_account]
+    assert b["excluded_days"] == ["2026-09-28"]
+    assert main(["detect", str(out)]) == 0
+    assert "BILLING LAG (not a runaway; run reconcile)" in capsys.readouterr().out

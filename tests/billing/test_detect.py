@@ -98,7 +98,8 @@ def test_not_flagged_cases_are_for_the_right_reason(incidents: tuple[Manifest, D
 
 def test_days_without_rows_count_as_zero(tmp_path: Path) -> None:
     days: list[dict[str, Decimal]] = [{"input_uncached": Decimal(10)} if i % 2 == 0 else {} for i in range(40)]
-    exp = load([str(write_days(tmp_path / "e.csv", {"111": days}))])
+    # EC2 bills every day, so the export covers all 40 days while Bedrock skips every other one.
+    exp = load([str(write_days(tmp_path / "e.csv", {"111": days}, {"111": [Decimal(1)] * 40}))])
     det = detect(exp, as_of=START + timedelta(days=40))
     (r,) = det.runaways
     # Baseline days back 8..30 = day indexes 10..32: 12 even (with $10) and 11 odd (no rows).
@@ -189,6 +190,14 @@ def test_budget_advice_from_last_month(incidents: tuple[Manifest, Detection]) ->
     for acct, b in advice.items():
         assert b.period == "2026-09"
         assert b.bedrock_spend_usd == spend[acct]
+        if m.accounts[acct] == "runaway":
+            # The incident's days are left out and the usual days scaled to the month.
+            assert b.excluded_days == [date(2026, 9, 28), date(2026, 9, 29), date(2026, 9, 30)]
+            usual = (spend[acct] - b.excluded_usd) * 30 / 27
+            assert b.monthly_budget_usd == 2 * usual
+            assert b.monthly_budget_usd < spend[acct]
+            continue
+        assert b.excluded_days == []
         assert b.monthly_budget_usd == 2 * spend[acct]
         assert b.dev_test_monthly_budget_usd == min(2 * spend[acct], Decimal(3000))
 

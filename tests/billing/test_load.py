@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import gzip
 from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -209,3 +209,110 @@ def test_scientific_notation_and_padding_in_numbers(tmp_path: Path) -> None:
     exp = load([str(f)])
     row = exp.con.execute("SELECT sum(cost), sum(quantity) FROM bill").fetchone()
     assert row == (Decimal("0.25000015"), Decimal(2001))
+
+
+def test_cur_and_focus_together_map_by_column_name(tmp_path: Path) -> None:
+    """Each flavour lists its columns in its own order; the union is by name, never by position."""
+    cur = tmp_path / "mixed" / "cur.csv.gz"
+    focus = tmp_path / "mixed" / "focus.parquet"
+    generate(str(cur), "cur-2.0", days=12, accounts=2, last_day=date(2026, 9, 30))
+    generate(str(focus), "focus-1.2", days=12, accounts=2, last_day=date(2026, 8, 31))
+    a, b = load([str(cur)]), load([str(focus)])
+    exp = load([str(tmp_path / "mixed")])
+    assert exp.flavours == ("cur-2.0", "focus-1.2")
+    assert exp.dropped_files == []
+    total = exp.con.execute("SELECT sum(cost), sum(tokens) FROM bill").fetchone()
+    parts = [e.con.execute("SELECT sum(cost), sum(tokens) FROM bill").fetchone() for e in (a, b)]
+    assert total == (parts[0][0] + parts[1][0], parts[0][1] + parts[1][1])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("ext", ["parquet", "csv"])
+def test_cur2_product_map_names_the_marketplace_model(tmp_path: Path, ext: str) -> None:
+    """The model of a Marketplace line is product['product_name'], not its opaque product code."""
+    from tokenfuse.billing.detect import detect
+
+    out = tmp_path / f"cur.{ext}"
+    m = generate(str(out), "cur-2.0", days=45, accounts=3, incidents=["cache_miss_marketplace"])
+    raw = duckdb.connect().execute(
+        f"SELECT DISTINCT line_item_product_code FROM '{out}' WHERE line_item_usage_type LIKE '%-MP:%'"
+    ).fetchall()
+    assert len(raw) == 1 and len(raw[0][0]) == 25  # opaque, like b3hzdk7mhh2vz0ywa7kjh0eyt
+    exp = load([str(out)])
+    models = {r[0] for r in exp.con.execute("SELECT DISTINCT model FROM bill WHERE kind = 'inference'").fetchall()}
+    assert models == {"claude-sonnet-4.5", "claude-haiku-4.5"}
+    (miss,) = detect(exp).cache_misses
+    assert m.accounts[miss.account] == "cache_miss_marketplace"
+    assert miss.model_label == "Claude Sonnet 4.5 (Amazon Bedrock Edition)"
+    assert Decimal(12_000) < miss.wasted_usd < Decimal(14_000)
+
+
+def test_account_ids_typed_as_integers_in_one_parquet_part(tmp_path: Path) -> None:
+    src = tmp_path / "src.parquet"
+    generate(str(src), "cur-2.0", days=12, accounts=1)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    con = duckdb.connect()
+    # Part 1 spells the id as a string with its leading zero; part 2's writer typed it BIGINT.
+    con.execute(
+        f"COPY (SELECT * REPLACE ('012345678901' AS line_item_usage_account_id) FROM '{src}' "
+        f"WHERE line_item_usage_start_date < '2026-09-25') TO '{folder / 'part-00001.parquet'}' (FORMAT PARQUET)"
+    )
+    con.execute(
+        f"COPY (SELECT * REPLACE (CAST(12345678901 AS BIGINT) AS line_item_usage_account_id, "
+        f"CAST(999999999999 AS BIGINT) AS bill_payer_account_id) FROM '{src}' "
+        f"WHERE line_item_usage_start_date >= '2026-09-25') TO '{folder / 'part-00002.parquet'}' (FORMAT PARQUET)"
+    )
+    exp = load([str(folder)])
+    assert exp.dropped_files == []
+    accounts = exp.con.execute("SELECT account, count(DISTINCT day), sum(cost) FROM bill GROUP BY account").fetchall()
+    total = con.execute(f"SELECT sum(line_item_unblended_cost) FROM '{src}'").fetchone()
+    assert accounts == [("012345678901", 12, total[0] if total else None)]
+
+
+def test_partial_day_and_a_next_day_daily_row_do_not_count_as_complete(tmp_path: Path) -> None:
+    """Hourly rows stop at 13:00 on 2026-09-30 and one daily S3 row is dated 2026-10-01."""
+    from tokenfuse.billing.detect import detect
+
+    full = tmp_path / "full.parquet"
+    m = generate(str(full), "cur-2.0", days=45, accounts=4, incidents=["runaway"])
+    cut = tmp_path / "refreshed.parquet"
+    duckdb.connect().execute(
+        f"""COPY (SELECT * FROM '{full}' WHERE line_item_usage_start_date < TIMESTAMP '2026-09-30 14:00:00'
+                  UNION ALL
+                  SELECT * REPLACE (TIMESTAMP '2026-10-01 00:00:00' AS line_item_usage_start_date)
+                  FROM '{full}' WHERE line_item_usage_type LIKE '%TimedStorage%'
+                    AND line_item_usage_start_date = TIMESTAMP '2026-09-30 00:00:00'
+                    AND line_item_usage_account_id = '{m.gateway_account}')
+            TO '{cut}' (FORMAT PARQUET)"""
+    )
+    exp = load([str(cut)])
+    assert exp.last_day == date(2026, 10, 1)
+    assert exp.last_complete_day == date(2026, 9, 29)
+    assert not exp.last_day_complete
+    assert any(n.startswith("2026-10-01 is incomplete") for n in exp.notes)
+    assert any(n.startswith("2026-09-30 is incomplete") and "23:00" in n for n in exp.notes)
+    det = detect(exp)
+    assert det.as_of == date(2026, 9, 30)
+    # The same figures as the full export judged on the same days.
+    ref = {r.account: r for r in detect(load([str(full)]), as_of=date(2026, 9, 30)).runaways}
+    for r in det.runaways:
+        assert (r.recent_avg, r.baseline_avg, r.flagged) == (ref[r.account].recent_avg, ref[r.account].baseline_avg,
+                                                             ref[r.account].flagged)
+
+
+def test_daily_export_refreshed_mid_day(tmp_path: Path) -> None:
+    f = tmp_path / "daily.csv"
+    lines = [FOCUS_HEADER]
+    for i in range(10):
+        day = date(2026, 9, 21) + timedelta(days=i)
+        for svc in ("AmazonEC2", "AmazonS3", "AWSLambda"):
+            lines.append(f"10,USD,{day} 00:00:00,Usage,111,{svc},Box,Run,1,Hrs")
+    f.write_text("\n".join(lines) + "\n")
+    import os
+
+    refreshed = datetime(2026, 9, 30, 14, 5).replace(tzinfo=UTC).timestamp()
+    os.utime(f, (refreshed, refreshed))
+    exp = load([str(f)])
+    assert exp.last_day == date(2026, 9, 30)
+    assert exp.last_complete_day == date(2026, 9, 29)
+    assert any("written at 2026-09-30 14:05 UTC, before the day ended" in n for n in exp.notes)

@@ -177,3 +177,41 @@ def test_usage_the_bill_has_beyond_the_ledger(tmp_path: Path) -> None:
     assert {f["model"] for f in partial.values()} == {"claude-sonnet-4.5"}
     report = markdown(rec, "ledger", exp.files)
     assert report.count("### Unmetered usage: ") == 4 and "tokens beyond the" in report
+
+
+def test_a_1000x_error_that_starts_part_way_through_the_period(tmp_path: Path) -> None:
+    """11 of 45 days at 1000x: one unit_mismatch with its change point, not 'unmetered usage'."""
+    from tokenfuse.billing.sample import LATE_ERROR_DAYS
+
+    url = _ledger(tmp_path)
+    bill = tmp_path / "bill.parquet"
+    m = generate(str(bill), "cur-2.0", days=45, accounts=1, incidents=["unit_error_late"], ledger_url=url)
+    rec = reconcile(load([str(bill)]), read_ledger(url), GATEWAY)
+    (f,) = rec.findings
+    assert (f["kind"], f["model"], f["token_class"], f["factor"]) == ("unit_mismatch", "claude-haiku-4.5", "output", 1000)
+    assert f["error_type"] == "billing_error"
+    assert f["days"] == LATE_ERROR_DAYS == 11
+    assert f["started"] == f["first_day"] == "2026-09-20" and f["last_day"] == "2026-09-30"
+    assert f["stopped"] is None
+    assert f["reference_price_source"] == "bill (agreeing days)" and f["reference_price_per_mtok"] == 5
+    late = [d for d in m.true_tokens if d >= date(2026, 9, 20)]
+    tokens = sum(m.true_tokens[d]["Claude4.5Haiku"]["output"] for d in late)
+    assert f["ledger_tokens"] == tokens
+    assert f["expected_usd"] == (Decimal(tokens) * 5 / 1_000_000).quantize(Decimal("0.000001"))
+    assert f["overbilled_usd"] == f["billed_usd"] - f["expected_usd"] and f["overbilled_usd"] > 0
+    assert "It starts on 2026-09-20" in markdown(rec, "ledger", [str(bill)])
+
+
+def test_a_wrong_unit_label_with_correct_dollars_is_not_an_overcharge(tmp_path: Path) -> None:
+    url = _ledger(tmp_path)
+    bill = tmp_path / "bill.csv"
+    generate(str(bill), "focus-1.2", days=20, accounts=1, incidents=["unit_label"], ledger_url=url)
+    rec = reconcile(load([str(bill)]), read_ledger(url), GATEWAY)
+    (f,) = rec.findings
+    assert (f["kind"], f["token_class"], f["factor"], f["error_type"]) == ("unit_mismatch", "output", Decimal("0.001"),
+                                                                             "unit_label")
+    assert abs(f["overbilled_usd"]) < Decimal("0.01")
+    assert abs(f["billed_usd"] - f["expected_usd"]) < Decimal("0.01")
+    assert f["pricing_units"] == ["Tokens"]
+    text = markdown(rec, "ledger", [str(bill)])
+    assert "### Unit label:" in text and "no refund is due" in text

@@ -67,6 +67,8 @@ def _detect(argv: Sequence[str]) -> int:
                 if f["kind"] == "runaway_inference":
                     f["escalation_note"] = notes[f["account"]]
         print(dumps({"as_of": det.as_of.isoformat(), "flavours": list(exp.flavours), "rows": exp.rows,
+                     "analysable": det.nothing_to_analyse is None, "statement": det.nothing_to_analyse,
+                     "services": exp.services, "notes": det.notes, "dropped_files": exp.dropped_files,
                      "findings": findings, "cache_health": [c.to_json() for c in det.cache]}))
         return 0
     print(_detect_text(det, exp.rows, exp.flavours))
@@ -82,6 +84,8 @@ def _detect_text(det: object, rows: int, flavours: tuple[str, ...]) -> str:
 
     assert isinstance(det, Detection)
     out = [f"{rows:,} rows ({', '.join(flavours)}), as of {det.as_of.isoformat()}", ""]
+    if det.nothing_to_analyse:
+        return "\n".join([*out, det.nothing_to_analyse[0].upper() + det.nothing_to_analyse[1:] + "."])
     out.append("Runaway inference (recent 3 days vs baseline days -30..-8, $0 for days without usage)")
     spending = [r for r in det.runaways if r.recent_avg > 0 or r.baseline_avg > 0]
     w = max([14, *(len(r.account) for r in spending)])
@@ -91,7 +95,7 @@ def _detect_text(det: object, rows: int, flavours: tuple[str, ...]) -> str:
         ratio = f"{r.spike_ratio:.1f}x" if r.spike_ratio is not None else "-"
         out.append(
             f"  {r.account:<{w}} {r.recent_avg:>11.2f} {r.baseline_avg:>13.2f} {r.baseline_stddev:>9.2f} {ratio:>7} "
-            f"{r.driver if r.flagged else '':<12} {'flat' if r.compute_flat else 'moved':<8} {'RUNAWAY' if r.flagged else ''}"
+            f"{r.driver if r.flagged else '':<12} {'flat' if r.compute_flat else 'moved':<8} {_flag(r) if r.flagged else ''}"
         )
     if len(spending) < len(det.runaways):
         out.append(f"  ({len(det.runaways) - len(spending)} account(s) without Bedrock inference spend in the window not shown)")
@@ -114,13 +118,20 @@ def _detect_text(det: object, rows: int, flavours: tuple[str, ...]) -> str:
             f"  {c.account:<14} {c.model_label:<28} uncached {c.uncached_input_tokens:>16,.0f}  read {c.cache_read_tokens:>16,.0f}"
             f"  wasted ~{c.wasted_usd:,.2f} USD"
         )
-    out += ["", "Budget advice (Bedrock-only budget: 2x last month, at most $100/day for dev/test)"]
+    out += ["", "Budget advice (Bedrock-only budget: 2x last month without flagged days, at most $100/day for dev/test)"]
     for b in det.budgets:
+        left_out = (
+            f"  (left out {len(b.excluded_days)} flagged day(s), {b.excluded_usd:,.2f} USD)" if b.excluded_days else ""
+        )
         out.append(
             f"  {b.account:<14} {b.period:<22} spent {b.bedrock_spend_usd:>12,.2f}  budget {b.monthly_budget_usd:>12,.2f}/month"
-            f"  dev/test {b.dev_test_monthly_budget_usd:>10,.2f}/month"
+            f"  dev/test {b.dev_test_monthly_budget_usd:>10,.2f}/month{left_out}"
         )
     return "\n".join(out)
+
+
+def _flag(r: object) -> str:
+    return "BILLING LAG (not a runaway; run reconcile)" if getattr(r, "driver", "") == "billing_lag" else "RUNAWAY"
 
 
 def _sample(argv: Sequence[str]) -> int:

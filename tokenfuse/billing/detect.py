@@ -15,6 +15,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from tokenfuse.billing.errors import BillingInputError
 from tokenfuse.billing.load import Export
 from tokenfuse.billing.sql import (
     BASELINE_FIRST_BACK,
@@ -47,7 +48,14 @@ DRIVER_CAUSE = {
     "output": "output tokens rose: verbose reasoning or generation (raised max_tokens, thinking budgets, retries)",
     "cache_write": "cache writes rose without reads: caching misconfigured (cache prefix changes on every call)",
     "mixed": "all token classes rose together: more calls of the same shape (traffic growth or a retry storm)",
+    "billing_lag": "a billing-lag lump, not a usage change: days billed nothing, then one day billed them all at once; "
+    "run `tokenfuse reconcile` against the gateway ledger to confirm",
 }
+# Billing-lag lump: the baseline bills on at least this share of its days...
+LAG_BASELINE_ACTIVE = Decimal("0.8")
+# ...and the lump is at most this many times (missing days + 1) x the baseline mean.
+LAG_LUMP_TOLERANCE = Decimal("1.5")
+
 
 
 @dataclass(slots=True)
@@ -141,6 +149,8 @@ class BudgetAdvice:
     bedrock_spend_usd: Decimal
     monthly_budget_usd: Decimal
     dev_test_monthly_budget_usd: Decimal
+    excluded_days: list[date] = field(default_factory=list)
+    excluded_usd: Decimal = Decimal(0)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,6 +160,8 @@ class BudgetAdvice:
             "bedrock_spend_usd": _money(self.bedrock_spend_usd),
             "monthly_budget_usd": _money(self.monthly_budget_usd),
             "dev_test_monthly_budget_usd": _money(self.dev_test_monthly_budget_usd),
+            "excluded_days": [d.isoformat() for d in self.excluded_days],
+            "excluded_usd": _money(self.excluded_usd),
         }
 
 
@@ -162,6 +174,8 @@ class Detection:
     cache: list[CacheStat] = field(default_factory=list)
     series: dict[str, DaySeries] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Set when the export holds no AI inference usage rows: the one answer to give.
+    nothing_to_analyse: str | None = None
 
     @property
     def flagged(self) -> list[Runaway]:
@@ -183,10 +197,20 @@ def _ratio(d: Decimal) -> Decimal:
 
 
 def resolve_as_of(exp: Export, as_of: date | None) -> date:
-    """The first day *not* analysed: given, else the day after the last complete day."""
-    if as_of is not None:
-        return as_of
-    return exp.last_day + timedelta(days=1) if exp.last_day_complete else exp.last_day
+    """The first day *not* analysed: given, else the day after the last complete day.
+
+    A day after the export's data is refused: it would count as $0 and fake a drop (or hide a spike).
+    """
+    complete = exp.last_complete_day or (exp.last_day if exp.last_day_complete else exp.last_day - timedelta(days=1))
+    if as_of is None:
+        return complete + timedelta(days=1)
+    if as_of > exp.last_day + timedelta(days=1):
+        raise BillingInputError(
+            f"--as-of {as_of.isoformat()} is after the export's data: its last complete day is "
+            f"{complete.isoformat()} (use --as-of {(complete + timedelta(days=1)).isoformat()} or earlier, "
+            "or add the newer export files); the missing days would count as $0"
+        )
+    return as_of
 
 
 def _mean(xs: list[Decimal]) -> Decimal:
@@ -244,6 +268,9 @@ def runaway(exp: Export, as_of: date) -> tuple[list[Runaway], dict[str, DaySerie
         delta = {
             n: _mean([d[n] for d in recent]) - _mean([d[n] for d in base]) for n, _ in CLASS_COLUMNS
         }
+        driver = _driver(delta)
+        if flagged and _is_lag_lump(days, b_vals, b_avg, threshold):
+            driver = "billing_lag"
         rc = _mean([d["compute_cost"] for d in recent])
         bc = _mean([d["compute_cost"] for d in base])
         flat = (rc == bc) if bc == 0 else abs(rc / bc - 1) <= COMPUTE_FLAT_TOLERANCE
@@ -257,7 +284,7 @@ def runaway(exp: Export, as_of: date) -> tuple[list[Runaway], dict[str, DaySerie
                 spike_ratio=(r_avg / b_avg) if b_avg > 0 else None,
                 sigma_distance=dist,
                 threshold=threshold,
-                driver=_driver(delta),
+                driver=driver,
                 compute_flat=flat,
                 recent_compute_avg=rc,
                 baseline_compute_avg=bc,
@@ -269,6 +296,26 @@ def runaway(exp: Export, as_of: date) -> tuple[list[Runaway], dict[str, DaySerie
         )
     out.sort(key=lambda r: (not r.flagged, -(r.spike_ratio or _ZERO)))
     return out, series
+
+
+def _is_lag_lump(days: list[dict[str, Any]], base: list[Decimal], b_avg: Decimal, threshold: Decimal) -> bool:
+    """One recent day over the threshold right after days that billed nothing, carrying about those days' usage.
+
+    The bill charged late, it did not charge more: the days before the lump are $0 on an
+    account that bills nearly every day, and the lump is no bigger than the missing days
+    plus its own at the baseline rate.
+    """
+    if not base or Decimal(sum(1 for v in base if v > 0)) / len(base) < LAG_BASELINE_ACTIVE or b_avg <= 0:
+        return False
+    by_back = {d["back"]: d["inference_cost"] for d in days}
+    over = [b for b in range(1, RECENT_DAYS + 1) if by_back.get(b, _ZERO) > threshold]
+    if len(over) != 1:
+        return False
+    lump = over[0]
+    gap = 0
+    while by_back.get(lump + gap + 1) == 0 and lump + gap + 1 < BASELINE_FIRST_BACK:
+        gap += 1
+    return gap >= 1 and by_back[lump] <= (gap + 1) * b_avg * LAG_LUMP_TOLERANCE
 
 
 def _price_book_rates(model: str, model_label: str) -> tuple[Decimal, Decimal] | None:
@@ -386,7 +433,13 @@ def cache_health(exp: Export, as_of: date, stats: list[CacheStat] | None = None)
     return out
 
 
-def budget_advice(exp: Export, as_of: date) -> list[BudgetAdvice]:
+def budget_advice(exp: Export, as_of: date, flagged: dict[str, set[date]] | None = None) -> list[BudgetAdvice]:
+    """2x last month's Bedrock spend, from the days that were not an incident.
+
+    ``flagged`` maps an account to the days to leave out (for a flagged account: every
+    day of the window above its runaway threshold); the rest is scaled back to the whole
+    window. A budget set from a month that includes the incident would allow the incident.
+    """
     month_end = as_of.replace(day=1) - timedelta(days=1)
     month_start = month_end.replace(day=1)
     if exp.first_day <= month_start:
@@ -396,25 +449,49 @@ def budget_advice(exp: Export, as_of: date) -> list[BudgetAdvice]:
         period = f"{start.isoformat()}..{end.isoformat()}"
     n_days = (end - start).days + 1
     rows = exp.con.execute(
-        "SELECT account, sum(cost) FROM bill WHERE kind IN ('inference', 'bedrock') AND day >= ? AND day <= ? "
-        "GROUP BY account HAVING sum(cost) > 0 ORDER BY account",
+        "SELECT account, day, sum(cost) FROM bill WHERE kind IN ('inference', 'bedrock') AND day >= ? AND day <= ? "
+        "GROUP BY account, day ORDER BY account, day",
         [start, end],
     ).fetchall()
+    per_day: dict[str, dict[date, Decimal]] = defaultdict(dict)
+    for account, day, cost in rows:
+        per_day[account][day] = Decimal(cost)
     out = []
-    for account, spend in rows:
-        spend = Decimal(spend)
+    for account, days in sorted(per_day.items()):
+        spend = sum(days.values(), _ZERO)
+        if spend <= 0:
+            continue
+        excluded = {d for d in (flagged or {}).get(account, set()) if start <= d <= end}
+        excluded_usd = sum((days.get(d, _ZERO) for d in excluded), _ZERO)
+        kept_days = n_days - len(excluded)
+        usual = (spend - excluded_usd) * n_days / kept_days if kept_days > 0 else spend
         # A partial window is scaled to a 30-day month before doubling.
-        monthly = spend * 30 / n_days if period.count("..") else spend
+        monthly = usual * 30 / n_days if period.count("..") else usual
         budget = 2 * monthly
-        out.append(BudgetAdvice(account, period, spend, budget, min(budget, DEV_TEST_DAILY_CAP * 30)))
+        out.append(
+            BudgetAdvice(account, period, spend, budget, min(budget, DEV_TEST_DAILY_CAP * 30), sorted(excluded),
+                         excluded_usd)
+        )
     return out
+
+
+def nothing_to_analyse(exp: Export) -> str | None:
+    """The plain statement for an export without AI inference usage rows, or None."""
+    n = exp.con.execute("SELECT count(*) FROM bill WHERE kind = 'inference'").fetchone()
+    if n and n[0]:
+        return None
+    services = ", ".join(list(exp.services)[:8]) + (", ..." if len(exp.services) > 8 else "")
+    return (
+        f"this export has no AI inference usage rows tokenfuse can analyse ({exp.rows:,} rows, services: {services}); "
+        "runaway inference, caching health and budget advice need Bedrock (or model API) token usage rows"
+    )
 
 
 def detect(exp: Export, as_of: date | None = None) -> Detection:
     day = resolve_as_of(exp, as_of)
-    notes = []
-    if as_of is None and not exp.last_day_complete:
-        notes.append(f"{exp.last_day.isoformat()} is incomplete (last row {exp.last_ts:%H:%M} UTC); left out")
+    notes = list(exp.notes)
+    if as_of is not None and not exp.last_day_complete and day > exp.last_day:
+        notes.append(f"--as-of {day.isoformat()} includes {exp.last_day.isoformat()}, which is incomplete")
     if (day - exp.first_day).days < BASELINE_LAST_BACK:
         notes.append(
             f"the export starts {exp.first_day.isoformat()}, fewer than {BASELINE_LAST_BACK} days before "
@@ -422,6 +499,13 @@ def detect(exp: Export, as_of: date | None = None) -> Detection:
         )
     runaways, series = runaway(exp, day)
     stats = cache_stats(exp, day)
+    flagged = {
+        r.account: set(r.flagged_days)
+        | {d for d, v in zip(series[r.account].days, series[r.account].cost, strict=True) if v > r.threshold}
+        for r in runaways
+        if r.flagged
+    }
     return Detection(
-        day, runaways, cache_health(exp, day, stats), budget_advice(exp, day), stats, series, notes
+        day, runaways, cache_health(exp, day, stats), budget_advice(exp, day, flagged), stats, series, notes,
+        nothing_to_analyse(exp),
     )

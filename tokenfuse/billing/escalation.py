@@ -20,6 +20,13 @@ _CHECK = {
         "cache read tokens on the same model: they should be several times the writes",
         "a 1-hour cache TTL requested where 5 minutes would do",
     ],
+    "billing_lag": [
+        "`tokenfuse reconcile --ledger <store> --billing <export> --account <id>`: a billing_lag finding with this lump day "
+        "confirms the bill charged late, not more",
+        "the days before the lump: the bill shows no Bedrock usage while the gateway ledger (or CloudWatch invocation "
+        "metrics) shows the usual traffic",
+        "the next export refresh: the lag usually settles within a day or two",
+    ],
     "mixed": [
         "request counts per caller (CloudTrail) against the previous weeks: new traffic, a new tenant, a retry storm",
         "a deploy or schedule change on the first flagged day",
@@ -30,19 +37,27 @@ _STOP = {
     "output": "roll back the max_tokens / reasoning-budget change; cap retries",
     "cache_write": "disable prompt caching for this caller until the cache prefix is stable",
     "mixed": "throttle or pause the largest caller; set the Bedrock budget below",
+    "billing_lag": "nothing yet: no usage change is implied; do not roll back deploys or cap tokens for this spike",
 }
 
 
 def note(r: Runaway) -> str:
     ratio = f"{r.spike_ratio:.1f}x" if r.spike_ratio is not None else "n/a (no baseline spend)"
     compute = (
-        "flat while tokens rose: the runaway fingerprint (the spend is the model calls, not more work)"
+        "flat: consistent with late billing of the usual traffic"
+        if r.compute_flat and r.driver == "billing_lag"
+        else "flat while tokens rose: the runaway fingerprint (the spend is the model calls, not more work)"
         if r.compute_flat
         else f"changed too ({r.baseline_compute_avg:.2f} -> {r.recent_compute_avg:.2f} USD/day): "
         "the workload itself may have grown"
     )
+    title = (
+        f"## Escalation: billing-lag lump (not a runaway) in account {r.account}"
+        if r.driver == "billing_lag"
+        else f"## Escalation: runaway Bedrock inference in account {r.account}"
+    )
     lines = [
-        f"## Escalation: runaway Bedrock inference in account {r.account}",
+        title,
         "",
         f"- Days: {', '.join(d.isoformat() for d in r.days)} (flagged: {', '.join(d.isoformat() for d in r.flagged_days) or 'window mean only'})",
         f"- Recent average: {r.recent_avg:.2f} USD/day",

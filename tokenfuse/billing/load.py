@@ -15,28 +15,38 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from tokenfuse.billing import progress
+from tokenfuse.billing import deliveries, progress
 from tokenfuse.billing.errors import BillingInputError
 from tokenfuse.billing.usagetypes import classify, unit_multiplier
 
 FLAVOURS: tuple[str, ...] = ("focus-1.0", "focus-1.2", "cur-2.0")
 
+# The normalised usage model every flavour maps into, by name (never by position).
+NORMALISED: tuple[str, ...] = (
+    "ts", "cost", "account", "billing_account", "provider", "service", "usage_type", "operation", "charge",
+    "quantity", "unit", "product", "currency",
+)
+
 # Normalised field -> candidate source columns, first present wins (matched
-# case-insensitively). A field whose candidates are all absent is NULL unless it
-# is required.
+# case-insensitively). ``col['key']`` reads a key of a MAP column (or of a JSON
+# object when the CSV writer serialised the map). A field whose candidates are all
+# absent is NULL unless it is required.
 _FOCUS_FIELDS: dict[str, tuple[str, ...]] = {
     "ts": ("ChargePeriodStart",),
     "cost": ("BilledCost",),
     "account": ("SubAccountId", "BillingAccountId"),
+    "billing_account": ("BillingAccountId",),
+    "provider": ("ProviderName", "x_Provider"),
     "service": ("x_ServiceCode", "ServiceName"),
     "operation": ("x_Operation",),
     "charge": ("ChargeCategory",),
@@ -52,16 +62,25 @@ FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
         "ts": ("line_item_usage_start_date",),
         "cost": ("line_item_unblended_cost",),
         "account": ("line_item_usage_account_id",),
+        "billing_account": ("bill_payer_account_id",),
+        "provider": (),
         "service": ("product_servicecode", "line_item_product_code"),
         "usage_type": ("line_item_usage_type",),
         "operation": ("line_item_operation",),
         "charge": ("line_item_line_item_type",),
         "quantity": ("line_item_usage_amount",),
         "unit": ("pricing_unit",),
-        "product": ("product_product_name", "line_item_product_code"),
+        # CUR 2.0 keeps the product name in the ``product`` map; a Marketplace line's
+        # product code is an opaque id (b3hzdk7mhh2vz0ywa7kjh0eyt), the last resort.
+        "product": (
+            "product['product_name']", "product_product_name", "product['servicename']", "line_item_product_code",
+        ),
         "currency": ("line_item_currency_code",),
     },
 }
+# CUR is AWS by definition; FOCUS rows say so in ProviderName.
+_CONSTANT_PROVIDER = {"cur-2.0": "aws"}
+_MAP_KEY = re.compile(r"^(\w+)\['(\w+)'\]$")
 REQUIRED: tuple[str, ...] = ("ts", "cost", "account", "service", "charge")
 _MARKERS: dict[str, tuple[str, ...]] = {
     "cur-2.0": ("line_item_usage_type", "line_item_unblended_cost", "line_item_usage_start_date"),
@@ -93,6 +112,11 @@ class Export:
     last_ts: datetime
     last_day_complete: bool
     currency: str | None
+    # The last day every account and service has complete (see docs/detection.md).
+    last_complete_day: date | None = None
+    notes: list[str] = field(default_factory=list)  # what was dropped or judged incomplete, and why
+    dropped_files: list[str] = field(default_factory=list)
+    services: dict[str, int] = field(default_factory=dict)  # service -> rows, for "nothing to analyse" answers
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -107,6 +131,11 @@ def connect() -> duckdb.DuckDBPyConnection:
     con.execute("SET enable_progress_bar=true")
     con.execute("SET enable_progress_bar_print=false")
     return con
+
+
+def _present(cand: str, columns: dict[str, str]) -> bool:
+    m = _MAP_KEY.match(cand)
+    return (m.group(1).lower() if m else cand.lower()) in columns
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
@@ -207,7 +236,7 @@ def detect_flavour(columns: Iterable[str]) -> str | None:
 def _check_columns(path: str, flavour: str, cols: dict[str, tuple[str, str]]) -> None:
     for fld in REQUIRED:
         cands = FIELDS[flavour][fld]
-        if not any(c.lower() in cols for c in cands):
+        if not any(_present(c, {k: v[0] for k, v in cols.items()}) for c in cands):
             names = " or ".join(cands)
             raise BillingInputError(
                 f"{path}: {flavour} export lacks column {names} (needed for {fld}); "
@@ -231,34 +260,57 @@ def _expr(fld: str, actual: str, typ: str) -> str:
             f"THEN CAST(timezone('UTC', CAST(trim({col}) AS TIMESTAMPTZ)) AS TIMESTAMP) "
             f"ELSE CAST(trim({col}) AS TIMESTAMP) END"
         )
+    if fld in ("account", "billing_account") and (t in ("DOUBLE", "FLOAT", "REAL") or t.startswith("DECIMAL")):
+        # An account id typed as a number in one Parquet part: 12345678901.0 -> "12345678901" (padded later).
+        return f"CAST(CAST({col} AS HUGEINT) AS VARCHAR)"
     if fld in ("cost", "quantity"):
         if t == "VARCHAR":
             return f"CAST(trim({col}) AS {_NUMERIC})"
         return f"CAST({col} AS {_NUMERIC})"
-    if fld in ("service", "charge", "currency"):
+    if fld in ("service", "charge", "currency", "provider"):
         return f"lower(trim(CAST({col} AS VARCHAR)))"
     return f"trim(CAST({col} AS VARCHAR))"
 
 
+def _source(fld: str, cand: str, group: FileGroup) -> str:
+    """The SQL reading one candidate column (or one key of a MAP / JSON-object column)."""
+    m = _MAP_KEY.match(cand)
+    if m is None:
+        return _expr(fld, group.columns[cand.lower()], group.types[cand.lower()])
+    col = _ident(group.columns[m.group(1).lower()])
+    key = m.group(2)
+    if group.types[m.group(1).lower()].upper().startswith("MAP"):
+        value = f"{col}[{_sql_str(key)}]"
+    else:
+        value = f"CASE WHEN json_valid({col}) THEN json_extract_string({col}, {_sql_str('$.' + key)}) END"
+    return f"nullif(trim(CAST({value} AS VARCHAR)), '')"
+
+
 def _select(group: FileGroup) -> str:
+    """One file group's rows in the normalised usage model, every column named."""
     fields = FIELDS[group.flavour]
     parts: list[str] = []
-    for fld, cands in fields.items():
-        present = [c for c in cands if c.lower() in group.columns]
+    for fld in NORMALISED:
+        present = [c for c in fields.get(fld, ()) if _present(c, group.columns)]
         if not present:
+            const = _CONSTANT_PROVIDER.get(group.flavour) if fld == "provider" else None
+            if const is not None:
+                parts.append(f"{_sql_str(const)} AS {fld}")
+                continue
             typ = "TIMESTAMP" if fld == "ts" else _NUMERIC if fld in ("cost", "quantity") else "VARCHAR"
             parts.append(f"CAST(NULL AS {typ}) AS {fld}")
             continue
         # The first present candidate, falling back to later ones row by row.
-        exprs = [_expr(fld, group.columns[c.lower()], group.types[c.lower()]) for c in present]
+        exprs = [_source(fld, c, group) for c in present]
         e = exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
         parts.append(f"{e} AS {fld}")
-    return f"SELECT {', '.join(parts)} FROM {_reader(group.fmt, group.files)}"
+    parts.append("filename AS src")
+    return f"SELECT {', '.join(parts)} FROM {_reader(group.fmt, group.files, filename=True)}"
 
 
 def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[FileGroup]:
-    by_key: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
-    meta: dict[tuple[str, str, tuple[str, ...]], dict[str, tuple[str, str]]] = {}
+    by_key: dict[tuple[str, str, tuple[tuple[str, str], ...]], list[str]] = {}
+    meta: dict[tuple[str, str, tuple[tuple[str, str], ...]], dict[str, tuple[str, str]]] = {}
     for f in files:
         fmt = _sniff_format(f)
         cols = _describe(con, fmt, f)
@@ -273,7 +325,8 @@ def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[FileGr
             )
             raise BillingInputError(f"{f}: not a FOCUS or CUR 2.0 billing export: {hint}")
         _check_columns(f, flavour, cols)
-        key = (fmt, flavour, tuple(sorted(cols)))
+        # Types are part of the key: a part typing an id as BIGINT is read apart from one typing it VARCHAR.
+        key = (fmt, flavour, tuple(sorted((k, v[1]) for k, v in cols.items())))
         by_key.setdefault(key, []).append(f)
         meta[key] = cols
     groups = []
@@ -295,7 +348,7 @@ def _explain_conversion(con: duckdb.DuckDBPyConnection, group: FileGroup) -> str
     """Find the column whose value would not convert, to name it in the error."""
     for fld, cands in FIELDS[group.flavour].items():
         for c in cands:
-            if c.lower() not in group.columns:
+            if c.lower() not in group.columns:  # also skips map keys: their values are never converted
                 continue
             actual = group.columns[c.lower()]
             expr = _expr(fld, actual, group.types[c.lower()])
@@ -313,25 +366,35 @@ def _explain_conversion(con: duckdb.DuckDBPyConnection, group: FileGroup) -> str
 
 
 def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> Export:
-    """Read the export(s) into table ``bill`` (one row per day x account x line) in DuckDB."""
+    """Read the export(s) into table ``bill`` (one row per day x account x line) in DuckDB.
+
+    Earlier deliveries of the same billing period are dropped first (``deliveries``), and
+    the day up to which every account and service is complete is judged (``_completeness``).
+    """
     con = con or connect()
-    files = expand_paths(paths)
+    all_files = expand_paths(paths)
+    kept, notes = deliveries.latest_per_period(deliveries.group(all_files, deliveries.find_manifests(paths)))
+    files = sorted(f for d in kept for f in d.files)
+    dropped = sorted(set(all_files) - set(files))
     groups = _groups(con, files)
-    selects = " UNION ALL ".join(f"({_select(g)})" for g in groups)
+    selects = " UNION ALL BY NAME ".join(f"({_select(g)})" for g in groups)
     try:
         progress.execute(
             con,
             f"""
             CREATE OR REPLACE TABLE bill_lines AS
-            SELECT day, any_value(account) AS account, any_value(service) AS service,
+            SELECT day, any_value(account) AS account, any_value(billing_account) AS billing_account,
+                   any_value(provider) AS provider, any_value(service) AS service,
                    any_value(usage_type) AS usage_type, any_value(operation) AS operation,
                    any_value(charge) AS charge, any_value(unit) AS unit, any_value(product) AS product,
-                   any_value(currency) AS currency, sum(cost) AS cost, sum(quantity) AS quantity,
-                   count(*) AS n_rows, max(ts) AS last_ts, min(ts) AS first_ts
+                   any_value(currency) AS currency, any_value(src) AS src, sum(cost) AS cost,
+                   sum(quantity) AS quantity, count(*) AS n_rows, max(ts) AS last_ts, min(ts) AS first_ts
             FROM (
-                -- One 64-bit key instead of eight string keys: the hash table stays small and fast.
+                -- One 64-bit key instead of ten string keys: the hash table stays small and fast.
+                -- The source file is part of the key so that a superseded copy can be taken out again.
                 SELECT *, CAST(ts AS DATE) AS day,
-                       hash(account, service, usage_type, operation, charge, unit, product, currency) AS line
+                       hash(account, billing_account, provider, service, usage_type, operation, charge, unit, product,
+                            currency, src) AS line
                 FROM ({selects})
             )
             GROUP BY day, line
@@ -344,6 +407,11 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
             if specific:
                 raise BillingInputError(specific) from e
         raise BillingInputError(f"{', '.join(files)}: cannot read the export ({_first_line(e)})") from e
+    _canonical_accounts(con)
+    covered, more = _drop_copies(con, groups, {f for d in kept if d.period is None for f in d.files})
+    notes += more
+    dropped = sorted(set(dropped) | covered)
+    files = [f for f in files if f not in covered]
 
     stats = con.execute(
         "SELECT coalesce(sum(n_rows), 0), min(day), max(day), max(last_ts), "
@@ -367,21 +435,134 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
     _classify(con)
     last_ts: datetime = stats[3]
     last_day: date = stats[2]
-    hourly = con.execute(
-        "SELECT count(*) FROM bill_lines WHERE day = ? AND (hour(last_ts) <> 0 OR hour(first_ts) <> 0)", [last_day]
-    ).fetchone()
-    last_complete = not (hourly and hourly[0]) or last_ts.hour == 23
+    complete, why = _completeness(con, last_day, max(os.path.getmtime(f) for f in files))
+    notes += why
+    services = {
+        str(r[0]): int(r[1])
+        for r in con.execute(
+            "SELECT coalesce(service, '(none)'), sum(n_rows) FROM bill_lines GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+    }
     return Export(
         con=con,
-        flavours=tuple(sorted({g.flavour for g in groups})),
+        flavours=tuple(sorted({g.flavour for g in groups if any(f in files for f in g.files)})),
         files=tuple(files),
         rows=n_rows,
         first_day=stats[1],
         last_day=last_day,
         last_ts=last_ts,
-        last_day_complete=last_complete,
+        last_day_complete=complete == last_day,
         currency=currencies[0].upper() if currencies else None,
+        last_complete_day=complete,
+        notes=notes,
+        dropped_files=dropped,
+        services=services,
     )
+
+
+_AWS_PROVIDERS = "('aws', 'amazon web services', 'amazon')"
+
+
+def _canonical_accounts(con: duckdb.DuckDBPyConnection) -> None:
+    """AWS account ids as 12-digit strings: ``12345678901`` (an integer column) is ``012345678901``.
+
+    Done on the aggregated lines, not per raw row: the two spellings are separate lines
+    until here and merge when ``bill`` is grouped by account.
+    """
+    for col in ("account", "billing_account"):
+        con.execute(
+            f"UPDATE bill_lines SET {col} = lpad({col}, 12, '0') "
+            f"WHERE length({col}) < 12 AND coalesce(provider IN {_AWS_PROVIDERS}, TRUE) "
+            f"AND TRY_CAST({col} AS UBIGINT) IS NOT NULL"
+        )
+
+
+def _drop_copies(
+    con: duckdb.DuckDBPyConnection, groups: Sequence[FileGroup], unplaced: set[str]
+) -> tuple[set[str], list[str]]:
+    """Remove files outside the Data Exports layout that a newer file of the same export covers."""
+    if len(unplaced) < 2:
+        return set(), []
+    flavour_of = {f: g.flavour for g in groups for f in g.files}
+    rows = con.execute(
+        "SELECT src, list(DISTINCT billing_account), list(DISTINCT account), min(day), max(day) "
+        "FROM bill_lines GROUP BY src"
+    ).fetchall()
+    extents = [
+        deliveries.Extent(
+            str(src), flavour_of.get(str(src), "?"), frozenset(str(b) for b in bas if b is not None),
+            frozenset(str(a) for a in accts if a is not None), first, last, os.path.getmtime(str(src)),
+        )
+        for src, bas, accts, first, last in rows
+        if first is not None
+    ]
+    covered, notes = deliveries.drop_covered(extents, unplaced)
+    if covered:
+        con.execute(f"DELETE FROM bill_lines WHERE src IN ({', '.join(_sql_str(f) for f in sorted(covered))})")
+    return covered, notes
+
+
+# Earlier-complete share: a day is incomplete when fewer than this share of the series
+# that were complete (or present) the day before are complete (or present) on it.
+_COMPLETE_SHARE = 0.5
+_MAX_BACK = 7
+
+
+def _completeness(con: duckdb.DuckDBPyConnection, last_day: date, written: float) -> tuple[date, list[str]]:
+    """The last day that is complete for the accounts and services that report it.
+
+    A series is one account x service. Walking back from the export's last day, a day
+    is incomplete when (a) most hourly series that ran to 23:00 the day before stop
+    earlier on it (an export refreshed mid-day), (b) most series present on each of
+    the three days before are absent from it (a lone daily row dated the next day),
+    or (c) the files were written before the day ended (a daily export refreshed
+    mid-day: its rows carry no hour to judge by).
+    """
+    start = last_day - timedelta(days=_MAX_BACK + 3)
+    rows = con.execute(
+        "SELECT account, service, day, max(hour(last_ts)), bool_or(hour(last_ts) <> 0 OR hour(first_ts) <> 0) "
+        "FROM bill_lines WHERE day >= ? GROUP BY account, service, day",
+        [start],
+    ).fetchall()
+    present: dict[date, set[tuple[str, str]]] = {}
+    to_23: dict[date, set[tuple[str, str]]] = {}
+    for acct, svc, day, max_hour, hourly in rows:
+        present.setdefault(day, set()).add((acct, svc))
+        if hourly and max_hour == 23:
+            to_23.setdefault(day, set()).add((acct, svc))
+    written_at = datetime.fromtimestamp(written, UTC).replace(tzinfo=None)
+    notes: list[str] = []
+    day = last_day
+    for _ in range(_MAX_BACK):
+        why = _incomplete_because(day, present, to_23, written_at)
+        if why is None:
+            break
+        notes.append(f"{day.isoformat()} is incomplete ({why}); left out")
+        day -= timedelta(days=1)
+    else:
+        return last_day, []  # nothing looks complete: judge nothing rather than drop a week
+    return day, notes
+
+
+def _incomplete_because(
+    day: date, present: dict[date, set[tuple[str, str]]], to_23: dict[date, set[tuple[str, str]]], written: datetime
+) -> str | None:
+    prev = day - timedelta(days=1)
+    ran = to_23.get(prev, set())
+    if ran:
+        still = len(ran & to_23.get(day, set()))
+        if still < _COMPLETE_SHARE * len(ran):
+            return f"{len(ran) - still} of {len(ran)} account x service series that ran to 23:00 the day before stop earlier"
+    regular = present.get(prev, set()) & present.get(prev - timedelta(days=1), set()) & present.get(
+        prev - timedelta(days=2), set()
+    )
+    if len(regular) >= 2:
+        there = len(regular & present.get(day, set()))
+        if there < _COMPLETE_SHARE * len(regular):
+            return f"only {there} of the {len(regular)} account x service series seen every day before report it"
+    if written < datetime.combine(day + timedelta(days=1), datetime.min.time()):
+        return f"the export files were written at {written:%Y-%m-%d %H:%M} UTC, before the day ended"
+    return None
 
 
 def _classify(con: duckdb.DuckDBPyConnection) -> None:

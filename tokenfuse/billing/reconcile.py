@@ -100,12 +100,34 @@ def _bill_cells(exp: Export, account: str | None) -> tuple[list[tuple[Any, ...]]
     return rows, labels
 
 
-def _factor(ratios: list[Decimal]) -> Decimal | None:
-    for f in KNOWN_FACTORS:
-        close = [r for r in ratios if abs(r / f - 1) <= FACTOR_TOLERANCE]
-        if ratios and Decimal(len(close)) / len(ratios) >= CONSISTENT_SHARE:
+def _day_factor(c: Cell) -> Decimal | None:
+    """The known factor (1 included) billed / metered tokens is within tolerance of, on one day."""
+    r = c.billed_tokens / c.ledger_tokens
+    for f in (Decimal(1), *KNOWN_FACTORS):
+        if abs(r / f - 1) <= FACTOR_TOLERANCE:
             return f
     return None
+
+
+def segments(days: dict[date, Cell]) -> list[tuple[Decimal, list[date]]]:
+    """Runs of consecutive metered-and-billed days at the same non-1 factor: where a unit error starts and stops.
+
+    Days only one side has (a billing lag) neither break nor join a run.
+    """
+    out: list[tuple[Decimal, list[date]]] = []
+    run_f: Decimal | None = None
+    run: list[date] = []
+    for d in sorted(d for d, c in days.items() if c.ledger_tokens > 0 and c.billed_tokens > 0):
+        f = _day_factor(days[d])
+        if f is not None and f != 1 and f == run_f:
+            run.append(d)
+            continue
+        if run_f is not None:
+            out.append((run_f, run))
+        run_f, run = (f, [d]) if f is not None and f != 1 else (None, [])
+    if run_f is not None:
+        out.append((run_f, run))
+    return out
 
 
 def reconcile(exp: Export, ledger: dict[tuple[date, str, str], int], account: str | None = None) -> Reconciliation:
@@ -131,7 +153,11 @@ def reconcile(exp: Export, ledger: dict[tuple[date, str, str], int], account: st
         cells[(model, cls)][day].ledger_tokens += n
     findings: list[dict[str, Any]] = []
     findings += _unit_mismatches(cells, labels)
-    factors = {(f["model"], f["token_class"]): Decimal(f["factor"]) for f in findings}
+    # Per class and day, the factor a unit-mismatch run explains; those days are judged at that scale.
+    factors: dict[tuple[str, str], dict[date, Decimal]] = defaultdict(dict)
+    for f in findings:
+        for d in f["mismatched_days"]:
+            factors[(f["model"], f["token_class"])][date.fromisoformat(d)] = Decimal(f["factor"])
     findings += _lags(cells, factors)
     findings += _unmetered(cells, labels, factors)
     return Reconciliation(first, last, cells, labels, findings, after)
@@ -148,61 +174,102 @@ def _unit_price(days: dict[date, Cell]) -> Decimal | None:
     return usd / tok if tok > 0 else None
 
 
+def _reference_price(model: str, label: str | None, cls: str, days: dict[date, Cell], bad: set[date]) -> tuple[Decimal | None, str]:
+    """USD per token as normally billed: the bill's own price on its agreeing days, else the price book."""
+    good = {d: c for d, c in days.items() if d not in bad and c.ledger_tokens > 0 and c.billed_tokens > 0
+            and _day_factor(c) == 1}
+    price = _unit_price(good)
+    if price is not None:
+        return price, "bill (agreeing days)"
+    price = book_price(model, label, cls)
+    return price, "price book" if price is not None else "none"
+
+
+def _close(a: Decimal, b: Decimal) -> bool:
+    return b > 0 and abs(a / b - 1) <= FACTOR_TOLERANCE
+
+
 def _unit_mismatches(cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """A factor between billed and metered tokens, per run of days, told apart by what the dollars did.
+
+    ``billing_error``: the cost follows the wrong quantity (the bill overcharges or
+    undercharges by the factor). ``unit_label``: the cost matches the metered tokens at
+    the usual price; only the quantity or its unit label is off, nothing to refund.
+    """
     out = []
     for (model, cls), days in sorted(cells.items()):
-        both = {d: c for d, c in days.items() if c.ledger_tokens > 0 and c.billed_tokens > 0}
-        ratios = [c.billed_tokens / c.ledger_tokens for c in both.values()]
-        factor = _factor(ratios)
-        if factor is None:
-            continue
-        matching = {d: c for d, c in both.items() if abs(c.billed_tokens / c.ledger_tokens / factor - 1) <= FACTOR_TOLERANCE}
-        price = _unit_price(matching) or _ZERO
-        ledger_tokens = sum(c.ledger_tokens for c in matching.values())
-        billed_usd = sum((c.billed_usd for c in matching.values()), _ZERO)
-        expected = Decimal(ledger_tokens) * price
-        units = sorted({u for c in matching.values() for u in c.units})
-        if factor == 1000 and any("1k" in u.lower() or "1,000" in u for u in units):
-            why = "billed raw tokens as 1K units"
-        elif factor == 1000:
-            why = "billed 1000x the tokens metered"
-        elif factor < 1:
-            why = f"billed {1 / factor:.0f}x fewer tokens than metered (quantities entered in larger units)"
-        else:
-            why = f"billed {factor:.0f}x the tokens metered"
-        out.append(
-            {
-                "kind": "unit_mismatch",
-                "model": model,
-                "model_label": labels.get(model, model),
-                "token_class": cls,
-                "factor": _num(factor),
-                "explanation": why,
-                "pricing_units": units,
-                "days": len(matching),
-                "first_day": min(matching).isoformat(),
-                "last_day": max(matching).isoformat(),
-                "ledger_tokens": ledger_tokens,
-                "billed_tokens": _num(sum((c.billed_tokens for c in matching.values()), _ZERO)),
-                "unit_price_per_mtok": (price * _MTOK).quantize(Decimal("0.000001")),
-                "billed_usd": billed_usd.quantize(Decimal("0.000001")),
-                "expected_usd": expected.quantize(Decimal("0.000001")),
-                "overbilled_usd": (billed_usd - expected).quantize(Decimal("0.000001")),
-            }
-        )
+        runs = segments(days)
+        bad = {d for _, ds in runs for d in ds}
+        billed_days = sorted(d for d, c in days.items() if c.billed_tokens > 0)
+        for factor, run in runs:
+            matching = {d: days[d] for d in run}
+            ref, ref_source = _reference_price(model, labels.get(model), cls, days, bad)
+            bill_price = _unit_price(matching) or _ZERO
+            ledger_tokens = sum(c.ledger_tokens for c in matching.values())
+            billed_usd = sum((c.billed_usd for c in matching.values()), _ZERO)
+            units = sorted({u for c in matching.values() for u in c.units})
+            at_ref = Decimal(ledger_tokens) * ref if ref is not None else None
+            if at_ref is not None and _close(billed_usd, at_ref):
+                error_type, expected, price = "unit_label", at_ref, ref or _ZERO
+                why = (
+                    f"the billed quantity is {_num(factor)}x the metered tokens but the dollars match them: "
+                    f"a wrong quantity or unit label ({', '.join(units) or 'no unit'}), not an overcharge"
+                )
+            else:
+                error_type = "billing_error" if at_ref is not None else "unknown"
+                # "Expected" is the metered tokens at the bill's own price per billed token.
+                price = bill_price
+                expected = Decimal(ledger_tokens) * price
+                if factor == 1000 and any("1k" in u.lower() or "1,000" in u for u in units):
+                    why = "billed raw tokens as 1K units"
+                elif factor == 1000:
+                    why = "billed 1000x the tokens metered"
+                elif factor < 1:
+                    why = f"billed {1 / factor:.0f}x fewer tokens than metered (quantities entered in larger units)"
+                else:
+                    why = f"billed {factor:.0f}x the tokens metered"
+            first, last = run[0], run[-1]
+            later = [d for d in billed_days if d > last]
+            out.append(
+                {
+                    "kind": "unit_mismatch",
+                    "model": model,
+                    "model_label": labels.get(model, model),
+                    "token_class": cls,
+                    "factor": _num(factor),
+                    "error_type": error_type,
+                    "explanation": why,
+                    "pricing_units": units,
+                    "days": len(matching),
+                    "first_day": first.isoformat(),
+                    "last_day": last.isoformat(),
+                    # Change points: the first mismatched day after agreeing ones, and the first agreeing day after.
+                    "started": first.isoformat() if any(d < first for d in billed_days) else None,
+                    "stopped": later[0].isoformat() if later else None,
+                    "mismatched_days": [d.isoformat() for d in run],
+                    "ledger_tokens": ledger_tokens,
+                    "billed_tokens": _num(sum((c.billed_tokens for c in matching.values()), _ZERO)),
+                    "unit_price_per_mtok": (price * _MTOK).quantize(Decimal("0.000001")),
+                    "reference_price_per_mtok": None if ref is None else (ref * _MTOK).quantize(Decimal("0.000001")),
+                    "reference_price_source": ref_source,
+                    "billed_usd": billed_usd.quantize(Decimal("0.000001")),
+                    "expected_usd": expected.quantize(Decimal("0.000001")),
+                    "overbilled_usd": (billed_usd - expected).quantize(Decimal("0.000001")),
+                }
+            )
     return out
 
 
 def _lags(
-    cells: dict[tuple[str, str], dict[date, Cell]], factors: dict[tuple[str, str], Decimal]
+    cells: dict[tuple[str, str], dict[date, Cell]], factors: dict[tuple[str, str], dict[date, Decimal]]
 ) -> list[dict[str, Any]]:
     by_model: dict[str, dict[date, tuple[int, Decimal]]] = defaultdict(dict)
     for (model, cls), days in cells.items():
-        # A class already found mis-scaled is compared at its corrected scale.
-        factor = factors.get((model, cls), Decimal(1))
+        # Days already found mis-scaled are compared at their corrected scale.
+        scale = factors.get((model, cls), {})
         for d, c in days.items():
             lt, bt = by_model[model].get(d, (0, _ZERO))
-            by_model[model][d] = (lt + c.ledger_tokens, bt + c.billed_tokens / factor)
+            by_model[model][d] = (lt + c.ledger_tokens, bt + c.billed_tokens / scale.get(d, Decimal(1)))
     out = []
     for model, per_day in sorted(by_model.items()):
         if not any(b > 0 for _, b in per_day.values()) or not any(lt > 0 for lt, _ in per_day.values()):
@@ -242,7 +309,9 @@ def _lag(model: str, run: list[date], missing: int, lump: date | None, excess: D
 
 
 def _unmetered(
-    cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str, str], factors: dict[tuple[str, str], Decimal]
+    cells: dict[tuple[str, str], dict[date, Cell]],
+    labels: dict[str, str],
+    factors: dict[tuple[str, str], dict[date, Decimal]],
 ) -> list[dict[str, Any]]:
     out = _partly_unmetered(cells, labels, factors)
     models: dict[str, list[Cell]] = defaultdict(list)
@@ -268,17 +337,19 @@ def _unmetered(
 
 
 def _partly_unmetered(
-    cells: dict[tuple[str, str], dict[date, Cell]], labels: dict[str, str], factors: dict[tuple[str, str], Decimal]
+    cells: dict[tuple[str, str], dict[date, Cell]],
+    labels: dict[str, str],
+    factors: dict[tuple[str, str], dict[date, Decimal]],
 ) -> list[dict[str, Any]]:
     """Classes the gateway did meter, but the bill shows more of over the whole period.
 
     Totals, not days, are compared so that a billing lag (missing days, then a lump)
-    nets out; classes already explained by a unit factor are left to that finding.
+    nets out; days already explained by a unit factor are left to that finding.
     """
     out = []
-    for (model, cls), days in sorted(cells.items()):
-        if (model, cls) in factors:
-            continue
+    for (model, cls), all_days in sorted(cells.items()):
+        explained = factors.get((model, cls), {})
+        days = {d: c for d, c in all_days.items() if d not in explained}
         lt = sum(c.ledger_tokens for c in days.values())
         bt = sum((c.billed_tokens for c in days.values()), _ZERO)
         if lt == 0 or bt <= lt * (1 + UNMETERED_TOLERANCE):
@@ -367,11 +438,29 @@ def markdown(rec: Reconciliation, ledger_desc: str, bill_files: Sequence[str]) -
     if not rec.findings:
         lines.append("The bill agrees with the ledger.")
     for f in rec.findings:
-        if f["kind"] == "unit_mismatch":
+        if f["kind"] == "unit_mismatch" and f["error_type"] == "unit_label":
+            lines += [
+                f"### Unit label: {f['model_label']} {f['token_class']} quantity {f['factor']:f}x the metered tokens, "
+                "dollars right",
+                "",
+                f"{f['explanation']}. Over {f['days']} day(s) ({f['first_day']} .. {f['last_day']}) the gateway metered "
+                f"{f['ledger_tokens']:,} tokens; the bill shows {f['billed_tokens']:,} and charged ${f['billed_usd']:,}, "
+                f"which is the metered tokens at the usual ${f['reference_price_per_mtok']} per million "
+                f"({f['reference_price_source']}). Ask for the quantity to be corrected; no refund is due.",
+                "",
+            ]
+        elif f["kind"] == "unit_mismatch":
+            change = ""
+            if f["started"] or f["stopped"]:
+                change = (
+                    f" It starts on {f['started'] or f['first_day']}"
+                    + (f" and stops on {f['stopped']}" if f["stopped"] else " and runs to the end of the bill")
+                    + "; the other days agree."
+                )
             lines += [
                 f"### Unit mismatch: {f['model_label']} {f['token_class']} billed at {f['factor']:f}x the metered tokens",
                 "",
-                f"{f['explanation']}. Over {f['days']} day(s) ({f['first_day']} .. {f['last_day']}) the gateway metered "
+                f"{f['explanation']}.{change} Over {f['days']} day(s) ({f['first_day']} .. {f['last_day']}) the gateway metered "
                 f"{f['ledger_tokens']:,} tokens; the bill shows {f['billed_tokens']:,} tokens "
                 f"(pricing unit {', '.join(f['pricing_units']) or 'n/a'}). At the billed unit price of "
                 f"${f['unit_price_per_mtok']} per million tokens the expected charge is ${f['expected_usd']:,}; "
@@ -434,6 +523,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--report", metavar="FILE", help="write a Markdown report a support engineer can follow")
     args = p.parse_args(argv)
     exp = load(args.billing)
+    for n in exp.notes:
+        print(f"tokenfuse reconcile: note: {n}", file=sys.stderr)
     ledger = read_ledger(args.ledger, None if args.all_protocols else "bedrock")
     if not ledger:
         raise BillingInputError(f"--ledger: the ledger has no billed (outcome 'ok') {'' if args.all_protocols else 'Bedrock '}rows")
@@ -458,6 +549,7 @@ def main(argv: Sequence[str]) -> int:
         if not rec.findings:
             print("the bill agrees with the ledger")
         for f in rec.findings:
-            print(f"{f['kind']}: {f.get('model_label', f['model'])} {f.get('token_class', '')} - {f['explanation']}"
+            span = f" from {f['first_day']} to {f['last_day']}" if f["kind"] == "unit_mismatch" else ""
+            print(f"{f['kind']}: {f.get('model_label', f['model'])} {f.get('token_class', '')}{span} - {f['explanation']}"
                   + (f" (billed ${f['billed_usd']}, expected ${f['expected_usd']})" if f["kind"] == "unit_mismatch" else ""))
     return 0

@@ -60,8 +60,14 @@ def render(det: Detection, title: str = "tokenfuse detect") -> str:
     sections = [f"<h1>{escape(title)}</h1>", f"<p>As of {det.as_of.isoformat()} (the first day not analysed).</p>"]
     for n in det.notes:
         sections.append(f"<p class=note>{escape(n)}</p>")
+    if det.nothing_to_analyse:
+        # Not "No account flagged": an export without inference rows was not judged at all.
+        sections.append(f"<p class=statement><strong>{escape(det.nothing_to_analyse[0].upper() + det.nothing_to_analyse[1:])}."
+                        "</strong></p>")
     sections.append("<h2>Runaway inference</h2>")
-    if not det.flagged:
+    if det.nothing_to_analyse:
+        sections.append("<p>Not judged: no inference rows.</p>")
+    elif not det.flagged:
         sections.append("<p>No account flagged.</p>")
     for r in det.flagged:
         ratio = f"{r.spike_ratio:.1f}x" if r.spike_ratio is not None else "n/a"
@@ -76,7 +82,10 @@ def render(det: Detection, title: str = "tokenfuse detect") -> str:
         )
     sections.append("<h2>Findings</h2>")
     rows = [
-        [r.account, "runaway_inference", f"{r.recent_avg:.2f}/day vs {r.baseline_avg:.2f}/day", r.driver] for r in det.flagged
+        [r.account, "billing_lag" if r.driver == "billing_lag" else "runaway_inference",
+         f"{r.recent_avg:.2f}/day vs {r.baseline_avg:.2f}/day",
+         "run tokenfuse reconcile to confirm the late billing" if r.driver == "billing_lag" else r.driver]
+        for r in det.flagged
     ]
     rows += [
         [c.account, "cache_miss", f"{c.model_label}: {c.cache_read_tokens:,.0f} read vs {c.uncached_input_tokens:,.0f} uncached",

@@ -33,8 +33,11 @@ DETECT_INCIDENTS: tuple[str, ...] = (
     "compute_spike",
     "tiny_baseline",
     "missing_days",
+    "cache_miss_marketplace",
 )
-LEDGER_INCIDENTS: tuple[str, ...] = ("unit_error", "billing_lag", "unmetered")
+LEDGER_INCIDENTS: tuple[str, ...] = ("unit_error", "billing_lag", "unmetered", "unit_error_late", "unit_label")
+# unit_error_late: the 1000x error starts this many days before the export's end.
+LATE_ERROR_DAYS = 11
 INCIDENTS: tuple[str, ...] = DETECT_INCIDENTS + LEDGER_INCIDENTS
 # The detector's known answer for each incident account.
 EXPECT_RUNAWAY: dict[str, bool] = {
@@ -46,6 +49,7 @@ EXPECT_RUNAWAY: dict[str, bool] = {
     "compute_spike": False,
     "tiny_baseline": False,
     "missing_days": False,
+    "cache_miss_marketplace": False,
     "gateway": False,
 }
 
@@ -146,13 +150,27 @@ def _assign(accounts: int, incidents: Sequence[str]) -> dict[str, str]:
 
 
 def _token_lines(
-    account: str, day: date, model: str, tokens: dict[str, int], marketplace: bool = False, unit_error: str | None = None
+    account: str,
+    day: date,
+    model: str,
+    tokens: dict[str, int],
+    marketplace: bool = False,
+    unit_error: str | None = None,
+    unit_label: str | None = None,
 ) -> list[PlanLine]:
     lines = []
     for cls, n in tokens.items():
         if n <= 0:
             continue
         price = _PRICES[model][cls]
+        if unit_label == cls:
+            # The provider's other bug: thousands of tokens under a per-token unit label; dollars right.
+            cost = (Decimal(n) * price / _MILLION).quantize(_Q)
+            ut = f"USE1-{model}-{_SUFFIX[cls]}"
+            op = "InvokeModelInference" if cls != "output" else "InvokeModelStreamingInference"
+            lines.append(PlanLine(account, day, "AmazonBedrock", "Amazon Bedrock", ut, op, "Tokens", cost,
+                                  Decimal(n) / 1000, True, "Amazon Bedrock"))
+            continue
         if marketplace:
             ut = f"USW2-MP:USW2_{_MP_SUFFIX[cls]}-Units"
             qty, unit = Decimal(n), "Units"
@@ -206,7 +224,7 @@ def plan(
                     extra = Decimal(125) * noise
                     tokens = _split(usd, model, mix)
                     tokens["input_uncached"] += int(extra / _PRICES[model]["input_uncached"] * _MILLION)
-            elif incident == "cache_miss":
+            elif incident in ("cache_miss", "cache_miss_marketplace"):
                 tokens = {
                     "input_uncached": int(Decimal("6.47e9") / 30 * noise),
                     "cache_read": int(Decimal("1.67e9") / 30 * noise),
@@ -245,13 +263,16 @@ def plan(
                             haiku[cls] += prev["Claude4.5Haiku"][cls]
                 if billed_days:
                     lines += _token_lines(acct, day, "Claude4.5Sonnet", tokens)
-                    err = "output" if "unit_error" in gateway_incidents else None
-                    lines += _token_lines(acct, day, "Claude4.5Haiku", haiku, unit_error=err)
+                    late = "unit_error_late" in gateway_incidents and d > last - LATE_ERROR_DAYS
+                    err = "output" if "unit_error" in gateway_incidents or late else None
+                    label = "output" if "unit_label" in gateway_incidents else None
+                    lines += _token_lines(acct, day, "Claude4.5Haiku", haiku, unit_error=err, unit_label=label)
                 if "unmetered" in gateway_incidents:
                     nova = _split(Decimal(4) * noise, "NovaPro", {"input_uncached": Decimal("0.5"), "output": Decimal("0.5")})
                     lines += _token_lines(acct, day, "NovaPro", nova)
-            elif usd > 0 or incident == "cache_miss":
-                lines += _token_lines(acct, day, model, tokens, marketplace=(incident == "healthy" and idx % 2 == 1))
+            elif usd > 0 or incident in ("cache_miss", "cache_miss_marketplace"):
+                mp = (incident == "healthy" and idx % 2 == 1) or incident == "cache_miss_marketplace"
+                lines += _token_lines(acct, day, model, tokens, marketplace=mp)
             lines.append(
                 PlanLine(acct, day, "AmazonEC2", "Amazon Elastic Compute Cloud", "USE1-BoxUsage:m7i.xlarge",
                          "RunInstances", "Hrs", comp.quantize(_Q), Decimal(24), True, "Amazon Elastic Compute Cloud")
@@ -295,6 +316,12 @@ def _columns(flavour: str, parquet: bool) -> str:
         te = "strftime(ts + CASE WHEN hourly THEN INTERVAL 1 HOUR ELSE INTERVAL 1 DAY END, '%Y-%m-%d %H:%M:%S')"
     # Case varies between rows in real exports; reproduce it on odd accounts.
     charge = "CASE WHEN hash(account) % 2 = 0 THEN 'Usage' ELSE 'usage' END"
+    # CUR 2.0 keeps product attributes in the ``product`` map (Parquet MAP; a JSON object in CSV).
+    product_map = (
+        "MAP {'product_name': product, 'region': 'us-east-1'}"
+        if parquet
+        else "to_json(MAP {'product_name': product, 'region': 'us-east-1'})"
+    )
     if flavour == "cur-2.0":
         return f"""
             '999999999999' AS bill_payer_account_id,
@@ -302,14 +329,15 @@ def _columns(flavour: str, parquet: bool) -> str:
             CASE WHEN hash(account) % 2 = 0 THEN 'Usage' ELSE 'usage' END AS line_item_line_item_type,
             {ts} AS line_item_usage_start_date,
             {te} AS line_item_usage_end_date,
-            CASE WHEN service_code = 'AWSMarketplace' THEN 'prod-' || substr(md5(product), 1, 12) ELSE service_code END
+            -- A Marketplace product code is an opaque 25-character id (b3hzdk7mhh2vz0ywa7kjh0eyt).
+            CASE WHEN service_code = 'AWSMarketplace' THEN substr(md5(product), 1, 25) ELSE service_code END
                 AS line_item_product_code,
             usage_type AS line_item_usage_type,
             operation AS line_item_operation,
             quantity AS line_item_usage_amount,
             cost AS line_item_unblended_cost,
             'USD' AS line_item_currency_code,
-            product AS product_product_name,
+            {product_map} AS product,
             CASE WHEN service_code = 'AWSMarketplace' THEN NULL ELSE service_code END AS product_servicecode,
             unit AS pricing_unit,
             'us-east-1' AS product_region_code"""
