@@ -9,6 +9,7 @@ not pay for the gateway.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -38,7 +39,37 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+# What a process killed by SIGPIPE reports (128 + 13), so `set -o pipefail` scripts see the same as with cat.
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; a reader that stops early (`tokenfuse status | head`) ends it quietly."""
+    try:
+        try:
+            code = _dispatch(argv)
+        finally:
+            # Flush here, not at interpreter exit, where a closed pipe can no
+            # longer be caught (argparse's --help exits through this too).
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _discard_stdout() -> None:
+    # Python flushes stdout again at exit; point it at /dev/null so that flush
+    # cannot print "Exception ignored ... BrokenPipeError".
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (tests capture it)
+        pass
+
+
+def _dispatch(argv: list[str] | None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print(_usage())

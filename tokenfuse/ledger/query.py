@@ -54,10 +54,15 @@ class Filters:
         if self.until is not None:
             clauses.append(f"ts < {p}")
             params.append(self.until)
+        if self.session is not None and "/" not in self.session:
+            # Sessions are recorded as principal/id; a bare id matches it under any principal.
+            clauses.append(f"(session = {p} OR session LIKE {p} ESCAPE '!')")
+            like = self.session.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+            params.extend([self.session, f"%/{like}"])
         for column, value in (
             ("principal", self.principal),
             ("workflow", self.workflow),
-            ("session", self.session),
+            ("session", self.session if self.session is not None and "/" in self.session else None),
             ("key_name", self.key),
         ):
             if value is not None:
@@ -163,3 +168,70 @@ def rows(
         return [LedgerRow.from_tuple(r) for r in cur.fetchall()]
     finally:
         conn.close()
+
+
+# `tokenfuse usage --by`: the ledger column (or expression) each grouping reads.
+GROUPINGS: dict[str, dict[str, str]] = {
+    "principal": {"sqlite": "principal", "postgresql": "principal"},
+    "workflow": {"sqlite": "workflow", "postgresql": "workflow"},
+    "key": {"sqlite": "key_name", "postgresql": "key_name"},
+    "model": {"sqlite": "model", "postgresql": "model"},
+    "day": {
+        "sqlite": "strftime('%Y-%m-%d', ts, 'unixepoch')",
+        "postgresql": "to_char(to_timestamp(ts) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    },
+}
+GROUP_COLUMNS = ("requests", "refused", "input_uncached", "cache_read", "cache_write", "output")
+
+
+@dataclass
+class Group:
+    name: str
+    requests: int = 0
+    refused: int = 0
+    input_uncached: int = 0
+    cache_read: int = 0
+    cache_write: int = 0  # both cache-write durations, as in usage_totals
+    output: int = 0
+    cost_usd: Decimal = Decimal(0)
+
+
+def usage_by(url: str, by: str, filters: Filters | None = None) -> list[Group]:
+    """Ledger sums grouped by principal, workflow, key, model or UTC day; costs are exact.
+
+    Counting follows :func:`usage_totals`: refused rows are counted under
+    ``refused``, not ``requests``. Rows without a value group under ``(none)``.
+    """
+    if by not in GROUPINGS:
+        raise ValueError(f"cannot group by {by!r}; use one of {', '.join(GROUPINGS)}")
+    dialect = StoreURL.parse(url).dialect
+    expr = GROUPINGS[by][dialect]
+    where, params = (filters or Filters()).where(dialect)
+    groups: dict[str, Group] = {}
+    conn = _open(url)
+    if conn is None:
+        return []
+    try:
+        pg_cost = ", SUM(cost_usd)" if dialect == "postgresql" else ""
+        cur = conn.execute(
+            f"SELECT {expr}, SUM(CASE WHEN outcome IN ({_REFUSED_SQL}) THEN 1 ELSE 0 END), COUNT(*), "
+            "SUM(input_uncached), SUM(cache_read), SUM(cache_write + cache_write_1h), SUM(output)"
+            f"{pg_cost} FROM requests{where} GROUP BY 1",
+            params,
+        )
+        for value, n_refused, n_all, inp, c_read, c_write, out, *cost in cur.fetchall():
+            name = NO_MODEL if value is None else str(value)
+            groups[name] = Group(
+                name, int(n_all) - int(n_refused), int(n_refused), int(inp), int(c_read), int(c_write), int(out),
+                Decimal(cost[0]) if cost else Decimal(0),
+            )
+        if dialect == "sqlite":
+            # Exact: SQLite holds cost as decimal text (see usage_totals).
+            cur = conn.execute(
+                f"SELECT {expr}, cost_usd, COUNT(*) FROM requests{where} GROUP BY 1, cost_usd", params
+            )
+            for value, cost_text, n in cur.fetchall():
+                groups[NO_MODEL if value is None else str(value)].cost_usd += Decimal(cost_text) * n
+    finally:
+        conn.close()
+    return [groups[k] for k in sorted(groups)]
