@@ -218,3 +218,150 @@ def test_billing_headers_from_the_client_are_not_forwarded_or_are_refused(
     finally:
         gw.stop()
         server.shutdown()
+
+
+def served_requests(sim: SimulatorThread) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = httpx.get(f"{sim.url}/_sim/served", timeout=5).json()["requests"]
+    return data
+
+
+def test_n_choices_are_in_the_bound(sim: SimulatorThread, tmp_path: Path) -> None:
+    sim_config(sim, output_tokens=100)
+    gw, cfg = gateway(sim, tmp_path, "0.01")
+    try:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=ALICE, max_retries=0)
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="test-model", messages=MSG, max_tokens=100, n=100)  # type: ignore[arg-type]
+        admitted = 0
+        for _ in range(6):
+            try:
+                out = client.chat.completions.create(model="test-model", messages=MSG, max_tokens=100, n=8)  # type: ignore[arg-type]
+                assert len(out.choices) == 8
+                admitted += 1
+            except openai.RateLimitError:
+                pass
+        assert admitted == 1  # 8 x 100 output tokens at $10/M: $0.008 of the $0.01 cap each
+        assert billed(sim, cfg) <= Decimal("0.01")
+    finally:
+        gw.stop()
+
+
+def test_server_held_context_and_server_tools_are_refused(sim: SimulatorThread, tmp_path: Path) -> None:
+    gw, _ = gateway(sim, tmp_path, "1")
+    try:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=ALICE, max_retries=0)
+        first = client.responses.create(model="test-model", input="Read this long report ..." * 50, max_output_tokens=20)
+        with pytest.raises(openai.BadRequestError) as err:
+            client.responses.create(model="test-model", input="and?", previous_response_id=first.id,
+                                    max_output_tokens=20)
+        assert "previous_response_id" in err.value.message and "allow_unbounded" in err.value.message
+        with pytest.raises(openai.BadRequestError) as err:
+            client.responses.create(model="test-model", input="news?", tools=[{"type": "web_search"}],
+                                    max_output_tokens=20)
+        assert "web_search" in err.value.message
+        ac = anthropic.Anthropic(base_url=gw.url, api_key=ALICE, max_retries=0)
+        with pytest.raises(anthropic.BadRequestError) as aerr:
+            ac.messages.create(model="test-claude", max_tokens=20, messages=MSG,  # type: ignore[arg-type]
+                               tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 5}])  # type: ignore[list-item]
+        assert "web_search" in aerr.value.message
+        assert len(served_requests(sim)) == 1
+    finally:
+        gw.stop()
+
+
+def test_escaped_media_type_counts_as_media(sim: SimulatorThread, tmp_path: Path) -> None:
+    gw, _ = gateway(sim, tmp_path, "0.50")
+    try:
+        raw = (
+            b'{"model":"test-claude","max_tokens":50,"messages":[{"role":"user","content":['
+            b'{"type":"docum\\u0065nt","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="}},'
+            b'{"type":"text","text":"summarise"}]}]}'
+        )
+        headers = {"x-api-key": ALICE, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+        r = httpx.post(f"{gw.url}/v1/messages", content=raw, headers=headers, timeout=10)
+        # A document can bill up to 250,000 input tokens: $0.94 at the cache-write rate, over the cap.
+        assert r.status_code == 402, r.text
+        assert served_requests(sim) == []
+    finally:
+        gw.stop()
+
+
+def test_output_limit_of_zero_is_refused_in_every_protocol(sim: SimulatorThread, tmp_path: Path) -> None:
+    gw, _ = gateway(sim, tmp_path, "1")
+    try:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=ALICE, max_retries=0)
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="test-model", messages=MSG, max_tokens=0)  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError):
+            client.responses.create(model="test-model", input="x", max_output_tokens=0)
+        ac = anthropic.Anthropic(base_url=gw.url, api_key=ALICE, max_retries=0)
+        with pytest.raises(anthropic.BadRequestError):
+            ac.messages.create(model="test-claude", max_tokens=0, messages=MSG)  # type: ignore[arg-type]
+        # max_completion_tokens 0 beside a huge max_tokens: the larger one is clamped, the 0 refused.
+        r = httpx.post(
+            f"{gw.url}/v1/chat/completions", timeout=10, headers={"authorization": f"Bearer {ALICE}"},
+            json={"model": "test-model", "messages": MSG, "max_completion_tokens": 0, "max_tokens": 1_000_000},
+        )
+        assert r.status_code == 400
+        assert served_requests(sim) == []
+    finally:
+        gw.stop()
+
+
+def test_duplicate_keys_never_reach_a_parser_that_reads_them_the_other_way(
+    sim: SimulatorThread, tmp_path: Path
+) -> None:
+    sim_config(sim, json_duplicates="first")
+    gw, _ = gateway(sim, tmp_path, "1")
+    try:
+        gw.admin("POST", "/kills", {"scope": "model", "value": "test-claude", "reason": "too dear"})
+        raw = (b'{"model":"test-claude","messages":[{"role":"user","content":"hi"}],"max_tokens":5,'
+               b'"model":"test-model"}')
+        r = httpx.post(f"{gw.url}/v1/chat/completions", content=raw, timeout=10,
+                       headers={"authorization": f"Bearer {ALICE}", "content-type": "application/json"})
+        assert r.status_code == 400 and "model" in r.json()["error"]["message"]
+        assert served_requests(sim) == []
+    finally:
+        gw.stop()
+
+
+def test_an_upstream_that_overruns_max_tokens_is_stopped(sim: SimulatorThread, tmp_path: Path) -> None:
+    sim_config(sim, overrun_factor=3, chunk_tokens=1, chunk_delay_ms=1)
+    gw, cfg = gateway(sim, tmp_path, "0.05")
+    try:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=ALICE, max_retries=0)
+        # A stream is cut as soon as more text events than reserved output tokens have arrived.
+        with pytest.raises((openai.APIError, httpx.HTTPError)):
+            for _ in client.chat.completions.create(
+                model="test-model", messages=MSG, max_tokens=100, stream=True  # type: ignore[arg-type]
+            ):
+                pass
+        # The model is now stopped on this gateway (and persisted): nothing more is sent to it.
+        with pytest.raises(openai.PermissionDeniedError) as err:
+            client.chat.completions.create(model="test-model", messages=MSG, max_tokens=100)  # type: ignore[arg-type]
+        assert "kill switch" in err.value.message and "returned" in err.value.message
+        served = served_requests(sim)
+        assert len(served) == 1 and served[0]["usage"]["output"] < 300
+        assert billed(sim, cfg) <= Decimal("0.05")
+        kills = gw.admin("GET", "/kills").json()
+        assert any(k["scope"] == "model" and k["value"] == "test-model" for k in kills["kill_switches"]), kills
+    finally:
+        gw.stop()
+
+
+def test_a_non_streamed_overrun_stops_the_model_after_one_answer(sim: SimulatorThread, tmp_path: Path) -> None:
+    sim_config(sim, overrun_factor=3)
+    gw, cfg = gateway(sim, tmp_path, "0.05")
+    try:
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=ALICE, max_retries=0)
+        out = client.chat.completions.create(model="test-model", messages=MSG, max_tokens=100)  # type: ignore[arg-type]
+        assert out.usage is not None and out.usage.completion_tokens == 300
+        for _ in range(5):
+            with pytest.raises(openai.PermissionDeniedError):
+                client.chat.completions.create(model="test-model", messages=MSG, max_tokens=100)  # type: ignore[arg-type]
+        assert len(served_requests(sim)) == 1
+        assert billed(sim, cfg) <= Decimal("0.05")
+        row = next(r for r in wait_rows(tmp_path, 6) if r["outcome"] == "ok")
+        assert row["output"] == 300 and "returned 300 output tokens" in row["reason"]
+    finally:
+        gw.stop()

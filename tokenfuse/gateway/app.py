@@ -9,6 +9,7 @@ and errors, ends in exactly one ledger row.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -25,6 +26,8 @@ from tokenfuse.config import Config, KeyConfig
 from tokenfuse.gateway import routes
 from tokenfuse.gateway.headers import forwardable
 from tokenfuse.gateway.identity import AuthError, Identity, KeyRing
+from tokenfuse.gateway.reload import REQUEST_RUNTIME, Reloader, ReloadResult, Runtime, build_runtime
+from tokenfuse.gateway.summary import config_warnings, summary_lines
 from tokenfuse.gateway.upstream import (
     DROP_RESPONSE_HEADERS,
     NoUpstream,
@@ -36,8 +39,10 @@ from tokenfuse.guards import Guards
 from tokenfuse.ledger.journal import AdmissionJournal, incomplete_row
 from tokenfuse.ledger.record import LedgerRow, format_cost
 from tokenfuse.ledger.writer import LedgerWriter
-from tokenfuse.limits.bounds import Bound, compute_bound
+from tokenfuse.limits.bounds import Bound
 from tokenfuse.limits.context import RequestContext
+from tokenfuse.limits.keys import RuntimeKeys, RuntimeKeyStore
+from tokenfuse.limits.fit import plan as plan_bound
 from tokenfuse.limits.limiter import Admission, Limiter
 from tokenfuse.ops.app import MODEL_PREFIX, OPS_PATHS, OpsApp
 from tokenfuse.pricing import MAX_MODEL_NAME, Price, PriceBook
@@ -103,12 +108,11 @@ class _Request:
 
 class Gateway:
     def __init__(self, config: Config, *, prices: PriceBook | None = None) -> None:
-        self.config = config
-        self.keys = KeyRing(config)
-        self.router = Router(config)
-        self.prices = prices or PriceBook.build(
-            {m: p.model_dump(exclude_none=True) for m, p in config.prices.items()}, config.pricing.file
-        )
+        # What requests read from the config, swapped whole by a reload (tokenfuse/gateway/reload.py).
+        self.runtime_keys = RuntimeKeys()
+        self.runtime: Runtime = build_runtime(config, self.runtime_keys, prices=prices)
+        self.reloader = Reloader(self, self._build_guards)
+        self._guard_sink: Any = None
         # Admitted requests are journaled before they are forwarded, so a SIGKILL cannot
         # make the ledger (and counters rebuilt from it) forget them; docs/ledger.md.
         self.journal = AdmissionJournal.for_store(config.store, config.ledger.journal_dir)
@@ -121,7 +125,6 @@ class Gateway:
         self.watcher: Any = None
         self.alerts: Any = None
         self.admin: Any = None
-        self.guards: Guards | None = None
         self.http: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
@@ -129,6 +132,40 @@ class Gateway:
         # Probes, /metrics and /v1/models: never metered (tokenfuse/ops/app.py).
         self.ops = OpsApp(self)
         self._observe = self.ops.metrics.observe
+
+    # A request reads one Runtime from start to end (set in _handle): a reload
+    # mid-request does not change the config it is served under.
+    @property
+    def _rt(self) -> Runtime:
+        return REQUEST_RUNTIME.get() or self.runtime
+
+    @property
+    def config(self) -> Config:
+        return self._rt.config
+
+    @property
+    def keys(self) -> KeyRing:
+        return self._rt.keys
+
+    @property
+    def router(self) -> Router:
+        return self._rt.router
+
+    @property
+    def prices(self) -> PriceBook:
+        return self._rt.prices
+
+    @property
+    def guards(self) -> Guards | None:
+        return self._rt.guards
+
+    def _build_guards(self, config: Config) -> Guards | None:
+        guards = Guards(config.guards, self._guard_sink)
+        return guards if guards.enabled else None
+
+    async def reload(self, path: str | None = None) -> ReloadResult:
+        """Re-read the config file and swap it in; on any error keep the running one (SIGHUP, admin API)."""
+        return await self.reloader.reload(path)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -143,17 +180,16 @@ class Gateway:
         self.alerts = AlertManager(self.config.alerts, self.config.store, redis_url)
         self.limiter = await Limiter.create(self.config, on_settle=self.alerts.observe)
         self.kills = KillSwitches()
-        self.watcher = ControlWatcher(self.config.store, self.kills, self.limiter, self.config.kill_poll_ms)
+        self.watcher = ControlWatcher(
+            self.config.store, self.kills, self.limiter, self.config.kill_poll_ms, keys=self.runtime_keys
+        )
         await self.watcher.start()
         await self.alerts.start()
         alerts = self.alerts
-        guards = Guards(
-            self.config.guards,
-            lambda f: alerts.notify(
-                f"guard:{f.guard}:{f.subject}", f.guard, f.payload(time.time()), event="guard_finding"
-            ),
+        self._guard_sink = lambda f: alerts.notify(
+            f"guard:{f.guard}:{f.subject}", f.guard, f.payload(time.time()), event="guard_finding"
         )
-        self.guards = guards if guards.enabled else None
+        self.runtime = dataclasses.replace(self.runtime, guards=self._build_guards(self.config))
         self.admin = AdminApp(
             self.config.server.admin_token,
             KillSwitchStore(self.config.store),
@@ -163,6 +199,13 @@ class Gateway:
         )
         if self.guards is not None:
             self.admin.guard_findings = self.guards.recent
+        # Run-time keys and reload through the admin API (tokenfuse/limits/admin.py).
+        self.admin.key_store = RuntimeKeyStore(self.config.store)
+        self.admin.config_key_names = lambda: {k.name for k in self.config.keys}
+        self.admin.reload = self.reload
+        log.info("%s", "; ".join(summary_lines(self.config, len(self.runtime_keys))))
+        for warning in config_warnings(self.config):
+            log.warning("%s", warning)
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.config.server.connect_timeout_s, sock_read=self.config.server.upstream_timeout_s
         )
@@ -227,6 +270,7 @@ class Gateway:
         # ASGI servers deliver header names lower-cased already.
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         req = _Request(f"tf-{self._id_prefix}-{next(self._ids)}", raw_path, headers)
+        REQUEST_RUNTIME.set(self.runtime)  # this task's own context: the request's config to its end
         try:
             await self._pipeline(req, scope, receive, send)
         except _Refused as r:
@@ -368,15 +412,29 @@ class Gateway:
         if self.limiter is not None and route.route not in ZERO_COST_ROUTES:
             # An unpriced model (allowed explicitly) still counts against request,
             # token and session limits; only its dollar bound is unknown.
-            bound = req.bound = compute_bound(info, price or _UNPRICED)
+            # The bound is tightened by a recorded conversation prefix; the limiter
+            # may lower max_tokens to fit the budget (docs/limits.md).
+            d = self.config.defaults
+            planned = plan_bound(
+                info, price or _UNPRICED, prefixes=self.limiter.prefixes, scope=key.principal,
+                floor=d.min_output_tokens,
+                lower=d.lower_max_tokens if key.lower_max_tokens is None else key.lower_max_tokens,
+            )
+            bound = req.bound = planned.bound
             admission = await self.limiter.reserve(
-                ctx, bound, session_caps=self.config.session_caps(key, key.workflow)
+                ctx, bound, session_caps=self.config.session_caps(key, key.workflow),
+                fit=planned.fit, remember=planned.remember,
             )
             if not admission.ok:
                 ref = admission.refusal
                 assert ref is not None
                 raise _Refused(ref.kind, ref.message, "refused", f"{ref.kind} {ref.budget}")
             req.admission = admission
+            if admission.bound is not None and admission.bound.lowered_from is not None:
+                assert admission.bound.max_tokens is not None
+                proto.set_max_tokens(info, admission.bound.max_tokens)
+                body = proto.encode_body(info)
+                bound = req.bound = admission.bound
             if self.journal is not None:
                 self.journal.admit(incomplete_row(
                     ts=time.time(), request_id=req.id, key_name=key.name, principal=key.principal,
@@ -556,6 +614,8 @@ class Gateway:
             if k.lower() not in DROP_RESPONSE_HEADERS
         ]
         out.append((b"x-tokenfuse-request-id", req.id.encode()))
+        if req.bound is not None and req.bound.lowered_from is not None:
+            out.append((b"x-tokenfuse-max-tokens", f"{req.bound.max_tokens}; requested={req.bound.lowered_from}".encode()))
         return out
 
     async def _relay_whole(self, req: _Request, resp: aiohttp.ClientResponse, t0: float, send: Send) -> None:
@@ -612,8 +672,29 @@ class Gateway:
         if req.price is not None and req.route is not None and req.route.route not in ZERO_COST_ROUTES:
             req.cost = req.price.cost(req.usage)
 
+    def _overran(self, req: _Request, output: int) -> None:
+        """The upstream generated more than max_tokens: no bound of its requests holds any more.
+
+        Stop sending it this model (a kill switch an operator can see and revive)
+        rather than let every following request overshoot its reservation.
+        """
+        assert req.bound is not None and req.ctx is not None
+        reason = (
+            f"upstream {req.upstream.name if req.upstream else '?'} returned {output} output tokens for a request "
+            f"limited to {req.bound.tokens['output']}; its spend can no longer be bounded (request {req.id})"
+        )
+        req.reason = f"{req.reason}; {reason}" if req.reason else reason
+        if self.watcher is not None:
+            self.watcher.trip("model", req.ctx.model, reason)
+
     async def _settle(self, req: _Request) -> None:
         self._price(req)
+        if (
+            req.bound is not None and not req.usage.estimated
+            and req.usage.output > req.bound.tokens["output"] and req.route is not None
+            and req.route.route not in ZERO_COST_ROUTES
+        ):
+            self._overran(req, req.usage.output)
         if req.admission is not None and self.limiter is not None:
             await self.limiter.settle(req.admission, req.usage, req.cost)
             req.admission = None
@@ -636,9 +717,16 @@ class Gateway:
         complete = False
         broke: str | None = None
         client_gone = False
+        out_bound = req.bound.tokens["output"] if req.bound is not None else None
+        overran = False
         try:
             async for chunk in resp.content.iter_any():
                 out = meter.feed(chunk)
+                if out_bound is not None and meter.text_events > out_bound:
+                    # Each text event holds at least one token: the upstream is past the
+                    # output that was reserved. Stop reading so it stops generating.
+                    overran = True
+                    break
                 if client_gone:
                     continue
                 if disconnected.is_set():
@@ -660,6 +748,14 @@ class Gateway:
         # the exact usage; only if that fails too is the request charged its bound.
         client_gone = client_gone or disconnected.is_set()
         req.upstream_ms = (time.perf_counter() - t0) * 1000
+        if overran:
+            resp.close()
+            assert req.bound is not None
+            await self._charge_bound(req, "stream cut: the upstream overran the reserved output")
+            req.usage.output = max(req.usage.output, meter.text_events)
+            self._overran(req, req.usage.output)
+            req.outcome = "upstream_error"
+            raise _StreamAborted(req.reason or "overran")
         usage = meter.usage(complete and broke is None)
         if broke is not None or usage.estimated:
             why = broke or "stream ended without the provider's final usage"

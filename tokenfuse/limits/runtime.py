@@ -1,7 +1,7 @@
 """Run-time budgets in the shared store, and the watcher that keeps a gateway
-in step with the store's kill switches and run-time budgets.
+in step with the store's kill switches, run-time budgets and run-time keys.
 
-One background task polls both tables every ``kill_poll_ms`` so that a switch
+One background task polls these tables every ``kill_poll_ms`` so that a switch
 or budget written anywhere (CLI, another replica's admin API) takes effect
 here within one poll interval, and a restart keeps them.
 
@@ -28,6 +28,8 @@ from pydantic import ValidationError
 from tokenfuse.aio import spawn
 from tokenfuse.config import BudgetConfig
 from tokenfuse.ledger.store import StoreConnection
+from tokenfuse.limits.keys import RuntimeKeys, RuntimeKeyStore
+from tokenfuse.limits.keys import parse_rows as parse_key_rows
 from tokenfuse.limits.killswitch import KillSwitch, KillSwitches, KillSwitchStore, normalise
 
 log = logging.getLogger("tokenfuse.limits")
@@ -101,13 +103,21 @@ class ControlWatcher:
     """Polls kill switches and run-time budgets and pushes them in memory."""
 
     def __init__(
-        self, store_url: str, kills: KillSwitches, limiter: RuntimeBudgetSink | None, poll_ms: int
+        self,
+        store_url: str,
+        kills: KillSwitches,
+        limiter: RuntimeBudgetSink | None,
+        poll_ms: int,
+        keys: RuntimeKeys | None = None,
     ) -> None:
         self.kills = kills
         self.limiter = limiter
+        self.keys = keys
         self.poll_s = poll_ms / 1000
         self.kill_store = KillSwitchStore(store_url)
         self.budget_store = RuntimeBudgetStore(store_url)
+        self.key_store = RuntimeKeyStore(store_url)
+        self._last_keys: list[tuple[str, str, str]] | None = None
         self.refreshes = 0
         self._task: asyncio.Task[Any] | None = None
         self._refresh_lock = asyncio.Lock()
@@ -130,6 +140,15 @@ class ControlWatcher:
             switch.describe(),
             error,
         )
+        return switch
+
+    def trip(self, scope: str, value: str | None, reason: str) -> KillSwitch:
+        """A kill switch the gateway sets on its own: applied here now, persisted on the next poll."""
+        scope, value = normalise(scope, value)
+        switch = KillSwitch(scope, value, reason, time.time())
+        self._pending[(scope, value)] = PendingChange(scope, value, switch, "set by the gateway")
+        self._apply()
+        log.error("kill switch %s set by the gateway: %s", switch.describe(), reason)
         return switch
 
     def hold_revive(self, scope: str, value: str | None, error: str) -> bool:
@@ -176,20 +195,24 @@ class ControlWatcher:
 
     # -- polling -----------------------------------------------------------------
 
-    def _read(self) -> tuple[list[KillSwitch], list[tuple[str, str]]]:
-        return self.kill_store.list(), self.budget_store.specs()
+    def _read(self) -> tuple[list[KillSwitch], list[tuple[str, str]], list[tuple[str, str, str]] | None]:
+        keys = self.key_store.rows() if self.keys is not None else None
+        return self.kill_store.list(), self.budget_store.specs(), keys
 
     async def refresh_now(self) -> None:
         """Persist pending changes, read the store once and apply it; raises if the store fails."""
         async with self._refresh_lock:
             if self._pending:
                 await self._persist_pending()
-            switches, specs = await asyncio.to_thread(self._read)
+            switches, specs, keys = await asyncio.to_thread(self._read)
             self._stored = switches
             self._apply()
             if self.limiter is not None and specs != self._last_specs:
                 self.limiter.set_runtime_budgets(parse_specs(specs))
             self._last_specs = specs
+            if self.keys is not None and keys is not None and keys != self._last_keys:
+                self.keys.replace(parse_key_rows(keys))
+                self._last_keys = keys
             self.refreshes += 1
 
     async def start(self) -> None:
@@ -235,3 +258,4 @@ class ControlWatcher:
                 pass
         await asyncio.to_thread(self.kill_store.close)
         await asyncio.to_thread(self.budget_store.close)
+        await asyncio.to_thread(self.key_store.close)

@@ -195,7 +195,7 @@ TEXT_KEYS = (b"text", b"thinking", b"partial_json")
 class StreamMeter:
     """Meters one Anthropic SSE stream; forwards every byte unchanged."""
 
-    __slots__ = ("_fields", "_final", "_info", "_parser", "text_bytes")
+    __slots__ = ("_fields", "_final", "_info", "_parser", "text_bytes", "text_events")
 
     def __init__(self, info: RequestInfo) -> None:
         self._info = info
@@ -203,6 +203,7 @@ class StreamMeter:
         self._fields = UsageFields()
         self._final = False
         self.text_bytes = 0
+        self.text_events = 0
 
     def feed(self, chunk: bytes) -> bytes:
         for ev in self._parser.feed(chunk):
@@ -214,16 +215,21 @@ class StreamMeter:
             self._observe(ev.event, ev.data)
         return b""
 
+    def _text(self, n: int) -> None:
+        if n:
+            self.text_bytes += n
+            self.text_events += 1
+
     def _observe(self, event: bytes | None, data: bytes | None) -> None:
         if not data:
             return
         if event == b"content_block_delta":
-            self.text_bytes += string_values_bytes(data, TEXT_KEYS)
+            self._text(string_values_bytes(data, TEXT_KEYS))
             return
         if event is None:
             # The `event:` line is optional in SSE; fall back to the payload's type.
             if b'"content_block_delta"' in data:
-                self.text_bytes += string_values_bytes(data, TEXT_KEYS)
+                self._text(string_values_bytes(data, TEXT_KEYS))
                 return
             if b'"message_start"' not in data and b'"message_delta"' not in data:
                 return

@@ -109,6 +109,9 @@ class StreamMeterLike(Protocol):
     """What the gateway drives: each protocol module's `StreamMeter`."""
 
     text_bytes: int
+    # Events that carried generated text: each holds at least one output token, so
+    # this is a lower bound of the output so far (the gateway cuts an overrunning stream on it).
+    text_events: int
 
     def feed(self, chunk: bytes) -> bytes: ...
 

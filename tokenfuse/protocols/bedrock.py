@@ -394,7 +394,7 @@ class StreamMeter:
     A CRC or framing error means the upstream broke the stream: parsing stops
     there and the usage falls back to what was seen, estimated."""
 
-    __slots__ = ("_broken", "_decoder", "_fields", "_final", "_info", "text_bytes")
+    __slots__ = ("_broken", "_decoder", "_fields", "_final", "_info", "text_bytes", "text_events")
 
     def __init__(self, info: RequestInfo) -> None:
         self._info = info
@@ -403,6 +403,7 @@ class StreamMeter:
         self._final: Usage | None = None
         self._broken = False
         self.text_bytes = 0
+        self.text_events = 0
 
     @property
     def broken(self) -> bool:
@@ -430,9 +431,14 @@ class StreamMeter:
     def finish(self) -> bytes:
         return b""
 
+    def _text(self, n: int) -> None:
+        if n:
+            self.text_bytes += n
+            self.text_events += 1
+
     def _converse_event(self, kind: str | None, payload: bytes) -> None:
         if kind == "contentBlockDelta":
-            self.text_bytes += string_values_bytes(payload, _CONVERSE_TEXT_KEYS)
+            self._text(string_values_bytes(payload, _CONVERSE_TEXT_KEYS))
         elif kind == "metadata":
             obj = loads_object(payload)
             u = obj.get("usage") if obj is not None else None
@@ -448,7 +454,7 @@ class StreamMeter:
             inner = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             return
-        self.text_bytes += string_values_bytes(inner, _INVOKE_TEXT_KEYS)
+        self._text(string_values_bytes(inner, _INVOKE_TEXT_KEYS))
         has_metrics = _METRICS in inner
         if not has_metrics and b"message_start" not in inner and b"message_delta" not in inner:
             return

@@ -277,7 +277,7 @@ def _strip_usage_null(raw: bytes) -> bytes:
 class StreamMeter:
     """Meters one OpenAI SSE stream; strips the usage chunk the gateway asked for."""
 
-    __slots__ = ("_final", "_info", "_parser", "_strip", "text_bytes")
+    __slots__ = ("_final", "_info", "_parser", "_strip", "text_bytes", "text_events")
 
     def __init__(self, info: RequestInfo) -> None:
         self._info = info
@@ -285,6 +285,7 @@ class StreamMeter:
         self._parser = SSEParser(keep_raw=self._strip)
         self._final: Usage | None = None
         self.text_bytes = 0
+        self.text_events = 0
 
     def feed(self, chunk: bytes) -> bytes:
         events = self._parser.feed(chunk)
@@ -316,7 +317,10 @@ class StreamMeter:
             return False
         route = self._info.route
         if route == "responses":
-            self.text_bytes += string_values_bytes(data, _RESPONSES_TEXT_KEYS)
+            n = string_values_bytes(data, _RESPONSES_TEXT_KEYS)
+            if n:
+                self.text_bytes += n
+                self.text_events += 1
             if _has_usage(data):
                 obj = loads_object(data)
                 if obj is not None and obj.get("type") in _RESPONSES_FINAL:
@@ -325,7 +329,10 @@ class StreamMeter:
                     if isinstance(u, dict):
                         self._final = usage_of(route, u)
             return False
-        self.text_bytes += string_values_bytes(data, _CHAT_TEXT_KEYS)
+        n = string_values_bytes(data, _CHAT_TEXT_KEYS)
+        if n:
+            self.text_bytes += n
+            self.text_events += 1
         if not _has_usage(data):
             return False
         obj = loads_object(data)
