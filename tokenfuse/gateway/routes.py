@@ -26,6 +26,7 @@ _BEDROCK_ACTIONS = {
     "converse-stream": "converse_stream",
     "invoke": "invoke",
     "invoke-with-response-stream": "invoke_stream",
+    "count-tokens": "count_tokens",  # free: recorded at $0 like Anthropic's count_tokens
 }
 
 

@@ -1,7 +1,8 @@
-"""Budget alerts: thresholds and spend-rate projections, to the log and webhooks.
+"""Budget alerts: thresholds, spend-rate projections and refusals, to the log and webhooks.
 
-:meth:`AlertManager.observe` runs on the request path after every settle, so
-it only compares numbers and appends to a bounded queue. A background task
+:meth:`AlertManager.observe` runs on the request path after every settle, and
+:meth:`AlertManager.refused` when a budget refuses a request, so both only
+compare numbers and append to a bounded queue. A background task
 claims each alert once across replicas (a unique row in ``alerts_fired``, or
 ``SET NX`` in Redis), logs it as one JSON line and POSTs it to each webhook.
 A webhook that is down or slow therefore delays other alerts, never requests.
@@ -69,9 +70,27 @@ class StatusLike(Protocol):
     def source(self) -> str: ...
 
 
+class RefusingStatusLike(StatusLike, Protocol):
+    """A status that also carries what requests in flight hold (``BudgetStatus`` does)."""
+
+    @property
+    def reserved_usd(self) -> Decimal: ...
+    @property
+    def reserved_requests(self) -> int: ...
+
+
+@dataclass(slots=True)
+class RefusalTally:
+    """What a budget has refused in this window, read when its alert is sent:
+    refusals that arrive before the sender gets to it still count."""
+
+    count: int
+    largest_usd: Decimal
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
-    kind: str  # "threshold" | "rate"
+    kind: str  # "threshold" | "rate" | "refusing"
     budget: str
     window: str
     window_key: str  # identifies this window of this budget, for dedupe
@@ -85,10 +104,33 @@ class Alert:
     ts: float
     ttl_s: int | None  # how long the dedupe claim must outlive the window
     projected_exhaustion: datetime | None = None
+    crossed: tuple[str, ...] = ()  # threshold: every threshold this one alert stands for
+    rate_per_hour: str | None = None  # the burn rate behind projected_exhaustion
+    reserved: str | None = None  # refusing: held by requests in flight
+    in_flight: int | None = None
+    refusals: RefusalTally | None = None
+
+    @property
+    def claims(self) -> tuple[str, ...]:
+        """The dedupe labels this alert takes: the first is the one that decides."""
+        return (self.label, *(c for c in reversed(self.crossed) if c != self.label))
 
     def payload(self) -> dict[str, Any]:
         reset = _iso(self.resets_at)
-        if self.kind == "rate":
+        unit = "$" if self.metric == "usd" else ""
+        what = f"{unit}{self.spent} of {unit}{self.limit} spent" if self.metric == "usd" else (
+            f"{self.metric} {self.spent} of {self.limit} used"
+        )
+        if self.kind == "refusing":
+            tally = self.refusals
+            text = (
+                f"tokenfuse: budget {self.budget} is now refusing requests: {what}, "
+                f"{unit}{self.reserved} held by {self.in_flight} in-flight "
+                f"request{'' if self.in_flight == 1 else 's'}"
+            )
+            if tally is not None:
+                text += f"; largest refused request needed ${_money(tally.largest_usd)}"
+        elif self.kind == "rate":
             when = _iso(self.projected_exhaustion) or "soon"
             text = (
                 f"tokenfuse: budget {self.budget} will run out at its last-hour rate around {when}, before its "
@@ -99,13 +141,21 @@ class Alert:
                 f"tokenfuse: budget {self.budget} reached {_pct(self.label)} of its {self.window} limit "
                 f"({self.metric} {self.spent} of {self.limit}, {self.percent:.1f}%)"
             )
+            if len(self.crossed) > 1:
+                text += f"; crossed {', '.join(_pct(c) for c in self.crossed)} at once"
+            if self.projected_exhaustion is not None:
+                text += (
+                    f"; at the last hour's rate ({unit}{self.rate_per_hour} an hour) it runs out around "
+                    f"{_iso(self.projected_exhaustion)}"
+                )
         if reset:
             text += f"; resets {reset}"
         return {
             "text": text,
             "kind": self.kind,
             "budget": self.budget,
-            "threshold": None if self.kind == "rate" else float(self.label),
+            "threshold": float(self.label) if self.kind == "threshold" else None,
+            "thresholds_crossed": [float(c) for c in self.crossed],
             "percent": round(self.percent, 2),
             "metric": self.metric,
             "spent": self.spent,
@@ -114,6 +164,11 @@ class Alert:
             "window_start": _iso(self.window_start),
             "resets_at": reset,
             "projected_exhaustion": _iso(self.projected_exhaustion),
+            "rate_per_hour": self.rate_per_hour,
+            "reserved": self.reserved,
+            "in_flight": self.in_flight,
+            "refused_requests": None if self.refusals is None else self.refusals.count,
+            "largest_refused_usd": None if self.refusals is None else _money(self.refusals.largest_usd),
             "ts": datetime.fromtimestamp(self.ts, UTC).isoformat(),
         }
 
@@ -180,8 +235,18 @@ def metrics(status: StatusLike) -> list[tuple[str, Decimal, Decimal]]:
 @dataclass(slots=True)
 class _BudgetTrack:
     window_key: str
+    window_end: float  # epoch seconds; inf for a total budget
     fired: set[str] = field(default_factory=set)
     samples: deque[tuple[float, tuple[Decimal, ...]]] = field(default_factory=deque)
+    refusals: RefusalTally | None = None  # set once the budget refused in this window
+
+
+def _window_end(status: StatusLike, now: float, rolling: int | None) -> float:
+    if rolling is not None:
+        return float((int(now // rolling) + 1) * rolling)
+    if status.window == "total" or status.resets_at is None:
+        return float("inf")
+    return status.resets_at.timestamp()
 
 
 class AlertManager:
@@ -219,24 +284,121 @@ class AlertManager:
         for status in statuses:
             self._observe_one(status, ts)
 
+    def _track(self, status: StatusLike, now: float) -> tuple[_BudgetTrack, str, int | None, int | None]:
+        key, ttl, rolling = window_identity(status, now)
+        track = self._tracks.get(status.name)
+        if track is None or track.window_key != key:
+            track = self._tracks[status.name] = _BudgetTrack(key, _window_end(status, now, rolling))
+        return track, key, ttl, rolling
+
     def _observe_one(self, status: StatusLike, now: float) -> None:
         if status.source == "session":
             return  # session caps refuse with their own message; alerting per agent run would flood
         mets = metrics(status)
         if not mets:
             return
-        key, ttl, rolling = window_identity(status, now)
-        track = self._tracks.get(status.name)
-        if track is None or track.window_key != key:
-            track = self._tracks[status.name] = _BudgetTrack(key)
-        metric, spent, limit = max(mets, key=lambda m: m[1] / m[2])
+        track, key, ttl, rolling = self._track(status, now)
+        self._sample(track, mets, now)
+        i, (metric, spent, limit) = max(enumerate(mets), key=lambda m: m[1][1] / m[1][2])
         fraction = spent / limit
-        for threshold, label in self.thresholds:
-            if fraction >= threshold and label not in track.fired:
-                track.fired.add(label)
-                self._enqueue(status, "threshold", key, label, metric, spent, limit, now, ttl)
+        # A jump past several thresholds is one event: one message naming them all.
+        crossed = tuple(
+            label for threshold, label in self.thresholds if fraction >= threshold and label not in track.fired
+        )
+        if crossed:
+            track.fired.update(crossed)
+            rate = self._burn(track, i, spent, now)
+            if rate is not None and rate > 0 and spent < limit:
+                seconds_left = (limit - spent) / rate
+                projected: datetime | None = datetime.fromtimestamp(now + float(seconds_left), UTC)
+                per_hour: str | None = _money(rate * 3600) if metric == "usd" else str(int(rate * 3600))
+            else:
+                projected, per_hour = None, None
+            self._enqueue(
+                status, "threshold", key, crossed[-1], metric, spent, limit, now, ttl, projected,
+                crossed=crossed, rate_per_hour=per_hour,
+            )
         if self.config.rate_check and "rate" not in track.fired and fraction < 1:
             self._rate(status, track, mets, now, key, ttl, rolling)
+
+    def refusal_seen(self, budget: str, needed_usd: Decimal, now: float | None = None) -> bool:
+        """Count a refusal by ``budget`` if its refusing alert for this window is
+        already queued or sent; False means call :meth:`refused` with its status.
+
+        The request path calls this on every refusal, so it touches no counters:
+        only the first refusal of a window costs the caller a status read."""
+        ts = time.time() if now is None else now
+        track = self._tracks.get(budget)
+        if track is None or track.refusals is None or ts >= track.window_end:
+            return False
+        track.refusals.count += 1
+        track.refusals.largest_usd = max(track.refusals.largest_usd, needed_usd)
+        return True
+
+    def refused(self, status: RefusingStatusLike, needed_usd: Decimal, now: float | None = None) -> None:
+        """Queue one alert per window when ``status``'s budget first refuses a
+        request that needed up to ``needed_usd``. No I/O, no awaiting.
+
+        Threshold alerts watch billed spend, which a hard limit keeps under the
+        cap, so without this a refusing budget (or one added at run time that
+        refuses at once) would never say so."""
+        ts = time.time() if now is None else now
+        if status.source == "session":
+            return  # session caps tell the agent themselves
+        track, key, ttl, _ = self._track(status, ts)
+        if track.refusals is not None:
+            track.refusals.count += 1
+            track.refusals.largest_usd = max(track.refusals.largest_usd, needed_usd)
+            return
+        track.refusals = RefusalTally(1, needed_usd)
+        mets = metrics(status)
+        if status.limit_usd is not None and status.limit_usd > 0:
+            metric, spent, limit = "usd", status.spent_usd, status.limit_usd
+        elif mets:
+            metric, spent, limit = max(mets, key=lambda m: m[1] / m[2])
+        else:
+            return  # no limit at all: nothing it could refuse on
+        track.fired.add("refusing")
+        self._push(
+            Alert(
+                kind="refusing",
+                budget=status.name,
+                window=status.window,
+                window_key=key,
+                label="refusing",
+                metric=metric,
+                spent=_money(spent) if metric == "usd" else str(int(spent)),
+                limit=_money(limit) if metric == "usd" else str(int(limit)),
+                percent=float(spent / limit * 100),
+                window_start=status.window_start,
+                resets_at=status.resets_at,
+                ts=ts,
+                ttl_s=ttl,
+                reserved=_money(status.reserved_usd),
+                in_flight=status.reserved_requests,
+                refusals=track.refusals,
+            ),
+            ts,
+        )
+
+    @staticmethod
+    def _sample(track: _BudgetTrack, mets: list[tuple[str, Decimal, Decimal]], now: float) -> None:
+        samples = track.samples
+        if samples and now - samples[-1][0] < RATE_SAMPLE_EVERY_S:
+            return
+        samples.append((now, tuple(m[1] for m in mets)))
+        while samples and now - samples[0][0] > RATE_HOUR_S:
+            samples.popleft()
+
+    def _burn(self, track: _BudgetTrack, i: int, spent: Decimal, now: float) -> Decimal | None:
+        """Metric ``i``'s spend per second over the last hour, if the samples span long enough."""
+        if not track.samples:
+            return None
+        first_ts, first = track.samples[0]
+        span = now - first_ts
+        if span < self.rate_min_span_s or i >= len(first):
+            return None
+        return (spent - first[i]) / Decimal(str(span))
 
     def _rate(
         self,
@@ -249,11 +411,8 @@ class AlertManager:
         rolling: int | None,
     ) -> None:
         samples = track.samples
-        if samples and now - samples[-1][0] < RATE_SAMPLE_EVERY_S:
-            return
-        samples.append((now, tuple(m[1] for m in mets)))
-        while samples and now - samples[0][0] > RATE_HOUR_S:
-            samples.popleft()
+        if not samples or samples[-1][0] != now:
+            return  # sampled within the last interval: nothing new to project from
         first_ts, first = samples[0]
         span = now - first_ts
         if span < self.rate_min_span_s or len(first) != len(mets):
@@ -290,6 +449,9 @@ class AlertManager:
         now: float,
         ttl: int | None,
         projected: datetime | None = None,
+        *,
+        crossed: tuple[str, ...] = (),
+        rate_per_hour: str | None = None,
     ) -> None:
         self._push(
             Alert(
@@ -307,6 +469,8 @@ class AlertManager:
                 ts=now,
                 ttl_s=ttl,
                 projected_exhaustion=projected,
+                crossed=crossed,
+                rate_per_hour=rate_per_hour,
             ),
             now,
         )
@@ -412,22 +576,29 @@ class AlertManager:
             log.warning("alert webhook %s failed: %s", _safe_url(url), exc.__class__.__name__)
 
     async def _claim(self, alert: Alert | Notice) -> bool:
+        # One alert for several thresholds claims each of them, so another replica
+        # that crosses a lower one later stays quiet; the highest one decides.
+        labels = alert.claims if isinstance(alert, Alert) else (alert.label,)
         try:
-            if self._redis is not None:
-                key = f"tokenfuse:alert:{alert.budget}:{alert.window_key}:{alert.label}"
-                return bool(await self._redis.set(key, str(alert.ts), nx=True, ex=alert.ttl_s))
-            return await asyncio.to_thread(self._claim_in_store, alert)
+            won = [await self._claim_one(alert, label) for label in labels]
+            return won[0]
         except Exception as exc:
             # Better a duplicate alert than a lost one.
             log.warning("cannot record alert for budget %s (%s); sending it anyway", alert.budget, exc)
             return True
 
-    def _claim_in_store(self, alert: Alert | Notice) -> bool:
+    async def _claim_one(self, alert: Alert | Notice, label: str) -> bool:
+        if self._redis is not None:
+            key = f"tokenfuse:alert:{alert.budget}:{alert.window_key}:{label}"
+            return bool(await self._redis.set(key, str(alert.ts), nx=True, ex=alert.ttl_s))
+        return await asyncio.to_thread(self._claim_in_store, alert, label)
+
+    def _claim_in_store(self, alert: Alert | Notice, label: str) -> bool:
         p = self._store.p
         count, _ = self._store.execute(
             f"INSERT INTO alerts_fired (budget, window_key, alert, fired_ts) VALUES ({p}, {p}, {p}, {p}) "
             "ON CONFLICT DO NOTHING",
-            (alert.budget, alert.window_key, alert.label, alert.ts),
+            (alert.budget, alert.window_key, label, alert.ts),
         )
         return count == 1
 

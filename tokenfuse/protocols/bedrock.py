@@ -42,7 +42,7 @@ from tokenfuse.protocols.estimate import tokens_from_bytes
 from tokenfuse.protocols.eventstream import EventStreamDecoder, EventStreamError, encode_exception
 from tokenfuse.usage import Usage
 
-ROUTES: tuple[str, ...] = ("converse", "converse_stream", "invoke", "invoke_stream")
+ROUTES: tuple[str, ...] = ("converse", "converse_stream", "invoke", "invoke_stream", "count_tokens")
 _ERR = "ValidationException"
 
 # Cross-region inference profiles prefix the model id with a geography.
@@ -156,7 +156,11 @@ def parse_request(route: str, body: bytes, model_from_path: str | None = None) -
     obj = parsed.obj
     unbounded: list[str] = []
     priced: list[str] = []
-    if route.startswith("converse"):
+    if route == "count_tokens":
+        # CountTokens bills nothing, so nothing in it needs a bound; only its shape is checked.
+        _count_tokens_input(obj)
+        limits, choices = [], 1
+    elif route.startswith("converse"):
         require_list(obj, "messages", _ERR, optional=True)
         require_list(obj, "system", _ERR, optional=True)
         config = sub_object(obj, "inferenceConfig", _ERR)
@@ -194,6 +198,27 @@ def parse_request(route: str, body: bytes, model_from_path: str | None = None) -
         priced_options=tuple(priced),
         canonical=parsed.canonical,
     )
+
+
+def _count_tokens_input(obj: Mapping[str, Any]) -> None:
+    """``{"input": {"converse": {...}}}`` or ``{"input": {"invokeModel": {"body": base64}}}``."""
+    wrapped = sub_object(obj, "input", _ERR)
+    if len(wrapped) != 1 or not wrapped.keys() <= {"converse", "invokeModel"}:
+        raise ProtocolError(
+            400, _ERR, "CountTokens needs input with exactly one of converse (a Converse request's messages, "
+            "system, toolConfig) or invokeModel (an InvokeModel body, base64-encoded, in body)."
+        )
+    if "converse" in wrapped:
+        converse = wrapped["converse"]
+        if not isinstance(converse, dict):
+            raise ProtocolError(400, _ERR, "input.converse must be an object: a Converse request's fields.")
+        for key in ("messages", "system"):
+            if converse.get(key) is not None and not isinstance(converse[key], list):
+                raise ProtocolError(400, _ERR, f"input.converse.{key} must be an array.")
+    else:
+        invoke = wrapped["invokeModel"]
+        if not isinstance(invoke, dict) or not isinstance(invoke.get("body"), str):
+            raise ProtocolError(400, _ERR, "input.invokeModel.body must be the InvokeModel body, base64-encoded.")
 
 
 def _converse_billed_outside_the_body(
@@ -349,6 +374,8 @@ def invoke_body_usage(obj: Mapping[str, Any]) -> Usage | None:
 
 
 def usage_from_response(route: str, body: bytes, headers: Mapping[str, str]) -> Usage | None:
+    if route == "count_tokens":
+        return Usage()  # counting is free
     if route in ("invoke", "invoke_stream") and _H_IN in headers:
         write = _header_int(headers, _H_WRITE)
         body_usage = None

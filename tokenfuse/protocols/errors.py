@@ -6,6 +6,13 @@ kill switch, session cap, bad input, auth) are marked non-retryable: the
 OpenAI and Anthropic SDKs honour ``x-should-retry: false``; botocore ignores
 that header and retries throttling codes, 429 and 5xx, so Bedrock refusals
 use exceptions it does not retry (docs/protocols.md has the table).
+
+OpenAI-compatible clients disagree about budget refusals: the Vercel AI SDK
+retries every 429 whatever the headers say, and Codex CLI replaces an
+``insufficient_quota`` 429 by its own text without the budget's name. Both
+show a 400 body and send it once, so ``server.openai_refusal_status`` picks
+429 or 400, or ``auto``: 400 for those clients, 429 for the rest
+(docs/gateway.md has the clients x behaviour table).
 """
 
 from __future__ import annotations
@@ -82,14 +89,44 @@ _BEDROCK: dict[str, tuple[int, str]] = {
 # so an automatic retry would pay for the same answer again.
 RETRYABLE: frozenset[str] = frozenset({"upstream_unavailable", "counters_unavailable"})
 
+OPENAI_REFUSAL_STATUSES: tuple[str | int, ...] = ("auto", 429, 400)
+# Refusals whose OpenAI status server.openai_refusal_status chooses.
+_QUOTA_KINDS = frozenset({"budget", "session_cap"})
+# User-Agent marks of clients that retry or hide a 429 budget refusal (measured
+# with ai 6.0.325 + @ai-sdk/openai 3.0.141 and @openai/codex 0.171.0; tests/clients).
+_CLIENTS_NEEDING_400 = ("ai-sdk/", "codex_")
 
-def refusal(protocol: str, kind: str, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
-    """(status, headers, body) refusing a request of `protocol` for reason `kind`."""
+
+def openai_quota_status(setting: str | int, user_agent: str | None) -> int:
+    """The HTTP status of an OpenAI budget or session-cap refusal for this client."""
+    if setting == "auto":
+        ua = (user_agent or "").lower()
+        return 400 if any(mark in ua for mark in _CLIENTS_NEEDING_400) else 429
+    if setting in (400, 429):
+        return int(setting)
+    raise ValueError(f"openai_refusal_status {setting!r}: expected one of auto, 429, 400")
+
+
+def refusal(
+    protocol: str,
+    kind: str,
+    message: str,
+    *,
+    openai_status: str | int = "auto",
+    user_agent: str | None = None,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """(status, headers, body) refusing a request of `protocol` for reason `kind`.
+
+    ``openai_status`` is ``server.openai_refusal_status`` and ``user_agent`` the
+    caller's; they change only the status of OpenAI budget and session-cap
+    refusals, never the body."""
     if kind not in KINDS:
         raise ValueError(f"unknown refusal kind {kind!r}; expected one of {', '.join(KINDS)}")
     retryable = kind in RETRYABLE
     if protocol == "openai":
         status, error_type, code = _OPENAI[kind]
+        if kind in _QUOTA_KINDS:
+            status = openai_quota_status(openai_status, user_agent)
         return openai.error_response(status, error_type, message, retryable=retryable, code=code)
     if protocol == "anthropic":
         status, error_type = _ANTHROPIC[kind]
