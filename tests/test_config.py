@@ -131,3 +131,47 @@ def test_read_only_commands_skip_keys_whose_secrets_are_unset() -> None:
     cfg = load_config(EXAMPLE, env=env, secrets=False)
     assert [k.name for k in cfg.keys] == ["alice-droid"]
     assert cfg.store == "sqlite:///tokenfuse.db"
+
+
+def test_every_config_error_is_reported_in_one_pass() -> None:
+    from tokenfuse.config import ConfigError, parse_config
+
+    text = """
+upstreams:
+  - {name: a, protocol: openai, base_url: http://x}
+  - {name: a, protocol: openai, base_url: http://y}
+  - {name: b, protocol: nope, base_url: http://z}
+keys:
+  - {name: k1, key: s1, principal: alice}
+  - {name: k2, key: s1, principal: bob}
+  - {name: k2, key: s3, principal: carol, team: "has space"}
+budgets:
+  - {name: t, limit: {usd: 1}}
+  - {name: t, match: {principal: []}, limit: {usd: 1}}
+defaults: {max_tokens: 9, max_tokens_cap: 5}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "t.yaml")
+    msg = str(err.value)
+    for part in (
+        "upstreams[2] (name: b).protocol", "two upstreams are named 'a'", "keys[1] (name: k2): has the same secret",
+        "two keys are named 'k2'", "team 'has space'", "two budgets are named 't'", "an empty list matches nothing",
+        "defaults.max_tokens",
+    ):
+        assert part in msg, (part, msg)
+    assert all(line.startswith("t.yaml: ") for line in msg.splitlines())
+
+
+def test_match_fields_take_lists_and_keys_carry_team_and_tags() -> None:
+    from tokenfuse.config import parse_config
+
+    cfg = parse_config(
+        "keys: [{name: k, key: s, principal: alice, team: platform, tags: [b, a, b], expires: 2030-01-31}]\n"
+        "budgets: [{name: t, match: {principal: [alice, bob], model: ['*opus*'], tags: nightly}, limit: {usd: 1}}]\n"
+    )
+    key = cfg.keys[0]
+    assert (key.team, key.tags, key.expires.isoformat()) == ("platform", ["a", "b"], "2030-01-31T00:00:00+00:00")
+    m = cfg.budgets[0].match
+    assert (m.values("principal"), m.values("model"), m.values("tags"), m.values("team")) == (
+        ("alice", "bob"), ("*opus*",), ("nightly",), None
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,6 +31,7 @@ TOKEN_LIMIT_CLASSES = ("input_uncached", "cache_read", "cache_write", "output", 
 CALENDAR_WINDOWS = ("minute", "hour", "day", "week", "month", "total")
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_REPORTED_ERRORS = 50
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -100,6 +102,9 @@ class ServerConfig(_Model):
     max_connections: int | None = Field(None, ge=1)  # None: half the open-file limit, at most 10,000
     max_connections_per_client: int | None = Field(256, ge=1)  # None: no per-address cap
     shutdown_timeout_s: float = Field(10.0, gt=0)
+    # Status of OpenAI-protocol budget refusals: auto = 400 for clients that retry
+    # or hide a 429 (Vercel AI SDK, Codex CLI), 429 insufficient_quota otherwise.
+    openai_refusal_status: Literal["auto", 400, 429] = "auto"
 
 
 class UpstreamConfig(_Model):
@@ -149,16 +154,55 @@ class SessionsConfig(SessionCaps):
     workflows: dict[str, SessionCaps] = Field(default_factory=dict)
 
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+
+
+def _label(value: str, what: str) -> str:
+    # Teams and tags are grouped on and stored comma-joined in the ledger, so no
+    # commas or spaces.
+    if not _LABEL.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} must be 1-128 letters, digits or ._:@/- (no spaces or commas), e.g. platform-team"
+        )
+    return value
+
+
+def _team(value: str | None) -> str | None:
+    return None if value is None else _label(value, "team")
+
+
+def _tags(value: list[str]) -> list[str]:
+    return sorted({_label(t, "tag") for t in value})
+
+
 class KeyConfig(_Model):
     name: str
     key: str | None = None
     key_sha256: str | None = None
     principal: str
     workflow: str = "default"
+    team: Annotated[str | None, AfterValidator(_team)] = None
+    tags: Annotated[list[str], AfterValidator(_tags)] = Field(default_factory=list)
+    # After this instant (UTC) the key is refused; run-time keys carry it from `tokenfuse keys create --expires`.
+    expires: datetime | None = None
     aws_access_key_id: str | None = None
     aws_secret_access_key: str | None = None
     aws_region: str | None = None  # SigV4 scope region this key must sign for; unset: sigv4.region, else any
     sessions: SessionCaps | None = None
+    lower_max_tokens: bool | None = None  # unset: defaults.lower_max_tokens
+
+    @field_validator("expires", mode="before")
+    @classmethod
+    def _expires(cls, v: Any) -> Any:
+        # YAML reads `expires: 2026-01-31` as a date: take it as that day's start, UTC.
+        if isinstance(v, date) and not isinstance(v, datetime):
+            return datetime(v.year, v.month, v.day, tzinfo=UTC)
+        return v
+
+    @field_validator("expires")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        return v.replace(tzinfo=UTC) if v is not None and v.tzinfo is None else v
 
     @model_validator(mode="after")
     def _one_secret(self) -> KeyConfig:
@@ -204,13 +248,37 @@ class PricingConfig(_Model):
     allow_priced_options: bool = False
 
 
+def _one_or_many(value: Any) -> Any:
+    # `principal: [alice, bob]` matches either; an empty list would match nothing, which is never meant.
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("an empty list matches nothing; leave the field out to match everything")
+        if len(value) == 1:
+            return value[0]
+    return value
+
+
+OneOrMany = Annotated[str | list[str] | None, BeforeValidator(_one_or_many)]
+_Protocol = Literal["openai", "anthropic", "bedrock"]
+
+
 class BudgetMatch(_Model):
-    key: str | None = None
-    principal: str | None = None
-    workflow: str | None = None
-    session: str | None = None
-    model: str | None = None  # glob
-    protocol: Literal["openai", "anthropic", "bedrock"] | None = None
+    # Every field takes one value or a list (any of them); a budget matches when every field given matches.
+    key: OneOrMany = None
+    principal: OneOrMany = None
+    workflow: OneOrMany = None
+    session: OneOrMany = None
+    model: OneOrMany = None  # glob(s)
+    protocol: Annotated[_Protocol | list[_Protocol] | None, BeforeValidator(_one_or_many)] = None
+    team: OneOrMany = None
+    tags: OneOrMany = None  # the key carries at least one of these tags
+
+    def values(self, field: str) -> tuple[str, ...] | None:
+        """The field's values as a tuple, or None when the field is not set."""
+        v = getattr(self, field)
+        if v is None:
+            return None
+        return tuple(v) if isinstance(v, list) else (v,)
 
 
 class BudgetLimit(_Model):
@@ -262,6 +330,10 @@ class DefaultsConfig(_Model):
     max_tokens: int = Field(4096, gt=0)
     max_tokens_cap: int = Field(32000, gt=0)
     on_cap: Literal["clamp", "refuse"] = "clamp"
+    # Fit to budget (docs/limits.md): lower a request's output limit to what the
+    # budget's headroom can hold, never below min_output_tokens.
+    lower_max_tokens: bool = True
+    min_output_tokens: int = Field(1024, gt=0)
 
 
 class WebhookConfig(_Model):
@@ -313,12 +385,34 @@ class LoopGuardConfig(_Model):
         return parse_duration(self.window)
 
 
+class CacheDoctorGuardConfig(_Model):
+    enabled: bool = True
+    min_requests: int = Field(2, gt=0)  # consecutive turns with the same cause before it is reported
+
+
 class GuardsConfig(_Model):
     enabled: bool = True
     max_tracked: int = Field(10_000, gt=0)  # sessions/conversations each guard remembers (LRU)
     cache_miss: CacheMissGuardConfig = Field(default_factory=CacheMissGuardConfig)  # type: ignore[arg-type]
     context_growth: ContextGrowthGuardConfig = Field(default_factory=ContextGrowthGuardConfig)  # type: ignore[arg-type]
     loop: LoopGuardConfig = Field(default_factory=LoopGuardConfig)  # type: ignore[arg-type]
+    cache_doctor: CacheDoctorGuardConfig = Field(default_factory=CacheDoctorGuardConfig)  # type: ignore[arg-type]
+
+
+class CachingScope(_Model):
+    """Where automatic prompt caching is on: every field given must match (docs/caching.md)."""
+
+    workflow: str | None = None
+    key: str | None = None
+    model: str | None = None  # glob
+
+
+class CachingConfig(_Model):
+    # Scopes where the gateway places cache breakpoints in unmarked requests; empty: nowhere.
+    auto: list[CachingScope] = Field(default_factory=list)
+    one_hour_after: Duration = "4m"  # a gap between a conversation's turns above this picks 1-hour writes
+    max_gap: Duration = "1h"  # a gap above this stops injecting: writes would expire unread
+    max_tracked: int = Field(10_000, gt=0)  # conversations remembered (LRU)
 
 
 class SigV4Config(_Model):
@@ -361,6 +455,7 @@ class Config(_Model):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)  # type: ignore[arg-type]
     guards: GuardsConfig = Field(default_factory=GuardsConfig)  # type: ignore[arg-type]
+    caching: CachingConfig = Field(default_factory=CachingConfig)  # type: ignore[arg-type]
     sigv4: SigV4Config = Field(default_factory=SigV4Config)  # type: ignore[arg-type]
     # Where the file was loaded from, for messages; not a YAML key.
     source: Annotated[str, Field(exclude=True)] = "<config>"
@@ -381,40 +476,78 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
-        seen: set[str] = set()
-        for u in self.upstreams:
-            if u.name in seen:
-                raise ValueError(f"two upstreams are named {u.name!r}; names must be unique")
-            seen.add(u.name)
-        names: set[str] = set()
-        digests: set[str] = set()
-        access_ids: set[str] = set()
-        for k in self.keys:
-            if k.name in names:
-                raise ValueError(f"two keys are named {k.name!r}; names must be unique")
-            names.add(k.name)
-            d = k.digest()
-            if d is not None:
-                if d in digests:
-                    raise ValueError(f"key {k.name!r} has the same secret as another key; give each key its own")
-                digests.add(d)
-            if k.aws_access_key_id:
-                if k.aws_access_key_id in access_ids:
-                    raise ValueError(f"key {k.name!r} reuses aws_access_key_id {k.aws_access_key_id}")
-                access_ids.add(k.aws_access_key_id)
-        bnames: set[str] = set()
-        for b in self.budgets:
-            if b.name in bnames:
-                raise ValueError(f"two budgets are named {b.name!r}; names must be unique")
-            bnames.add(b.name)
-        if self.defaults.max_tokens > self.defaults.max_tokens_cap:
-            raise ValueError("defaults.max_tokens must not exceed defaults.max_tokens_cap")
+        problems = cross_problems(self.model_dump(mode="json"))
+        if problems:
+            raise ValueError("; ".join(f"{where}: {msg}" for where, msg in problems))
         return self
 
     def session_caps(self, key: KeyConfig | None, workflow: str) -> SessionCaps:
         if key is not None and key.sessions is not None:
             return key.sessions
         return self.sessions.workflows.get(workflow, self.sessions)
+
+
+def _entries(data: dict[str, Any], section: str) -> list[tuple[int, dict[str, Any]]]:
+    items = data.get(section)
+    if not isinstance(items, list):
+        return []
+    return [(i, x) for i, x in enumerate(items) if isinstance(x, dict)]
+
+
+def _where(section: str, i: int, entry: dict[str, Any]) -> str:
+    name = entry.get("name")
+    return f"{section}[{i}]" + (f" (name: {name})" if isinstance(name, str) and name else "")
+
+
+def _key_digest(entry: dict[str, Any]) -> str | None:
+    digest, secret = entry.get("key_sha256"), entry.get("key")
+    if isinstance(digest, str) and digest:
+        return digest.lower()
+    if isinstance(secret, str) and secret:
+        return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+    return None
+
+
+def cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Problems between entries (duplicate names and secrets, inconsistent
+    defaults), all of them, as (key path, message).
+
+    Works on the raw mapping, so they are reported in the same pass as every
+    per-field error rather than only once those are fixed.
+    """
+    problems: list[tuple[str, str]] = []
+
+    def unique(section: str, what: str, value_of: Any, message: str) -> None:
+        seen: dict[Any, str] = {}
+        for i, entry in _entries(data, section):
+            value = value_of(entry)
+            if value is None or (isinstance(value, str) and not value):
+                continue
+            if value in seen:
+                problems.append((_where(section, i, entry), message.format(value=value, first=seen[value])))
+            else:
+                seen[value] = _where(section, i, entry)
+
+    def name_of(entry: dict[str, Any]) -> str | None:
+        name = entry.get("name")
+        return name if isinstance(name, str) else None
+
+    unique("upstreams", "name", name_of, "two upstreams are named {value!r} (also {first}); names must be unique")
+    unique("keys", "name", name_of, "two keys are named {value!r} (also {first}); names must be unique")
+    unique("keys", "secret", _key_digest, "has the same secret as {first}; give each key its own")
+    unique(
+        "keys",
+        "aws_access_key_id",
+        lambda e: e.get("aws_access_key_id") if isinstance(e.get("aws_access_key_id"), str) else None,
+        "reuses aws_access_key_id {value} (also {first}); give each key its own",
+    )
+    unique("budgets", "name", name_of, "two budgets are named {value!r} (also {first}); names must be unique")
+    defaults = data.get("defaults")
+    if isinstance(defaults, dict):
+        mt, cap = defaults.get("max_tokens", 4096), defaults.get("max_tokens_cap", 32000)
+        if isinstance(mt, int) and isinstance(cap, int) and mt > cap:
+            problems.append(("defaults.max_tokens", f"{mt} must not exceed defaults.max_tokens_cap ({cap})"))
+    return problems
 
 
 def substitute_env(text: str, env: dict[str, str] | None = None) -> str:
@@ -485,8 +618,11 @@ def parse_config(
     try:
         cfg = Config.model_validate({**data, "source": source})
     except ValidationError as exc:
+        # Every problem in one pass: per-field errors, then those between entries.
         lines = []
-        for err in exc.errors()[:5]:
+        for err in exc.errors():
+            if not err["loc"]:
+                continue  # the whole-config check; cross_problems below says it item by item
             where = _path(tuple(err["loc"]), data)
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
@@ -494,6 +630,10 @@ def parse_config(
             elif err["type"] == "missing":
                 msg = "required key is missing"
             lines.append(f"{source}: {where}: {msg}")
+        lines += [f"{source}: {where}: {msg}" for where, msg in cross_problems(data)]
+        if len(lines) > MAX_REPORTED_ERRORS:
+            more = len(lines) - MAX_REPORTED_ERRORS
+            lines = [*lines[:MAX_REPORTED_ERRORS], f"{source}: ... and {more} more"]
         raise ConfigError("\n".join(lines)) from None
     return cfg
 

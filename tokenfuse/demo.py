@@ -50,6 +50,25 @@ def _agent_turns() -> list[str]:
     ]
 
 
+# Printed at the end: the demo's shape against real providers, for a user to save and edit.
+STARTER_CONFIG = """\
+# tokenfuse.yaml - save, export the variables it names, then: tokenfuse serve --config tokenfuse.yaml
+server: {host: 127.0.0.1, port: 8787, admin_token: ${TF_ADMIN_TOKEN}}
+store: sqlite:///tokenfuse.db
+upstreams:
+  - {name: openai, protocol: openai, base_url: https://api.openai.com/v1, api_key: ${OPENAI_API_KEY}}
+  - {name: anthropic, protocol: anthropic, base_url: https://api.anthropic.com, api_key: ${ANTHROPIC_API_KEY}}
+keys:
+  # Each caller gets its own key; more can be added at run time with `tokenfuse keys create`.
+  - {name: alice-agent, key: ${TF_KEY_ALICE}, principal: alice, workflow: coding-agent, team: platform}
+budgets:
+  - {name: platform-daily, match: {team: platform}, window: day, limit: {usd: 50}}
+  - {name: alice-monthly, match: {principal: alice}, window: month, limit: {usd: 200}}
+sessions: {max_requests: 200, max_usd: 10}
+defaults: {max_tokens: 4096, max_tokens_cap: 32000}
+"""
+
+
 def run(out: Any = sys.stdout, keep_db: str | None = None) -> int:
     # The demo prints the guards' findings itself; their JSON log lines would interleave.
     logger = logging.getLogger("tokenfuse")
@@ -62,6 +81,19 @@ def run(out: Any = sys.stdout, keep_db: str | None = None) -> int:
 
 
 def _run(out: Any, keep_db: str | None) -> int:
+    # Everything the demo writes goes here and is removed at the end, whatever happens.
+    with tempfile.TemporaryDirectory(prefix="tokenfuse-demo-") as tmp:
+        code = _session(out, Path(keep_db) if keep_db else Path(tmp) / "ledger.db")
+    if keep_db:
+        cfg = Path(keep_db).with_suffix(".yaml")
+        cfg.write_text(f"# The demo's ledger, for tokenfuse usage\nstore: sqlite:///{Path(keep_db).resolve()}\n")
+        print(f"\nThe demo ledger is kept: tokenfuse usage --config {cfg} --by principal", file=out)
+    print("\nTo meter your own agents, start from this config:\n", file=out)
+    print(STARTER_CONFIG, file=out)
+    return code
+
+
+def _session(out: Any, db: Path) -> int:
     import anthropic
     import boto3
     import openai
@@ -72,8 +104,6 @@ def _run(out: Any, keep_db: str | None) -> int:
     from tokenfuse.ledger.query import usage_totals
     from tokenfuse.simulator.server import SimulatorThread
 
-    tmp = tempfile.mkdtemp(prefix="tokenfuse-demo-")
-    db = Path(keep_db) if keep_db else Path(tmp) / "ledger.db"
     store = f"sqlite:///{db}"
     history = "You are a coding agent working in a large repository. " * 60  # a system prompt worth caching
     with SimulatorThread() as sim:
@@ -174,7 +204,6 @@ def _run(out: Any, keep_db: str | None) -> int:
                     print(f"  {f['text']}", file=out)
             if last_refusal:
                 print(f"\nThe session cap stopped the loop; the agent was told:\n  {last_refusal}", file=out)
-            print("\nTry: tokenfuse usage --config <your config> --json", file=out)
     return 0
 
 

@@ -21,7 +21,7 @@ from tokenfuse.pricing import Price
 from tokenfuse.protocols import openai
 from tokenfuse.usage import Usage
 
-ONLY_LOOP = {"cache_miss": {"enabled": False}, "context_growth": {"enabled": False}}
+ONLY_LOOP = {"cache_miss": {"enabled": False}, "context_growth": {"enabled": False}, "cache_doctor": {"enabled": False}}
 HOUR = 3600.0
 
 

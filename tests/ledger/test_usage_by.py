@@ -25,7 +25,7 @@ def _fill(url: str) -> None:
     w = LedgerWriter(url)
     w.start()
     w.write(make_row(0, ts=DAY1, principal="alice", workflow="droid", key_name="alice-droid",
-                     model="m-big", cost_usd=Decimal("0.09")))
+                     model="m-big", cost_usd=Decimal("0.09"), cache_saved_usd=Decimal("0.81")))
     w.write(make_row(1, ts=DAY2, principal="bob", workflow="batch", key_name="bob-batch",
                      model="m-small", cost_usd=Decimal("0.000000075")))
     w.write(make_row(2, ts=DAY2, principal="bob", workflow="batch", key_name="bob-batch",
@@ -62,8 +62,9 @@ def test_usage_by_every_grouping(store_url: str) -> None:
     ]
     only_bob = usage_by(store_url, "day", Filters(principal="bob"))
     assert [g.name for g in only_bob] == ["2026-11-23"]
+    assert {g.name for g in usage_by(store_url, "team")} == {"(none)"}
     with pytest.raises(ValueError, match="cannot group by"):
-        usage_by(store_url, "team")
+        usage_by(store_url, "tenant")
 
 
 def test_money_has_one_precision() -> None:
@@ -75,12 +76,14 @@ def test_table_by_principal(config: Path, capsys: pytest.CaptureFixture[str]) ->
     assert tokenfuse_main(["usage", "--config", str(config), "--by", "principal"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == [
-        "PRINCIPAL", "REQUESTS", "REFUSED", "INPUT_UNCACHED", "CACHE_READ", "CACHE_WRITE", "OUTPUT", "COST_USD"
+        "PRINCIPAL", "REQUESTS", "REFUSED", "INPUT_UNCACHED", "CACHE_READ", "CACHE_WRITE", "OUTPUT", "COST_USD",
+        "CACHE_SAVED_USD",
     ]
     body = [ln.split() for ln in lines if not ln.startswith(("-", "PRINCIPAL"))]
     assert [r[0] for r in body] == ["alice", "bob", "(none)", "TOTAL"]  # most spend first
-    costs = [r[-1] for r in body]
+    costs = [r[-2] for r in body]
     assert costs == ["0.090000000", "0.000200075", "0.000000000", "0.090200075"]
+    assert [r[-1] for r in body] == ["0.810000", "0.000000", "0.000000", "0.810000"]
     assert len({len(c.split(".")[1]) for c in costs}) == 1
     assert len({len(ln) for ln in lines if not ln.startswith("-")}) == 1
 
@@ -89,14 +92,14 @@ def test_csv_and_json(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--config", str(config), "--by", "day", "--format", "csv"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows[0] == ["day", "requests", "refused", "input_uncached", "cache_read", "cache_write", "output",
-                       "cost_usd"]
+                       "cost_usd", "cache_saved_usd"]
     assert [r[0] for r in rows[1:]] == ["2026-11-22", "2026-11-23", "TOTAL"]
-    assert rows[-1][-1] == "0.090200075"
+    assert rows[-1][-2:] == ["0.090200075", "0.810000"]
     assert main(["--config", str(config), "--by", "workflow", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["by"] == "workflow" and doc["groups"][0] == {
         "workflow": "droid", "requests": 1, "refused": 0, "input_uncached": 10, "cache_read": 20,
-        "cache_write": 7, "output": 5, "cost_usd": "0.090000000",
+        "cache_write": 7, "output": 5, "cost_usd": "0.090000000", "cache_saved_usd": "0.810000",
     }
     assert doc["total"]["cost_usd"] == "0.090200075" and doc["total"]["refused"] == 2
 

@@ -247,7 +247,7 @@ def test_budgets_add_list_replace_remove(run: Run) -> None:
         ({"name": "x", "limit": {}}, "limit"),
         ({"name": "x", "limit": {"tokens": {"outputs": 5}}}, "limit.tokens"),
         ({"name": "x", "window": "fortnight", "limit": {"usd": 1}}, "window"),
-        ({"name": "x", "match": {"team": "a"}, "limit": {"usd": 1}}, "match.team"),
+        ({"name": "x", "match": {"tenant": "a"}, "limit": {"usd": 1}}, "match.tenant"),
         ({"limit": {"usd": 1}}, "name"),
     ],
 )

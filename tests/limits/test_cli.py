@@ -162,7 +162,7 @@ def test_budget_add_list_replace_remove(config: Path, capsys: pytest.CaptureFixt
         ([], "give at least one limit"),
         (["--tokens", "outputs=5"], "unknown token class 'outputs'"),
         (["--tokens", "output=lots"], "whole number of tokens"),
-        (["--match", "team=a", "--usd", "1"], "--match team=...: unknown field"),
+        (["--match", "tenant=a", "--usd", "1"], "--match tenant=...: unknown field"),
         (["--match", "principal", "--usd", "1"], "must look like NAME=VALUE"),
     ],
 )
@@ -299,3 +299,12 @@ def test_store_down_kill_is_applied_by_the_gateway_and_persisted_when_the_store_
             assert gw.gateway.kills.check(alice) is not None
     finally:
         proxy.close()
+
+
+def test_budget_add_takes_lists_and_teams(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "tokenfuse.yaml"
+    cfg.write_text(f"store: sqlite:///{tmp_path / 'l.db'}\n")
+    assert cli.main(["budget", "add", "--config", str(cfg), "--name", "pair", "--match", "principal=alice,bob",
+                 "--match", "team=platform", "--usd", "5"]) == 0
+    (b,) = RuntimeBudgetStore(f"sqlite:///{tmp_path / 'l.db'}").list()
+    assert (b.match.principal, b.match.team) == (["alice", "bob"], "platform")

@@ -159,3 +159,25 @@ async def test_a_new_runtime_budget_is_rebuilt_before_it_is_enforced(store: str)
     assert refused.refusal is not None and refused.refusal.spent == "$0.8"
     assert (await lim.reserve(ctx(), bound("0.20"))).ok
     await lim.close()
+
+
+async def test_team_tag_and_list_budgets_rebuild_from_the_ledger(store: str) -> None:
+    from tokenfuse.limits.context import RequestContext
+
+    insert_rows(store, [
+        row(NOW - 60, cost_usd="0.40", team="platform", tags="nightly"),
+        row(NOW - 50, cost_usd="0.30", principal="bob", key_name="bob-k", team="platform"),
+        row(NOW - 40, cost_usd="0.20", principal="carol", key_name="carol-k", team="research", tags="adhoc,nightly"),
+    ])
+    budgets = [
+        {"name": "platform", "match": {"team": "platform"}, "window": "day", "limit": {"usd": 1}},
+        {"name": "nightly", "match": {"tags": ["nightly", "weekly"]}, "window": "day", "limit": {"usd": 1}},
+        {"name": "pair", "match": {"principal": ["alice", "carol"]}, "window": "day", "limit": {"usd": 1}},
+    ]
+    lim = await Limiter.create(make_config(budgets, store=store))
+    s = {x.name: x.spent_usd for x in await lim.snapshot(now=NOW)}
+    assert s == {"platform": Decimal("0.70"), "nightly": Decimal("0.60"), "pair": Decimal("0.60")}
+    bob = RequestContext("bob-k", "bob", "droid", None, "test-model", "anthropic", "platform", ())
+    refused = await lim.reserve(bob, bound("0.31"))
+    assert refused.refusal is not None and refused.refusal.budget == "platform"
+    await lim.close()

@@ -22,6 +22,7 @@ import aiohttp
 
 from tokenfuse.aio import spawn
 from tokenfuse.asgi import Receive, Scope, Send
+from tokenfuse.caching.verify import AutoCache, cache_saved_usd
 from tokenfuse.config import Config, KeyConfig
 from tokenfuse.gateway import routes
 from tokenfuse.gateway.headers import forwardable
@@ -41,8 +42,8 @@ from tokenfuse.ledger.record import LedgerRow, format_cost
 from tokenfuse.ledger.writer import LedgerWriter
 from tokenfuse.limits.bounds import Bound
 from tokenfuse.limits.context import RequestContext
-from tokenfuse.limits.keys import RuntimeKeys, RuntimeKeyStore
 from tokenfuse.limits.fit import plan as plan_bound
+from tokenfuse.limits.keys import RuntimeKeys, RuntimeKeyStore
 from tokenfuse.limits.limiter import Admission, Limiter
 from tokenfuse.ops.app import MODEL_PREFIX, OPS_PATHS, OpsApp
 from tokenfuse.pricing import MAX_MODEL_NAME, Price, PriceBook
@@ -113,6 +114,8 @@ class Gateway:
         self.runtime: Runtime = build_runtime(config, self.runtime_keys, prices=prices)
         self.reloader = Reloader(self, self._build_guards)
         self._guard_sink: Any = None
+        # Automatic prompt caching and its verification, shared with the cache doctor guard (docs/caching.md).
+        self.caching = AutoCache(config.caching, min_requests=config.guards.cache_doctor.min_requests)
         # Admitted requests are journaled before they are forwarded, so a SIGKILL cannot
         # make the ledger (and counters rebuilt from it) forget them; docs/ledger.md.
         self.journal = AdmissionJournal.for_store(config.store, config.ledger.journal_dir)
@@ -160,7 +163,7 @@ class Gateway:
         return self._rt.guards
 
     def _build_guards(self, config: Config) -> Guards | None:
-        guards = Guards(config.guards, self._guard_sink)
+        guards = Guards(config.guards, self._guard_sink, caching=self.caching)
         return guards if guards.enabled else None
 
     async def reload(self, path: str | None = None) -> ReloadResult:
@@ -276,7 +279,10 @@ class Gateway:
         except _Refused as r:
             req.outcome = r.outcome
             req.reason = r.reason if req.reason is None else f"{r.reason}; {req.reason}"
-            status, hdrs, body = refusal(req.protocol, r.kind, r.message)
+            status, hdrs, body = refusal(
+                req.protocol, r.kind, r.message,
+                openai_status=self.config.server.openai_refusal_status, user_agent=req.headers.get("user-agent"),
+            )
             req.status = status
             if req.outcome == "upstream_error":
                 log.warning("upstream failure on %s %s: %s", req.id, req.key.name if req.key else "-", req.reason)
@@ -295,10 +301,38 @@ class Gateway:
             log.warning("upstream stream broke on %s: %s", req.id, req.reason)
         except Exception as exc:  # whatever happens, answer in protocol and keep serving
             await self._internal_error(send, req, exc)
+        except asyncio.CancelledError:
+            # The server's shutdown deadline passed with this request still running.
+            # Returning (not re-raising) keeps a traceback out of the log; the row says what happened.
+            await self._cancelled(req)
         finally:
             if self.guards is not None and req.outcome == "ok" and req.ctx is not None and req.info is not None:
                 self.guards.observe(req.ctx, req.info, req.body, req.usage, req.cost, req.price)
             self._record(req)
+
+    async def _alert_refusal(self, budget: str, needed: Decimal) -> None:
+        """The first refusal of a budget in its window alerts (once; refusal_seen does no I/O)."""
+        if self.alerts is None or self.limiter is None or self.alerts.refusal_seen(budget, needed):
+            return
+        try:
+            status = next((s for s in await self.limiter.snapshot() if s.name == budget), None)
+        except Exception:  # counters down: skip the alert, never the refusal
+            status = None
+        if status is not None:
+            self.alerts.refused(status, needed)
+
+    async def _cancelled(self, req: _Request) -> None:
+        req.outcome = "incomplete"
+        if req.admission is not None and self.limiter is not None:
+            if req.upstream is not None:
+                await self._charge_bound(req, "gateway shut down before the request finished; charged at the bound")
+            else:
+                await self.limiter.release(req.admission)
+                req.reason = "gateway shut down before the request was sent"
+        elif req.upstream is not None:
+            req.reason = "gateway shut down before the request finished"
+        else:
+            req.outcome, req.reason = "client_abort", "gateway shut down before the request was sent"
 
     async def _internal_error(self, send: Send, req: _Request, exc: Exception) -> None:
         """A bug or an unforeseen input: one log line, an in-protocol 500, never a served row."""
@@ -376,7 +410,8 @@ class Gateway:
         )
         key = req.key
         ctx = RequestContext(
-            key.name, key.principal, key.workflow, req.session, self.prices.canonical(info.model), route.protocol
+            key.name, key.principal, key.workflow, req.session, self.prices.canonical(info.model), route.protocol,
+            key.team, tuple(key.tags),
         )
         req.ctx = ctx
         killed = self.kills.check(ctx) if self.kills is not None else None
@@ -395,6 +430,8 @@ class Gateway:
             # The client did not ask for usage; ask on its behalf, the meter strips it again.
             proto.request_usage_in_stream(info)
             changed = True
+        # Before the body is encoded and bounded: injected breakpoints are forwarded and priced.
+        self.caching.prepare(ctx, info)
         # Forward the canonical encoding of what was checked, never the client's
         # bytes: a duplicate key or an escape another parser reads differently
         # must not reach the provider.
@@ -414,20 +451,21 @@ class Gateway:
             # token and session limits; only its dollar bound is unknown.
             # The bound is tightened by a recorded conversation prefix; the limiter
             # may lower max_tokens to fit the budget (docs/limits.md).
-            d = self.config.defaults
+            d, caps = self.config.defaults, self.config.session_caps(key, key.workflow)
             planned = plan_bound(
-                info, price or _UNPRICED, prefixes=self.limiter.prefixes, scope=key.principal,
-                floor=d.min_output_tokens,
+                info, price or _UNPRICED, scope=key.principal, floor=d.min_output_tokens,
+                prefixes=self.limiter.prefixes if self.limiter.applies(ctx, caps) else None,
                 lower=d.lower_max_tokens if key.lower_max_tokens is None else key.lower_max_tokens,
             )
             bound = req.bound = planned.bound
             admission = await self.limiter.reserve(
-                ctx, bound, session_caps=self.config.session_caps(key, key.workflow),
-                fit=planned.fit, remember=planned.remember,
+                ctx, bound, session_caps=caps, fit=planned.fit, remember=planned.remember
             )
             if not admission.ok:
                 ref = admission.refusal
                 assert ref is not None
+                if ref.kind == "budget":
+                    await self._alert_refusal(ref.budget, bound.usd)
                 raise _Refused(ref.kind, ref.message, "refused", f"{ref.kind} {ref.budget}")
             req.admission = admission
             if admission.bound is not None and admission.bound.lowered_from is not None:
@@ -441,6 +479,7 @@ class Gateway:
                     workflow=key.workflow, session=req.session, protocol=route.protocol, route=route.route,
                     model=ctx.model, upstream=upstream.name, bound_usd=bound.usd,
                     bound_input=bound.tokens.get("input_uncached", 0), bound_output=bound.tokens.get("output", 0),
+                    team=key.team, tags=",".join(key.tags) or None,
                 ))
         req.upstream = upstream
         await self._forward(req, upstream, body, send, receive)
@@ -664,12 +703,24 @@ class Gateway:
                 req.admission = None
 
     def _bound_usage(self, req: _Request) -> Usage:
+        """What a request is recorded at when its usage is unknown: its reserved bound."""
+        if req.bound is not None:
+            t = req.bound.tokens
+            return Usage(input_uncached=t["input_uncached"], output=t["output"], estimated=True)
         info = req.info
         assert info is not None
-        return Usage(input_uncached=info.prompt_bytes, output=info.max_tokens or 0, estimated=True)
+        return Usage(
+            input_uncached=info.prompt_bytes, output=(info.max_tokens or 0) * info.choices, estimated=True
+        )
 
     def _price(self, req: _Request) -> None:
-        if req.price is not None and req.route is not None and req.route.route not in ZERO_COST_ROUTES:
+        if req.route is None or req.route.route in ZERO_COST_ROUTES:
+            return
+        if req.usage.estimated and req.bound is not None:
+            # Unknown usage is charged what was reserved: the bound prices every input
+            # token at the dearest class, which pricing the estimate would not.
+            req.cost = req.bound.usd
+        elif req.price is not None:
             req.cost = req.price.cost(req.usage)
 
     def _overran(self, req: _Request, output: int) -> None:
@@ -823,7 +874,13 @@ class Gateway:
             estimated=u.estimated,
             outcome=req.outcome,
             reason=req.reason[:1000] if req.reason else None,
+            team=key.team if key else None,
+            tags=(",".join(key.tags) or None) if key else None,
         )
+        if req.outcome == "ok" and info is not None:
+            row.cache_saved_usd = cache_saved_usd(req.price, u, req.cost)
+            fp = self.caching.print_of(info)
+            row.prefix_fp = fp.encode() if fp is not None else None
         self.ledger.write(row)
         self._observe(row)
 

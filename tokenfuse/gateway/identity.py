@@ -27,6 +27,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tokenfuse.config import Config, KeyConfig, SigV4Config
+from tokenfuse.limits.keys import RuntimeKeys
 
 _SIGV4 = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<akid>[^/,\s]{1,128})/(?P<date>\d{8})/(?P<region>[a-z0-9-]{1,64})/"
@@ -126,7 +127,10 @@ class ReplayCache:
 
 
 class KeyRing:
-    def __init__(self, config: Config) -> None:
+    """The config's keys, then the run-time keys (``tokenfuse keys``), if the gateway has them."""
+
+    def __init__(self, config: Config, runtime: RuntimeKeys | None = None) -> None:
+        self.runtime = runtime
         self._by_digest: dict[str, KeyConfig] = {}
         self._by_akid: dict[str, KeyConfig] = {}
         for k in config.keys:
@@ -140,7 +144,10 @@ class KeyRing:
 
     def by_secret(self, secret: str) -> KeyConfig | None:
         digest = hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
-        return self._by_digest.get(digest)
+        key = self._by_digest.get(digest)
+        if key is None and self.runtime is not None:
+            key = self.runtime.get(digest)
+        return key
 
     def authenticate(
         self,
@@ -209,6 +216,10 @@ class KeyRing:
         key = self.by_secret(secret)
         if key is None:
             raise AuthError("the API key is not a tokenfuse key configured on this gateway")
+        if key.expires is not None and key.expires.timestamp() <= time.time():
+            raise AuthError(
+                f"the API key {key.name!r} expired at {key.expires.isoformat()}; ask the operator for a new one"
+            )
         return key
 
     def _sigv4(
@@ -276,6 +287,8 @@ class KeyRing:
         if not hmac.compare_digest(expected, m["sig"]) or key is None:
             raise AuthError(BAD_SIGNATURE)
         # The caller has proven the key: messages from here on may be specific.
+        if key.expires is not None and key.expires.timestamp() <= now:
+            raise AuthError(f"the key {key.name!r} expired at {key.expires.isoformat()}; ask the operator for a new one")
         if key.aws_region is not None and region != key.aws_region:
             raise AuthError(self._region_message(region, key.aws_region))
         token = bytes.fromhex(m["sig"])[:16]

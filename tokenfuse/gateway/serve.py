@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
+from tokenfuse.aio import spawn
 from tokenfuse.config import Config, ConfigError, load_config
 
 log = logging.getLogger("tokenfuse.gateway")
@@ -22,13 +26,33 @@ class GatewayServer(uvicorn.Server):
     uvicorn re-raises the signal it caught once it has shut down, so the process
     would end "killed by SIGTERM" even though every request was answered or
     cancelled at the deadline and the ledger was flushed. SIGINT still re-raises.
+    SIGHUP reloads the config file without a restart.
     """
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
+        with super().capture_signals(), self._reload_on_hangup():
             yield
             self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    @contextlib.contextmanager
+    def _reload_on_hangup(self) -> Iterator[None]:
+        """SIGHUP re-reads the config file (tokenfuse/gateway/reload.py); main thread only, as for every signal."""
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+            yield
+            return
+        loop = asyncio.get_running_loop()
+        gateway: Any = self.config.app  # the Gateway that build_server passed in
+
+        def hangup(signum: int, frame: object) -> None:
+            # A signal handler must not run the reload itself: hand it to the event loop.
+            loop.call_soon_threadsafe(lambda: spawn(gateway.reload()))
+
+        previous = signal.signal(signal.SIGHUP, hangup)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGHUP, previous)
 
 
 def build_server(config: Config, host: str | None = None, port: int | None = None) -> GatewayServer:
@@ -70,7 +94,11 @@ def build_server(config: Config, host: str | None = None, port: int | None = Non
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="tokenfuse serve", description="Run the metering gateway.")
+    parser = argparse.ArgumentParser(
+        prog="tokenfuse serve",
+        description="Run the metering gateway. SIGHUP (or `tokenfuse reload`) re-reads the config file without a "
+        "restart.",
+    )
     parser.add_argument("--config", "-c", default="tokenfuse.yaml", help="gateway config file (YAML)")
     parser.add_argument("--host", help="override server.host")
     parser.add_argument("--port", type=int, help="override server.port")

@@ -17,13 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from tokenfuse.config import GuardsConfig
 from tokenfuse.limits.context import RequestContext
 from tokenfuse.pricing import Price
 from tokenfuse.protocols.base import RequestInfo
 from tokenfuse.usage import Usage
+
+if TYPE_CHECKING:
+    from tokenfuse.caching.verify import AutoCache
 
 log = logging.getLogger("tokenfuse.guards")
 K = TypeVar("K")
@@ -66,11 +69,12 @@ class Prompt:
     hash costs one ``hash(bytes)``.
     """
 
-    __slots__ = ("_body", "_head", "_items", "_raw")
+    __slots__ = ("_body", "_head", "_items", "_raw", "info")
 
-    def __init__(self, body: dict[str, Any], raw: bytes) -> None:
+    def __init__(self, body: dict[str, Any], raw: bytes, info: RequestInfo | None = None) -> None:
         self._body = body
         self._raw = raw
+        self.info = info  # the parsed request, for guards that need its route (cache doctor)
         self._head: int | None = None
         self._items: list[Any] | None = None
 
@@ -209,9 +213,10 @@ class Guards:
         *,
         guards: list[Guard] | None = None,
         keep_recent: int = 50,
+        caching: AutoCache | None = None,
     ) -> None:
         self.config = config
-        self.guards: list[Guard] = _build(config) if guards is None else guards
+        self.guards: list[Guard] = _build(config, caching) if guards is None else guards
         self.checkers = [g for g in self.guards if _refuses(g)]
         self.sink = sink or _log_finding
         self._sent: Tracks[tuple[str, str], int] = Tracks(config.max_tracked)
@@ -250,7 +255,7 @@ class Guards:
         if not self.guards or info.route in _SKIP_ROUTES or usage.estimated:
             return []
         ts = time.time() if now is None else now
-        prompt = Prompt(info.body, body)
+        prompt = Prompt(info.body, body, info)
         out: list[Finding] = []
         for guard in self.guards:
             try:
@@ -288,9 +293,12 @@ def _log_finding(finding: Finding) -> None:
     log.warning(json.dumps(finding.payload(time.time()), separators=(",", ":")))
 
 
-def _build(config: GuardsConfig) -> list[Guard]:
+def _build(config: GuardsConfig, caching: AutoCache | None = None) -> list[Guard]:
     if not config.enabled:
         return []
+    from tokenfuse.caching.verify import AutoCache
+    from tokenfuse.config import CachingConfig
+    from tokenfuse.guards.cache_doctor import CacheDoctorGuard
     from tokenfuse.guards.cache_miss import CacheMissGuard
     from tokenfuse.guards.context_growth import ContextGrowthGuard
     from tokenfuse.guards.loop import LoopGuard
@@ -302,6 +310,9 @@ def _build(config: GuardsConfig) -> list[Guard]:
         out.append(ContextGrowthGuard(config.context_growth, config.max_tracked))
     if config.loop.enabled:
         out.append(LoopGuard(config.loop, config.max_tracked))
+    if config.cache_doctor.enabled:
+        cache = caching or AutoCache(CachingConfig.model_validate({}), min_requests=config.cache_doctor.min_requests)
+        out.append(CacheDoctorGuard(cache))
     return out
 
 

@@ -1,4 +1,4 @@
-"""`tokenfuse usage`: ledger totals by model (or by principal, workflow, key or day), as a table, CSV or JSON.
+"""`tokenfuse usage`: ledger totals by model (or by principal, workflow, key, team or day), as a table, CSV or JSON.
 
 Money is printed with the same number of decimals in every cell of a report:
 six, or more when some amount needs more to stay exact.
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workflow", help="only this workflow")
     p.add_argument("--session", help="only this session id")
     p.add_argument("--key", help="only this key name")
+    p.add_argument("--team", help="only this team")
     p.add_argument(
         "--by", choices=tuple(GROUPINGS), help="group by this instead of by model (day: UTC calendar day)"
     )
@@ -79,9 +80,13 @@ def _grouped(by: str, groups: list[Group]) -> tuple[list[str], list[list[Any]], 
     if by != "day":
         groups = sorted(groups, key=lambda g: (-g.cost_usd, g.name))
     costs = money([g.cost_usd for g in groups] + [sum((g.cost_usd for g in groups), Decimal(0))])
-    header = [by, *GROUP_COLUMNS, "cost_usd"]
-    rows = [[g.name, *(getattr(g, c) for c in GROUP_COLUMNS), cost] for g, cost in zip(groups, costs, strict=False)]
-    total = ["TOTAL", *(sum(getattr(g, c) for g in groups) for c in GROUP_COLUMNS), costs[-1]]
+    saved = money([g.cache_saved_usd for g in groups] + [sum((g.cache_saved_usd for g in groups), Decimal(0))])
+    header = [by, *GROUP_COLUMNS, "cost_usd", "cache_saved_usd"]
+    rows = [
+        [g.name, *(getattr(g, c) for c in GROUP_COLUMNS), cost, s]
+        for g, cost, s in zip(groups, costs, saved, strict=False)
+    ]
+    total = ["TOTAL", *(sum(getattr(g, c) for g in groups) for c in GROUP_COLUMNS), costs[-1], saved[-1]]
     return header, rows, total
 
 
@@ -154,7 +159,7 @@ def main(argv: list[str]) -> int:
     fmt = args.format or ("json" if args.json else "table")
     try:
         if args.by is not None:
-            filters = Filters(since, until, args.principal, args.workflow, args.session, args.key)
+            filters = Filters(since, until, args.principal, args.workflow, args.session, args.key, args.team)
             print(render_grouped(args.by, usage_by(cfg.store, args.by, filters), fmt))
             return 0
         totals = usage_totals(
@@ -165,6 +170,7 @@ def main(argv: list[str]) -> int:
             workflow=args.workflow,
             session=args.session,
             key=args.key,
+            team=args.team,
         )
     except SchemaError as exc:
         print(f"tokenfuse usage: {cfg.source}: store: {exc}", file=sys.stderr)

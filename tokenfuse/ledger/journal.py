@@ -94,6 +94,8 @@ def incomplete_row(
     bound_usd: Decimal,
     bound_input: int,
     bound_output: int,
+    team: str | None = None,
+    tags: str | None = None,
 ) -> LedgerRow:
     """The provisional row for an admitted request: what it is charged if the
     gateway dies before it finishes. Cost, request count, input, output and total
@@ -116,6 +118,8 @@ def incomplete_row(
         estimated=True,
         outcome=INCOMPLETE,
         reason=INCOMPLETE_REASON,
+        team=team,
+        tags=tags,
     )
 
 

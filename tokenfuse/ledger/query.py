@@ -43,6 +43,7 @@ class Filters:
     workflow: str | None = None
     session: str | None = None
     key: str | None = None
+    team: str | None = None
 
     def where(self, dialect: str) -> tuple[str, tuple[Any, ...]]:
         p = placeholder(dialect)
@@ -64,6 +65,7 @@ class Filters:
             ("workflow", self.workflow),
             ("session", self.session if self.session is not None and "/" in self.session else None),
             ("key_name", self.key),
+            ("team", self.team),
         ):
             if value is not None:
                 clauses.append(f"{column} = {p}")
@@ -85,9 +87,10 @@ def usage_totals(
     workflow: str | None = None,
     session: str | None = None,
     key: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """Ledger totals, overall and by model, for rows with ``since <= ts < until``."""
-    filters = Filters(since, until, principal, workflow, session, key)
+    filters = Filters(since, until, principal, workflow, session, key, team)
     dialect = StoreURL.parse(url).dialect
     where, params = filters.where(dialect)
     models: dict[str, dict[str, Any]] = {}
@@ -97,7 +100,7 @@ def usage_totals(
     conn = _open(url)
     if conn is not None:
         try:
-            pg_cost = ", SUM(cost_usd)" if dialect == "postgresql" else ""
+            pg_cost = ", SUM(cost_usd), SUM(COALESCE(cache_saved_usd, 0))" if dialect == "postgresql" else ""
             cur = conn.execute(
                 f"SELECT model, SUM(CASE WHEN outcome IN ({_REFUSED_SQL}) THEN 1 ELSE 0 END), COUNT(*), "
                 "SUM(input_uncached), SUM(cache_read), SUM(cache_write + cache_write_1h), SUM(output), "
@@ -175,6 +178,7 @@ GROUPINGS: dict[str, dict[str, str]] = {
     "principal": {"sqlite": "principal", "postgresql": "principal"},
     "workflow": {"sqlite": "workflow", "postgresql": "workflow"},
     "key": {"sqlite": "key_name", "postgresql": "key_name"},
+    "team": {"sqlite": "team", "postgresql": "team"},
     "model": {"sqlite": "model", "postgresql": "model"},
     "day": {
         "sqlite": "strftime('%Y-%m-%d', ts, 'unixepoch')",
@@ -194,10 +198,12 @@ class Group:
     cache_write: int = 0  # both cache-write durations, as in usage_totals
     output: int = 0
     cost_usd: Decimal = Decimal(0)
+    # What prompt caching saved against the same requests uncached (negative: it cost more).
+    cache_saved_usd: Decimal = Decimal(0)
 
 
 def usage_by(url: str, by: str, filters: Filters | None = None) -> list[Group]:
-    """Ledger sums grouped by principal, workflow, key, model or UTC day; costs are exact.
+    """Ledger sums grouped by principal, workflow, key, team, model or UTC day; costs are exact.
 
     Counting follows :func:`usage_totals`: refused rows are counted under
     ``refused``, not ``requests``. Rows without a value group under ``(none)``.
@@ -212,7 +218,7 @@ def usage_by(url: str, by: str, filters: Filters | None = None) -> list[Group]:
     if conn is None:
         return []
     try:
-        pg_cost = ", SUM(cost_usd)" if dialect == "postgresql" else ""
+        pg_cost = ", SUM(cost_usd), SUM(COALESCE(cache_saved_usd, 0))" if dialect == "postgresql" else ""
         cur = conn.execute(
             f"SELECT {expr}, SUM(CASE WHEN outcome IN ({_REFUSED_SQL}) THEN 1 ELSE 0 END), COUNT(*), "
             "SUM(input_uncached), SUM(cache_read), SUM(cache_write + cache_write_1h), SUM(output)"
@@ -224,6 +230,7 @@ def usage_by(url: str, by: str, filters: Filters | None = None) -> list[Group]:
             groups[name] = Group(
                 name, int(n_all) - int(n_refused), int(n_refused), int(inp), int(c_read), int(c_write), int(out),
                 Decimal(cost[0]) if cost else Decimal(0),
+                Decimal(cost[1]) if cost else Decimal(0),
             )
         if dialect == "sqlite":
             # Exact: SQLite holds cost as decimal text (see usage_totals).
@@ -232,6 +239,13 @@ def usage_by(url: str, by: str, filters: Filters | None = None) -> list[Group]:
             )
             for value, cost_text, n in cur.fetchall():
                 groups[NO_MODEL if value is None else str(value)].cost_usd += Decimal(cost_text) * n
+            cur = conn.execute(
+                f"SELECT {expr}, cache_saved_usd, COUNT(*) FROM requests{where}"
+                f"{' AND' if where else ' WHERE'} cache_saved_usd IS NOT NULL GROUP BY 1, cache_saved_usd",
+                params,
+            )
+            for value, saved_text, n in cur.fetchall():
+                groups[NO_MODEL if value is None else str(value)].cache_saved_usd += Decimal(saved_text) * n
     finally:
         conn.close()
     return [groups[k] for k in sorted(groups)]

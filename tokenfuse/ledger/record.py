@@ -37,6 +37,10 @@ class LedgerRow:
     estimated: bool = False
     outcome: str = "ok"
     reason: str | None = None
+    team: str | None = None
+    tags: str | None = None  # sorted, comma-joined
+    cache_saved_usd: Decimal | None = None  # vs the same request uncached; negative: caching cost more
+    prefix_fp: str | None = None  # tokenfuse.caching.doctor.TurnPrint.encode(): hashes, never text
 
     def as_tuple(self, dialect: str) -> tuple[Any, ...]:
         """Values in column order, typed for the store: SQLite keeps money as exact
@@ -65,6 +69,11 @@ class LedgerRow:
             int(self.estimated) if sqlite else self.estimated,
             self.outcome,
             self.reason,
+            self.team,
+            self.tags,
+            None if self.cache_saved_usd is None else format_cost(self.cache_saved_usd) if sqlite
+            else self.cache_saved_usd,
+            self.prefix_fp,
         )
 
     @classmethod
@@ -73,6 +82,8 @@ class LedgerRow:
         v = list(values)
         v[_COST] = Decimal(str(v[_COST]))
         v[_ESTIMATED] = bool(v[_ESTIMATED])
+        if v[_SAVED] is not None:
+            v[_SAVED] = Decimal(str(v[_SAVED]))
         return cls(*v)
 
 
@@ -87,3 +98,4 @@ if _FIELDS != COLUMN_NAMES:  # pragma: no cover - a schema edit without a record
     raise ImportError(f"LedgerRow fields {_FIELDS} do not match the ledger columns {COLUMN_NAMES}")
 _COST = _FIELDS.index("cost_usd")
 _ESTIMATED = _FIELDS.index("estimated")
+_SAVED = _FIELDS.index("cache_saved_usd")

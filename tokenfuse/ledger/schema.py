@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 # (column, sqlite type, postgresql type). Order is the insert order.
 REQUEST_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -42,6 +42,13 @@ REQUEST_COLUMNS: tuple[tuple[str, str, str], ...] = (
     # ok | refused | killed | upstream_error | client_abort | bad_request | unauthorized | not_found | error
     ("outcome", "TEXT NOT NULL", "TEXT NOT NULL"),
     ("reason", "TEXT", "TEXT"),  # refusing budget / kill reason / error summary; never a credential
+    # Added in schema version 2: the key's team and its tags (sorted, comma-joined).
+    ("team", "TEXT", "TEXT"),
+    ("tags", "TEXT", "TEXT"),
+    # Added in schema version 3 (docs/caching.md): what prompt caching saved (negative: cost) against the
+    # same request uncached, and the prompt's prefix fingerprint (hashes and offsets, never text).
+    ("cache_saved_usd", "TEXT", "NUMERIC(28,12)"),
+    ("prefix_fp", "TEXT", "TEXT"),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c[0] for c in REQUEST_COLUMNS)
@@ -49,6 +56,7 @@ COLUMN_NAMES: tuple[str, ...] = tuple(c[0] for c in REQUEST_COLUMNS)
 
 def _ddl(dialect: str) -> list[str]:
     idx = 1 if dialect == "sqlite" else 2
+    real = "REAL" if dialect == "sqlite" else "DOUBLE PRECISION"
     cols = ",\n  ".join(f"{c[0]} {c[idx]}" for c in REQUEST_COLUMNS)
     return [
         f"CREATE TABLE IF NOT EXISTS requests (\n  {cols}\n)",
@@ -65,6 +73,10 @@ def _ddl(dialect: str) -> list[str]:
         "CREATE TABLE IF NOT EXISTS runtime_budgets (\n  name TEXT PRIMARY KEY, spec TEXT NOT NULL, created_ts "
         + ("REAL" if dialect == "sqlite" else "DOUBLE PRECISION")
         + " NOT NULL\n)",
+        "CREATE INDEX IF NOT EXISTS requests_team_ts ON requests (team, ts)",
+        # Keys created at run time (`tokenfuse keys`): only the SHA-256 of the secret is kept.
+        "CREATE TABLE IF NOT EXISTS runtime_keys (\n  name TEXT PRIMARY KEY, key_sha256 TEXT NOT NULL UNIQUE, "
+        "spec TEXT NOT NULL, created_ts " + real + " NOT NULL, revoked_ts " + real + "\n)",
         "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ]
 
@@ -109,7 +121,21 @@ class SchemaError(RuntimeError):
 # MIGRATIONS[new_version] = (sqlite statements, postgresql statements), and keep
 # REQUEST_COLUMNS describing the end state.
 Migration = tuple[tuple[str, ...], tuple[str, ...]]
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {
+    # Teams and tags (docs/operations.md); the runtime_keys table is created by the DDL that follows.
+    2: (
+        ("ALTER TABLE requests ADD COLUMN team TEXT", "ALTER TABLE requests ADD COLUMN tags TEXT"),
+        ("ALTER TABLE requests ADD COLUMN team TEXT", "ALTER TABLE requests ADD COLUMN tags TEXT"),
+    ),
+    # Prompt caching savings and prefix fingerprints (docs/caching.md).
+    3: (
+        ("ALTER TABLE requests ADD COLUMN cache_saved_usd TEXT", "ALTER TABLE requests ADD COLUMN prefix_fp TEXT"),
+        (
+            "ALTER TABLE requests ADD COLUMN cache_saved_usd NUMERIC(28,12)",
+            "ALTER TABLE requests ADD COLUMN prefix_fp TEXT",
+        ),
+    ),
+}
 
 
 def _scalar(conn: Any, sql: str) -> Any:

@@ -5,6 +5,9 @@ request cannot bill more input tokens than ``prompt_bytes`` (the protocol
 layer's bound), more output tokens than ``max_tokens`` (the gateway always sets
 one) for each of the ``choices`` completions it asks for (input is billed
 once, however many choices), and no input token is billed above the dearest input rate that can apply.
+A request that continues a recorded conversation may pass a tighter input
+bound (``input_tokens``, from ``prefix.py``); a request fitted to a budget is
+bounded at the lowered output limit it is forwarded with (``max_tokens``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from tokenfuse.protocols.base import RequestInfo
 class Bound:
     usd: Decimal  # upper bound of what the provider can bill for this request
     tokens: dict[str, int]  # per limit class: input_uncached, cache_read, cache_write, output, total
+    # The output limit this bound assumes, and the client's own when the gateway lowered it to fit.
+    max_tokens: int | None = None
+    lowered_from: int | None = None
 
 
 def input_rate_bound(info: RequestInfo, price: Price) -> Decimal:
@@ -31,9 +37,24 @@ def input_rate_bound(info: RequestInfo, price: Price) -> Decimal:
     return max(price.input, price.rate("cache_read"))
 
 
-def compute_bound(info: RequestInfo, price: Price) -> Bound:
+def compute_bound(
+    info: RequestInfo,
+    price: Price,
+    *,
+    input_tokens: int | None = None,
+    max_tokens: int | None = None,
+    lowered_from: int | None = None,
+) -> Bound:
+    """The bound of ``info`` as sent, or with ``max_tokens`` in place of its output limit.
+
+    ``input_tokens`` replaces the byte bound of the input only when smaller:
+    it must itself be a true bound (docs/limits.md, "Continuing a conversation").
+    """
     max_in = max(0, info.prompt_bytes)
-    max_out = max(0, info.max_tokens or 0) * max(1, info.choices)
+    if input_tokens is not None:
+        max_in = min(max_in, max(0, input_tokens))
+    limit = info.max_tokens if max_tokens is None else max_tokens
+    max_out = max(0, limit or 0) * max(1, info.choices)
     # Long-context tiers bill the whole request at higher rates once the input
     # passes a threshold; the bound must use the tier its largest input would hit.
     price = price.tier_for(max_in)
@@ -45,4 +66,4 @@ def compute_bound(info: RequestInfo, price: Price) -> Bound:
         "output": max_out,
         "total": max_in + max_out,
     }
-    return Bound(usd=usd, tokens=tokens)
+    return Bound(usd=usd, tokens=tokens, max_tokens=limit, lowered_from=lowered_from)

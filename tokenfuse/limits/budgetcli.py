@@ -17,7 +17,7 @@ from tokenfuse.limits.admin import validation_message
 from tokenfuse.limits.killcli import first_line, store_name
 from tokenfuse.limits.runtime import RuntimeBudgetStore
 
-MATCH_FIELDS = ("key", "principal", "workflow", "session", "model", "protocol")
+MATCH_FIELDS = ("key", "principal", "workflow", "session", "model", "protocol", "team", "tags")
 
 
 class UsageError(ValueError):
@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help=f"repeatable; FIELD is one of {', '.join(MATCH_FIELDS)} (model takes a glob, e.g. model='*opus*')",
+        help=f"repeatable; FIELD is one of {', '.join(MATCH_FIELDS)} (model takes a glob, e.g. model='*opus*'); "
+        "VALUE may list several, comma-separated (principal=alice,bob)",
     )
     add.add_argument(
         "--window",
@@ -70,7 +71,10 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
 
 
 def budget_from_args(args: argparse.Namespace) -> BudgetConfig:
-    match = _pairs(args.match, "--match")
+    match: dict[str, Any] = dict(_pairs(args.match, "--match"))
+    for k, v in match.items():
+        if "," in v:
+            match[k] = [x.strip() for x in v.split(",") if x.strip()]
     for k in match:
         if k not in MATCH_FIELDS:
             raise UsageError(f"--match {k}=...: unknown field; use one of {', '.join(MATCH_FIELDS)}")

@@ -32,7 +32,10 @@ FIXED_SECONDS: dict[str, int] = {"minute": 60, "hour": 3600, "day": 86400, "week
 ROLLING_BUCKETS = 60
 # Counters outlive their window by this much, so a late settle still finds them.
 KEY_MARGIN_S = 3600
-_MATCH_FIELDS = ("key", "principal", "workflow", "session", "model", "protocol")
+_MATCH_FIELDS = ("key", "principal", "workflow", "session", "model", "protocol", "team", "tags")
+# Match fields added after budgets were first counted: left out of a budget's
+# identity while unset, so upgrading keeps every existing counter.
+_LATER_FIELDS = ("team", "tags")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +99,11 @@ def limits_vector(cfg: BudgetConfig) -> Vec:
 def _identity(cfg: BudgetConfig) -> str:
     # The counter key changes when what the budget counts changes (its match or
     # window), not when its limit is raised, so raising a limit keeps the spend.
-    spec = json.dumps({"m": cfg.match.model_dump(mode="json"), "w": str(cfg.window)}, sort_keys=True)
+    match = cfg.match.model_dump(mode="json")
+    for f in _LATER_FIELDS:
+        if match.get(f) is None:
+            match.pop(f, None)
+    spec = json.dumps({"m": match, "w": str(cfg.window)}, sort_keys=True)
     return f"{cfg.name}:{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
 
 
@@ -112,10 +119,11 @@ class Budget:
         self.limits = limits_vector(config)
         self.rolling: int | None = config.rolling_seconds
         m = config.match
-        self.match: tuple[tuple[str, str], ...] = tuple(
-            (f, canonical_pattern(v) if f == "model" else v)
+        # (field, accepted values): any value matches; model values are globs.
+        self.match: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+            (f, tuple(canonical_pattern(v) for v in vs) if f == "model" else vs)
             for f in _MATCH_FIELDS
-            if (v := getattr(m, f)) is not None
+            if (vs := m.values(f)) is not None
         )
         self._end = -math.inf
         self._start: float | None = None
@@ -133,20 +141,23 @@ class Budget:
 
     def matches(self, ctx: RequestContext) -> bool:
         for f, want in self.match:
-            got = ctx.field(f)
-            if got is None:
-                return False
-            if f == "model":
-                if not fnmatchcase(canonical_model(got), want):
+            if f == "tags":
+                if not any(t in want for t in ctx.tags):
                     return False
-            elif got != want:
+                continue
+            if not _field_matches(f, ctx.field(f), want):
                 return False
         return True
 
     def matches_row(self, row: dict[str, str | None]) -> bool:
+        """The same test on a ledger row (tags stored comma-joined)."""
         for f, want in self.match:
             got = row.get(f)
-            if got is None or not (fnmatchcase(canonical_model(got), want) if f == "model" else got == want):
+            if f == "tags":
+                if not got or not any(t in want for t in got.split(",")):
+                    return False
+                continue
+            if not _field_matches(f, got, want):
                 return False
         return True
 
@@ -194,6 +205,15 @@ class Budget:
         return float((math.floor(now / b) - nb) * b)
 
 
+def _field_matches(field: str, got: str | None, want: tuple[str, ...]) -> bool:
+    if got is None:
+        return False
+    if field == "model":
+        model = canonical_model(got)
+        return any(fnmatchcase(model, w) for w in want)
+    return got in want
+
+
 def compile_budgets(configs: Iterable[BudgetConfig], source: str) -> list[Budget]:
     return [Budget(c, source) for c in configs]
 
@@ -211,13 +231,13 @@ class BudgetIndex:
         self.budgets = list(budgets)
         self._plain = [b for b in self.budgets if not any(f == "session" for f, _ in b.match)]
         self._by_session = [b for b in self.budgets if b not in self._plain]
-        self._cache: dict[tuple[str, str, str, str, str], list[Budget]] = {}
+        self._cache: dict[tuple[str, str, str, str, str, str | None, tuple[str, ...]], list[Budget]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.budgets)
 
     def match(self, ctx: RequestContext) -> list[Budget]:
-        k = (ctx.key_name, ctx.principal, ctx.workflow, ctx.model, ctx.protocol)
+        k = (ctx.key_name, ctx.principal, ctx.workflow, ctx.model, ctx.protocol, ctx.team, ctx.tags)
         hit = self._cache.get(k)
         if hit is None:
             hit = [b for b in self._plain if b.matches(ctx)]

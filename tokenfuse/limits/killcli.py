@@ -166,6 +166,7 @@ def known_targets(config: Config, path: str) -> dict[str, set[str]]:
         entries += [k for k in raw_keys or () if isinstance(k, dict)]
     except (OSError, yaml.YAMLError):
         pass
+    entries += _runtime_key_entries(config.store)
     for k in entries:
         for field, scope in (("name", "key"), ("principal", "principal"), ("workflow", "workflow")):
             if isinstance(k.get(field), str):
@@ -175,9 +176,24 @@ def known_targets(config: Config, path: str) -> dict[str, set[str]]:
     known["workflow"].update(config.sessions.workflows)
     for b in config.budgets:
         for scope in ("key", "principal", "workflow"):
-            if isinstance(v := getattr(b.match, scope), str):
-                known[scope].add(v)
+            known[scope].update(b.match.values(scope) or ())
     return known
+
+
+def _runtime_key_entries(store_url: str) -> list[dict[str, Any]]:
+    """Keys created with `tokenfuse keys` (revoked ones too: their traffic may still be named)."""
+    from tokenfuse.ledger.schema import StoreURL
+    from tokenfuse.limits.keys import RuntimeKeyStore
+
+    if not StoreURL.parse(store_url).exists():
+        return []
+    store = RuntimeKeyStore(store_url)
+    try:
+        return [k.key.model_dump() for k in store.list(revoked=True)]
+    except Exception:  # the store is down: validate against the config alone
+        return []
+    finally:
+        store.close()
 
 
 def gateway_url(config: Config, explicit: str | None) -> str:

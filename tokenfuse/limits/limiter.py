@@ -2,7 +2,9 @@
 
 `reserve` holds the request's upper bound against all its counters at once
 (all or none) and refuses when the bound does not fit the headroom of any of
-them: it never shrinks a reservation to fit. `settle` replaces the
+them: it never shrinks a reservation below the request's bound. Given a `Fit`
+it may instead lower the request's output limit until its (smaller, still
+true) bound fits, and reserves that: the caller forwards the lowered limit. `settle` replaces the
 reservation by what the provider billed; `release` drops it for a request
 that was never billed.
 
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenfuse.aio import spawn
 from tokenfuse.config import BudgetConfig, Config, SessionCaps
-from tokenfuse.limits.bounds import Bound
+from tokenfuse.limits.bounds import Bound, compute_bound
 from tokenfuse.limits.budgets import Budget, BudgetIndex, BudgetStatus, compile_budgets, status_from, utc
 from tokenfuse.limits.context import RequestContext
 from tokenfuse.limits.counters import (
@@ -47,7 +49,9 @@ from tokenfuse.limits.counters import (
     from_nano,
     to_nano,
 )
+from tokenfuse.limits.fit import Fit
 from tokenfuse.limits.memory import MemoryCounters
+from tokenfuse.limits.prefix import PrefixBounds
 from tokenfuse.limits.rebuild import ledger_seeds
 from tokenfuse.usage import Usage
 
@@ -91,6 +95,9 @@ class Refusal:
     reserved: str
     requested: str
     resets_at: datetime | None
+    # The largest output limit that would have fitted the refusing counter
+    # (0: nothing fits, even with no output); None when unknown.
+    fits: int | None = None
 
 
 class _BreakerOpen(CountersUnavailable):
@@ -123,6 +130,10 @@ class Admission:
     ok: bool
     refusal: Refusal | None = None
     held: _Held | None = field(default=None, repr=False)
+    # What was reserved: the caller's bound, or the bound at a lowered output
+    # limit (``bound.lowered_from`` set) that the caller must forward.
+    bound: Bound | None = None
+    remember: bytes | None = field(default=None, repr=False)  # conversation key, recorded at settle
 
 
 def bound_vector(bound: Bound) -> Vec:
@@ -136,6 +147,11 @@ def bound_vector(bound: Bound) -> Vec:
         t.get("output", 0),
         t.get("total", 0),
     )
+
+
+def _within(dim: int, room: int) -> Callable[[Bound], bool]:
+    """Whether a bound fits ``room`` in dimension ``dim``."""
+    return lambda b: bound_vector(b)[dim] <= room
 
 
 def usage_vector(usage: Usage, cost: Decimal) -> Vec:
@@ -225,6 +241,8 @@ class Limiter:
         self._heard = 0.0
         self._migrating = False
         self._sync_failed_until = 0.0
+        # Exact input usage of recent requests, for tighter bounds of their next turns.
+        self.prefixes = PrefixBounds()
 
     # -- construction -------------------------------------------------------------
 
@@ -321,6 +339,12 @@ class Limiter:
 
     # -- the hot path ---------------------------------------------------------------
 
+    def applies(self, ctx: RequestContext, session_caps: SessionCaps | None = None) -> bool:
+        """Whether any budget or session cap covers this request (a cached lookup)."""
+        if self._index and self._index.match(ctx):
+            return True
+        return ctx.session is not None and _capped(session_caps)
+
     async def reserve(
         self,
         ctx: RequestContext,
@@ -328,11 +352,21 @@ class Limiter:
         *,
         session_caps: SessionCaps | None = None,
         now: float | None = None,
+        fit: Fit | None = None,
+        remember: bytes | None = None,
     ) -> Admission:
+        """Hold ``bound`` against every counter the request falls under, or refuse.
+
+        With ``fit`` (and its policy allowing it), a request whose bound does
+        not fit is retried at the largest output limit that fits the refusing
+        counter's headroom, never below ``fit.floor``: each retry is a full
+        atomic reserve, so a lowered request is admitted only if its own bound
+        fits every counter at that moment (other replicas included).
+        """
         budgets = self._index.match(ctx) if self._index else []
         capped = ctx.session is not None and _capped(session_caps)
         if not budgets and not capped:
-            return Admission(True)
+            return Admission(True, bound=bound)
         t = time.time() if now is None else now
         if self._pending:
             for b in budgets:
@@ -359,11 +393,13 @@ class Limiter:
                 )
             )
             owners.append(_Session(ctx.session, session_caps))
-        amount = bound_vector(bound)
+        full = amount = bound_vector(bound)
+        current = bound
         res_id = f"{self._pid}{next(self._seq)}"
         ent = tuple(entries)
         deadline: float | None = None
         syncs = 0
+        lowering = fit is not None and fit.lower and fit.requested > fit.floor
         while True:
             if self._memory is not None:
                 short = self._memory.reserve_now(ent, res_id, amount, t, self._ttl)
@@ -385,26 +421,57 @@ class Limiter:
                 except CountersUnavailable as exc:
                     if not isinstance(exc, _BreakerOpen):
                         self._trip(t, str(exc))
-                    return self._reserve_open(ent, owners, res_id, amount, t)
+                    if fit is not None and fit.input_tokens is not None:
+                        # Fail-open shares come from figures other replicas may have
+                        # moved since; the byte bound's margin is what kept that
+                        # staleness under the cap as measured (docs/limits.md).
+                        current = compute_bound(fit.info, fit.price, max_tokens=current.max_tokens)
+                        amount = bound_vector(current)
+                    adm = self._reserve_open(ent, owners, res_id, amount, t)
+                    adm.bound = current if adm.ok else None
+                    return adm
             if short is None:
                 held = _Held(res_id, ent, tuple(owners), self._backend, t, amount, ent, t + self._ttl)
                 if self._redis is not None:
                     self._live[res_id] = held
                     self._watch()
-                return Admission(True, held=held)
-            # Refusing only because other requests' upper bounds are still held
-            # would waste headroom they are about to give back: wait for them.
-            if not short.reserved or short.spent + amount[short.dim] > ent[short.index].limits[short.dim]:
-                break
+                return Admission(True, held=held, bound=current, remember=remember)
+            d, cap = short.dim, ent[short.index].limits[short.dim]
             clock = time.monotonic()
             if deadline is None:
                 deadline = clock + self._admission_wait
-            if clock >= deadline:
-                break
-            await asyncio.sleep(min(ADMISSION_POLL_S, deadline - clock))
-            if now is None:
-                t = time.time()
-        return Admission(False, self._refusal(short, ent, owners, amount, t))
+            # Refusing only because other requests' upper bounds are still held
+            # would waste headroom they are about to give back: wait for them
+            # (rather than lower the output limit of a request that would fit).
+            can_wait = short.reserved > 0 and clock < deadline
+            if can_wait and short.spent + amount[d] <= cap:
+                await self._pause(deadline, clock)
+                if now is None:
+                    t = time.time()
+                continue
+            if lowering:
+                assert fit is not None and current.max_tokens is not None
+                room = cap - short.spent - short.reserved
+                n = fit.largest(_within(d, room), current.max_tokens - 1)
+                if n >= fit.floor:
+                    # Strictly lower than the limit just refused, so this loop ends.
+                    current = fit.bound(n)
+                    amount = bound_vector(current)
+                    continue
+                if can_wait and short.spent + bound_vector(fit.bound(fit.floor))[d] <= cap:
+                    # Even the floor needs headroom held by requests in flight: wait,
+                    # then fit the full request again to what they gave back.
+                    await self._pause(deadline, clock)
+                    if now is None:
+                        t = time.time()
+                    current, amount = bound, full
+                    continue
+            break
+        return Admission(False, self._refusal(short, ent, owners, full, t, fit))
+
+    @staticmethod
+    async def _pause(deadline: float, clock: float) -> None:
+        await asyncio.sleep(min(ADMISSION_POLL_S, deadline - clock))
 
     async def _remote_reserve(
         self, ent: tuple[Entry, ...], res_id: str, amount: Vec, t: float
@@ -594,6 +661,9 @@ class Limiter:
         self, admission: Admission, usage: Usage, cost: Decimal, *, now: float | None = None
     ) -> None:
         held = admission.held
+        if admission.remember is not None:
+            self.prefixes.record(admission.remember, usage)
+            admission.remember = None
         if held is None:
             return
         admission.held = None  # a second settle must not count the usage twice
@@ -713,8 +783,33 @@ class Limiter:
 
     # -- refusal messages ---------------------------------------------------------------------
 
+    @staticmethod
+    def _fits(short: Shortfall, cap: int, fit: Fit | None) -> int:
+        """The largest output limit whose bound fits the refusing counter now (0: none)."""
+        if fit is None:
+            return 0  # nothing to lower: the request's bound is what it is
+        room = cap - short.spent - short.reserved
+        return max(0, fit.largest(_within(short.dim, room), fit.requested))
+
+    @staticmethod
+    def _fit_text(fits: int, fit: Fit | None, until: str) -> str:
+        if fits <= 0:
+            return f"Nothing fits {until}: not even this request's input."
+        text = f"max_tokens: {fits} would fit"
+        if fit is not None and not fit.lower:
+            text += " (this key does not let the gateway lower max_tokens for you)"
+        elif fit is not None and fits < fit.floor:
+            text += f" (below the gateway's floor of {fit.floor} output tokens, so it was not lowered for you)"
+        return text + "."
+
     def _refusal(
-        self, short: Shortfall, entries: Sequence[Entry], owners: Sequence[_Owner], amount: Vec, t: float
+        self,
+        short: Shortfall,
+        entries: Sequence[Entry],
+        owners: Sequence[_Owner],
+        amount: Vec,
+        t: float,
+        fit: Fit | None = None,
     ) -> Refusal:
         d = short.dim
         owner = owners[short.index]
@@ -722,27 +817,33 @@ class Limiter:
         limit, spent, reserved = describe(d, cap), describe(d, short.spent), describe(d, short.reserved)
         requested = describe(d, amount[d])
         left = describe(d, max(0, cap - short.spent - short.reserved))
+        fits = self._fits(short, cap, fit)
         if isinstance(owner, _Session):
             name = f"session:{owner.session}"
             message = (
                 f"Session '{owner.session}' has reached its cap of {limit} "
-                f"(used {spent}, in flight {reserved}; this request needs up to {requested}). "
+                f"(used {spent}, in flight {reserved}; this request needs up to {requested}; "
+                f"{self._fit_text(fits, fit, 'in this session').rstrip('.')}). "
                 "Stop now and do not retry: summarize your progress so far and what remains, "
                 "and hand back to the user."
             )
-            return Refusal("session_cap", name, message, limit, spent, reserved, requested, None)
+            return Refusal("session_cap", name, message, limit, spent, reserved, requested, None, fits)
         _, resets = owner.window(t)
         if owner.rolling is not None:
             when = f"It is a {owner.window_label} window: headroom returns as older usage ages out of it."
+            until = "until older usage ages out of the window"
         elif resets is None:
             when = "This budget never resets; it must be raised to admit more."
+            until = "until the budget is raised"
         else:
             when = f"The window resets at {_iso(resets)}."
+            until = f"until {_iso(resets)}"
         per = "" if owner.config.window == "total" else f" per {owner.window_label}"
         message = (
             f"Budget '{owner.name}' refused this request: limit {limit}{per}, spent {spent}, "
             f"reserved by requests in flight {reserved}; this request could use up to {requested}, "
-            f"more than the {left} left. {when} Retrying will not help before then."
+            f"more than the {left} left. {self._fit_text(fits, fit, until)} {when} "
+            "Retrying the same request will not help before then."
         )
         return Refusal(
             "budget",
@@ -753,15 +854,29 @@ class Limiter:
             reserved,
             requested,
             None if resets is None else utc(resets),
+            fits,
         )
 
     # -- run-time budgets and status -----------------------------------------------------------------
+
+    def set_config_budgets(self, config: Config) -> None:
+        """A reloaded config file (tokenfuse/gateway/reload.py): its budgets replace the
+        file's old ones. A budget whose match and window are unchanged keeps counting
+        on its counter (a raised limit keeps the spend); a new one is loaded from the ledger."""
+        known = {b.ident for b in self._config_budgets} | {b.ident for b in self._runtime}
+        self.config = config
+        self._config_budgets = compile_budgets(config.budgets, "config")
+        self._index = BudgetIndex(self._config_budgets + self._runtime)
+        self._load_fresh([b for b in self._config_budgets if b.ident not in known])
 
     def set_runtime_budgets(self, budgets: list[BudgetConfig]) -> None:
         known = {b.ident for b in self._config_budgets} | {b.ident for b in self._runtime}
         self._runtime = compile_budgets(budgets, "runtime")
         self._index = BudgetIndex(self._config_budgets + self._runtime)
-        fresh = [b for b in self._runtime if b.ident not in known]
+        self._load_fresh([b for b in self._runtime if b.ident not in known])
+
+    def _load_fresh(self, fresh: list[Budget]) -> None:
+        # Requests matching a budget wait (self._pending) until its spend is loaded.
         if not fresh:
             return
         try:
@@ -776,7 +891,7 @@ class Limiter:
             try:
                 await self.rebuild(fresh)
             except Exception:
-                log.exception("could not rebuild run-time budgets from the ledger; they start from zero")
+                log.exception("could not rebuild new budgets from the ledger; they start from zero")
             finally:
                 for b in fresh:
                     if self._pending.get(b.ident) is fut:

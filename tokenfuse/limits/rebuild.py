@@ -21,7 +21,7 @@ from tokenfuse.limits.counters import NDIMS, UNLIMITED, Entry, Seed, Vec, to_nan
 # A session is rebuilt from rows at most this old; older activity would have
 # expired any realistic idle timeout.
 SESSION_HORIZON_S = 7 * 86400
-_MATCH_COLUMNS = ("key_name", "principal", "workflow", "session", "model", "protocol")
+_MATCH_COLUMNS = ("key_name", "principal", "workflow", "session", "model", "protocol", "team", "tags")
 _TOKEN_SUMS = "SUM(input_uncached), SUM(cache_read), SUM(cache_write), SUM(cache_write_1h), SUM(output)"
 
 
@@ -107,7 +107,8 @@ def budget_seeds(conn: Any, dialect: str, budgets: Sequence[Budget], now: float)
     where = _billed(dialect) + (f" AND ts >= {p}" if lower is not None else "")
     sql = (
         f"SELECT key_name, principal, workflow, {session}, model, protocol, {era}, COUNT(*), "
-        f"{_TOKEN_SUMS}, {_nano(dialect)} FROM requests WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7"
+        f"{_TOKEN_SUMS}, {_nano(dialect)}, team, tags FROM requests WHERE {where} "
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7, 15, 16"
     )
     params: list[Any] = list(reversed(edges))
     if lower is not None:
@@ -120,6 +121,7 @@ def budget_seeds(conn: Any, dialect: str, budgets: Sequence[Budget], now: float)
         fields = dict(
             zip(("key", "principal", "workflow", "session", "model", "protocol"), row[:6], strict=True)
         )
+        fields["team"], fields["tags"] = row[14], row[15]
         era_i = int(row[6])
         era_start = edges[era_i] if era_i >= 0 else -math.inf
         vec = _vector(row[7], row[8:13], row[13])

@@ -19,9 +19,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from tokenfuse.config import Config, ConfigError, load_config
+from tokenfuse.config import Config, ConfigError, KeyConfig, load_config
 from tokenfuse.ledger.schema import StoreURL, connect, placeholder
 from tokenfuse.limits.admin import PREFIX, to_json
+from tokenfuse.limits.keys import RuntimeKeyStore
 from tokenfuse.limits.killcli import first_line, store_name
 from tokenfuse.limits.killswitch import KillSwitchStore
 from tokenfuse.limits.runtime import RuntimeBudgetStore
@@ -89,13 +90,17 @@ def from_gateway(config: Config, timeout_s: float = GATEWAY_TIMEOUT_S) -> tuple[
         except (ValueError, KeyError, TypeError):
             message = f"HTTP {resp.status_code}"
         return None, f"the gateway at {base} refused the status request: {message}"
-    data = resp.json()
-    return (
-        Report(
-            "gateway", f"live from the gateway at {base}, including reservations in flight", **_parts(data)
-        ),
-        "",
-    )
+    parts = _parts(resp.json())
+    # A restarted gateway rebuilds its sessions' spend from the ledger but learns
+    # their caps only from their next request: fill the missing caps in here.
+    unknown = [s for s in parts["sessions"] if s.get("max_requests") is None and s.get("max_usd") is None]
+    if unknown and _ledger_exists(config.store):
+        try:
+            filled = {str(s["session"]): s for s in _with_caps(config, unknown)}
+        except Exception:  # the live figures are still worth showing
+            filled = {}
+        parts["sessions"] = [filled.get(str(s.get("session")), s) for s in parts["sessions"]]
+    return Report("gateway", f"live from the gateway at {base}, including reservations in flight", **parts), ""
 
 
 def _parts(data: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -148,7 +153,8 @@ def _with_caps(config: Config, sessions: list[dict[str, object]]) -> list[dict[s
                 latest[str(session)] = (key_name, workflow)
     finally:
         conn.close()
-    keys = {k.name: k for k in config.keys}
+    keys = {k.name: k for k in _runtime_keys(config.store)}
+    keys.update({k.name: k for k in config.keys})  # a config key wins over a run-time key of its name
     out = []
     for s in sessions:
         key_name, workflow = latest.get(str(s["session"]), (None, None))
@@ -170,6 +176,16 @@ def _with_caps(config: Config, sessions: list[dict[str, object]]) -> list[dict[s
         )
     out.sort(key=lambda r: (-float(str(r["percent"])), -int(str(r["requests"]))))
     return out
+
+
+def _runtime_keys(store_url: str) -> list[KeyConfig]:
+    store = RuntimeKeyStore(store_url)
+    try:
+        return [k.key for k in store.list(revoked=True)]
+    except Exception:  # an older store without the table: only the config's keys
+        return []
+    finally:
+        store.close()
 
 
 def _ledger_exists(url: str) -> bool:

@@ -13,6 +13,7 @@ name containing ``sim-fault-<fault>``, or the run-time settings posted to
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from tokenfuse.simulator.tokens import (
     generated_text,
     marked_input,
     prompt_tokens,
+    provider_marked_input,
 )
 from tokenfuse.usage import Usage
 
@@ -48,6 +50,7 @@ _BEDROCK_OPS = {
     "converse-stream": True,
     "invoke": False,
     "invoke-with-response-stream": True,
+    "count-tokens": False,
 }
 _GARBAGE_SSE = b'data: {"id": "chatcmpl-garb\xff\xfe\n\n'
 # A prelude whose CRC cannot match: any event-stream reader must reject it.
@@ -387,7 +390,7 @@ class Simulator:
         tools = prompts.anthropic_server_tools(body)
 
         def produce() -> Answer:
-            usage = marked_input("anthropic\0" + call.model, blocks, self.cache)
+            usage = self._marked("anthropic", call.model, blocks, per_segment=False)
             reply = self._reply(call, usage, limit, "msg_sim", server_tools=tools)
             if call.stream:
                 call.content_type = _SSE_TYPE
@@ -395,6 +398,13 @@ class Simulator:
             return Answer(usage, body=wire_anthropic.message_body(reply))
 
         return produce
+
+    def _marked(self, protocol: str, model: str, blocks: list[Block], *, per_segment: bool) -> Usage:
+        namespace = f"{protocol}\0{model}"
+        if self.config.cache_rules == "provider":
+            minimum = prompts.cache_minimum(model)
+            return provider_marked_input(namespace, blocks, self.cache, minimum, per_segment=per_segment)
+        return marked_input(namespace, blocks, self.cache)
 
     def _store(self, response_id: str, context: int) -> None:
         self.stored[response_id] = context
@@ -410,11 +420,40 @@ class Simulator:
 
     # --- Bedrock --------------------------------------------------------------
 
+    def _bedrock_count_tokens(self, call: Call, body: dict[str, Any]) -> Callable[[], Answer]:
+        """CountTokens: ``{"input": {"converse": {...}}}`` or ``{"input": {"invokeModel":
+        {"body": base64}}}`` -> ``{"inputTokens": N}``; free, and the cache is not touched."""
+        wrapped = body.get("input")
+        if not isinstance(wrapped, dict) or len(wrapped) != 1 or not wrapped.keys() <= {"converse", "invokeModel"}:
+            raise BadRequest("Malformed input request: input must hold exactly one of converse or invokeModel")
+        if "converse" in wrapped:
+            blocks = prompts.converse_blocks(wrapped["converse"])
+        else:
+            inner = wrapped["invokeModel"]
+            raw = inner.get("body") if isinstance(inner, dict) else None
+            try:
+                decoded = json.loads(base64.b64decode(raw, validate=True)) if isinstance(raw, str) else None
+            except ValueError:
+                decoded = None
+            if not isinstance(decoded, dict):
+                raise BadRequest("Malformed input request: invokeModel.body must be a base64-encoded JSON object")
+            family = _family(call.model, decoded)
+            if family == "anthropic":
+                blocks = prompts.anthropic_blocks(decoded, need_max_tokens=False)
+            elif family == "nova":
+                blocks = prompts.converse_blocks(decoded)
+            else:
+                blocks = [Block(prompts.llama_text(decoded))]
+        total = prompt_tokens(sum(len(b.text) for b in blocks))
+        return lambda: Answer(Usage(), body=dumps({"inputTokens": total}))
+
     def _bedrock(self, call: Call, body: JSON) -> Callable[[], Answer]:
         op = call.route
         call.stream = _BEDROCK_OPS[op]
         if not isinstance(body, dict):
             raise BadRequest("Malformed input request: the body must be a JSON object")
+        if op == "count-tokens":
+            return self._bedrock_count_tokens(call, body)
         if op.startswith("converse"):
             blocks = prompts.converse_blocks(body)
             limit = prompts.converse_limit(body)
@@ -435,7 +474,7 @@ class Simulator:
         cache_used = any(b.marker is not None for b in blocks)
 
         def produce() -> Answer:
-            usage = marked_input("bedrock\0" + call.model, blocks, self.cache)
+            usage = self._marked("bedrock", call.model, blocks, per_segment=True)
             reply = self._reply(call, usage, limit, "")
             headers = [(b"x-amzn-requestid", call.request_id.encode())]
             if op == "converse":

@@ -271,6 +271,27 @@ def anthropic_limit(body: dict[str, JSON]) -> int:
     return limit
 
 
+# --- caching rules ----------------------------------------------------------
+
+# Minimum cacheable prefix in tokens, from Anthropic's prompt-caching page and
+# Bedrock's model table; the first matching fragment of the model id wins.
+_CACHE_MINIMUMS: tuple[tuple[str, int], ...] = (
+    ("opus-4-6", 4096), ("opus-4-5", 4096), ("haiku-4-5", 4096),
+    ("haiku", 2048),  # Claude 3 and 3.5 Haiku
+    ("claude", 1024),  # Sonnet 3.7 / 4 / 4.5 / 4.6, Opus 4 / 4.1
+    ("nova", 1024),
+)
+
+
+def cache_minimum(model: str) -> int | None:
+    """The model's minimum cacheable prefix, or None for a model without prompt caching."""
+    name = model.lower().replace(".", "-")
+    for fragment, tokens in _CACHE_MINIMUMS:
+        if fragment in name:
+            return tokens
+    return None
+
+
 # --- Bedrock ---------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from tokenfuse.usage import TOKEN_CLASSES, Usage
 
 FAULTS = ("500", "429", "break", "hang", "garbage")
 JSON_DUPLICATES = ("last", "first")
+CACHE_RULES = ("simple", "provider")
 _BOOLEANS = frozenset({"bill_abandoned"})
 
 
@@ -38,6 +39,10 @@ class SimConfig:
     server_tool_tokens: int = 0
     # Which occurrence of a duplicated JSON key wins ("last" is Python's).
     json_duplicates: str = "last"
+    # "simple": every block boundary up to a marker is readable, no minimum.
+    # "provider": the documented rules (minimum lengths, lookups only at
+    # breakpoints and 20 blocks before them); see docs/simulator.md.
+    cache_rules: str = "simple"
 
     def updated(self, changes: dict[str, Any]) -> SimConfig:
         """A copy with ``changes`` applied; raises ConfigError naming a bad key."""
@@ -57,6 +62,9 @@ class SimConfig:
             elif key == "json_duplicates":
                 if value not in JSON_DUPLICATES:
                     raise ConfigError(f"json_duplicates must be one of {', '.join(JSON_DUPLICATES)}")
+            elif key == "cache_rules":
+                if value not in CACHE_RULES:
+                    raise ConfigError(f"cache_rules must be one of {', '.join(CACHE_RULES)}")
             elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{key} must be a non-negative integer")
         new = replace(self, **changes)

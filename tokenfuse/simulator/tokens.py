@@ -150,6 +150,78 @@ def marked_input(namespace: str, blocks: Sequence[Block], cache: PromptCache) ->
     return usage
 
 
+# A provider looks for earlier cache entries at each breakpoint and at most this
+# many block boundaries before it (Anthropic's documented lookback window).
+LOOKBACK_BLOCKS = 20
+
+
+def provider_marked_input(
+    namespace: str, blocks: Sequence[Block], cache: PromptCache, min_tokens: int | None, *, per_segment: bool
+) -> Usage:
+    """Input usage under the providers' documented caching rules.
+
+    Only a breakpoint whose prefix reaches ``min_tokens`` counts (Anthropic: the
+    whole prefix up to it; Bedrock, ``per_segment``: the tokens since the
+    previous counted breakpoint). ``min_tokens`` None: the model has no prompt
+    caching and every marker is ignored. Entries are written at counted
+    breakpoints only; a lookup at each breakpoint checks it and the
+    ``LOOKBACK_BLOCKS`` boundaries before it, and the longest hit is read.
+    """
+    total = prompt_tokens(sum(len(b.text) for b in blocks))
+    if min_tokens is None:
+        return Usage(input_uncached=total)
+    ends: list[int] = []
+    offset = 0
+    for block in blocks:
+        offset += len(block.text)
+        ends.append(offset)
+    counted: list[int] = []  # block indexes of breakpoints that count
+    base = 0
+    for i, block in enumerate(blocks):
+        if block.marker is None:
+            continue
+        tokens = count_bytes(ends[i]) - (count_bytes(ends[base]) if per_segment and counted else 0)
+        if tokens >= min_tokens:
+            counted.append(i)
+            base = i
+    if not counted:
+        return Usage(input_uncached=total)
+    now = cache.now()
+    digests = _prefix_digests(namespace, blocks[: counted[-1] + 1])
+    read_at = -1
+    for i in counted:
+        for j in range(i, max(-1, i - LOOKBACK_BLOCKS - 1), -1):
+            if j <= read_at:
+                break
+            if cache.hit(digests[j][1], now):
+                read_at = j
+                break
+    usage = Usage(cache_read=count_bytes(ends[read_at]) if read_at >= 0 else 0)
+    covered = usage.cache_read
+    if read_at >= 0:
+        cache.put(digests[read_at][1], now + _ttl_at(blocks, counted, read_at))  # a read renews the entry
+    for i in counted:
+        ttl = blocks[i].marker or TTL_5M
+        tokens = count_bytes(ends[i]) - covered
+        if tokens > 0:
+            if ttl >= TTL_1H:
+                usage.cache_write_1h += tokens
+            else:
+                usage.cache_write += tokens
+            covered += tokens
+        cache.put(digests[i][1], now + ttl)
+    usage.input_uncached = total - covered
+    return usage
+
+
+def _ttl_at(blocks: Sequence[Block], counted: list[int], index: int) -> float:
+    """The lifetime a read at block ``index`` renews: that of the first counted breakpoint at or after it."""
+    for i in counted:
+        if i >= index:
+            return blocks[i].marker or TTL_5M
+    return TTL_5M
+
+
 def automatic_input(namespace: str, text: bytes, cache: PromptCache) -> Usage:
     """Input usage under OpenAI's automatic prefix caching."""
     total = prompt_tokens(len(text))

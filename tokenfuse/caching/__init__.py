@@ -1,0 +1,1 @@
+"""Automatic prompt caching: placing breakpoints, verifying they engage, diagnosing when not."""

@@ -1,0 +1,170 @@
+"""Tighter input bounds for a request that continues a conversation the gateway has seen.
+
+An agent loop resends its whole conversation every turn and adds a few
+kilobytes. Bounding all of it by bytes counts a 60 kB prompt as 60,000 tokens
+when the provider bills about 15,000. But the gateway saw the previous turn and
+the provider told it exactly how many input tokens that request was: when this
+request is that request plus new turns, the shared part is bounded by that
+exact figure, and only the new turns by bytes plus a per-turn overhead. Why
+that is still an upper bound is argued in docs/limits.md ("Continuing a
+conversation").
+
+A conversation is the request's turn list (``messages``, or a Responses
+``input`` list) after a *head*: every other top-level member of the body except
+those that cannot change the input (output limits, sampling, streaming). The
+key of "head + first k turns" is a chained digest, scoped to the principal,
+protocol, route and model, so any change to the system prompt, the tools or an
+earlier turn misses and falls back to bytes. Cache markers (``cache_control``,
+``cachePoint``) are not text the provider counts; they are left out of the
+digest because agents move them to the newest turn every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from tokenfuse.protocols.base import DOCUMENT_TOKEN_BOUND, IMAGE_TOKEN_BOUND, RequestInfo, _scan
+from tokenfuse.usage import Usage
+
+# Tokens a turn may cost beyond the bytes of its JSON: role header, separators,
+# the turn's framing in the provider's prompt template. Published templates use
+# 3-7 (OpenAI: 3 per message plus 3 to prime the reply; Anthropic's and
+# Bedrock's "\n\nHuman: "/"\n\nAssistant: " are fewer); its JSON already
+# spends 30+ bytes on `{"role":..,"content":..}`, so this is a margin on a margin.
+OVERHEAD_PER_TURN = 16
+MAX_ENTRIES = 20_000
+
+# Members that choose how the answer is generated, never what the input is.
+FREE_KEYS = frozenset(
+    {
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "stream",
+        "stream_options",
+        "metadata",
+        "temperature",
+        "top_p",
+        "top_k",
+    }
+)
+# The common prefix of both marker keys: one scan finds either.
+_MARKER = b'"cache'
+_ENC = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _strip(value: Any) -> Any:
+    """``value`` without cache markers: ``cache_control`` keys and ``{"cachePoint": ...}`` elements."""
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_strip(v) for v in value if not (isinstance(v, dict) and len(v) == 1 and "cachePoint" in v)]
+    return value
+
+
+def _encode(value: Any) -> bytes:
+    raw = _ENC.encode(value).encode("utf-8")
+    if _MARKER in raw:
+        raw = _ENC.encode(_strip(value)).encode("utf-8")
+    return raw
+
+
+def _turns(info: RequestInfo) -> tuple[str, list[Any]] | None:
+    body = info.body
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        return "messages", messages
+    value = body.get("input")
+    if info.route == "responses" and isinstance(value, list):
+        return "input", value
+    return None
+
+
+def media_bound(value: Any) -> int:
+    """Tokens the images and documents inside ``value`` may add beyond its bytes."""
+    images, documents, _, _ = _scan({"turn": value}, "invalid_request_error")
+    return images * IMAGE_TOKEN_BOUND + documents * DOCUMENT_TOKEN_BOUND
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A request seen as head + turns: ``chain[k]`` is the key of head + first k turns."""
+
+    chain: tuple[bytes, ...]
+    turns: tuple[Any, ...]
+    sizes: tuple[int, ...]  # bytes of each turn's JSON, markers left out
+
+    @property
+    def key(self) -> bytes:
+        """The key this whole request is remembered under."""
+        return self.chain[-1]
+
+    def suffix_bound(self, k: int) -> int:
+        """Upper bound on the input tokens of turns k.. when they follow a known prefix."""
+        rest = range(k, len(self.turns))
+        return sum(self.sizes[i] + media_bound(self.turns[i]) + OVERHEAD_PER_TURN for i in rest)
+
+
+def conversation(info: RequestInfo, scope: str) -> Conversation | None:
+    """The request as a conversation, or None when it has no turn list."""
+    found = _turns(info)
+    if found is None:
+        return None
+    name, turns = found
+    head = {k: v for k, v in info.body.items() if k != name and k not in FREE_KEYS}
+    # SHA-256 runs on the CPU's SHA extensions where present: twice blake2b's speed here.
+    h = hashlib.sha256()
+    for part in (scope, info.protocol, info.route, info.model, name):
+        h.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    raw = _encode(head)
+    h.update(len(raw).to_bytes(8, "little"))
+    h.update(raw)
+    chain = [h.digest()]
+    sizes = []
+    for turn in turns:
+        raw = _encode(turn)
+        sizes.append(len(raw))
+        # The length prefix keeps turn boundaries apart ("ab"+"c" vs "a"+"bc").
+        h.update(len(raw).to_bytes(8, "little"))
+        h.update(raw)
+        chain.append(h.digest())
+    return Conversation(tuple(chain), tuple(turns), tuple(sizes))
+
+
+class PrefixBounds:
+    """Exact input tokens of recent requests, by conversation key (a bounded LRU).
+
+    Per process: a request whose previous turn went through another replica
+    finds nothing and is bounded by bytes, which is still a true bound.
+    """
+
+    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+        self._max = max_entries
+        self._known: OrderedDict[bytes, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def input_bound(self, conv: Conversation) -> int | None:
+        """The tightest bound a recorded prefix gives, or None when no prefix is known."""
+        known = self._known
+        for k in range(len(conv.chain) - 1, -1, -1):
+            exact = known.get(conv.chain[k])
+            if exact is not None:
+                known.move_to_end(conv.chain[k])
+                return exact + conv.suffix_bound(k)
+        return None
+
+    def record(self, key: bytes, usage: Usage) -> None:
+        """Remember the provider's exact input count for the request remembered as ``key``."""
+        if usage.estimated or usage.input_total <= 0:
+            return  # only figures the provider reported bound a later request
+        known = self._known
+        known[key] = usage.input_total
+        known.move_to_end(key)
+        while len(known) > self._max:
+            known.popitem(last=False)
