@@ -231,13 +231,6 @@ def test_no_gateway_listening_falls_back(tmp_path: Path, capsys: pytest.CaptureF
     assert report["source"] == "ledger" and "no gateway answered" in report["note"]
 
 
-def test_gateway_url_maps_wildcard_binds_to_loopback(tmp_path: Path) -> None:
-    cfg = load_config(write_config(tmp_path))
-    assert status_cli.gateway_url(cfg) == "http://127.0.0.1:1"
-    wild = cfg.model_copy(update={"server": cfg.server.model_copy(update={"host": "::", "port": 8787})})
-    assert status_cli.gateway_url(wild) == "http://[::1]:8787"
-
-
 def test_dispatcher_routes_status_without_the_word(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

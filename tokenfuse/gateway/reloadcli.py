@@ -8,17 +8,11 @@ old one (invalid file) or could not be asked.
 from __future__ import annotations
 
 import argparse
-import json
-import ssl
 import sys
-import urllib.error
-import urllib.request
-from typing import Any
 
 from tokenfuse.config import ConfigError, load_config
-from tokenfuse.limits.killcli import gateway_url
+from tokenfuse.limits.adminclient import admin_call, gateway_url
 
-ADMIN_RELOAD = "/_tokenfuse/admin/reload"
 TIMEOUT_S = 30.0
 
 
@@ -32,23 +26,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the gateway's config (for its address and server.admin_token)")
     p.add_argument("--gateway", metavar="URL", help="the gateway to ask (default: the config's server address)")
     return p
-
-
-def _call(url: str, token: str) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(
-        url + ADMIN_RELOAD, data=b"{}", method="POST",
-        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
-    )
-    context = ssl.create_default_context() if url.startswith("https:") else None
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_S, context=context) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            payload = json.loads(exc.read() or b"{}")
-        except ValueError:
-            payload = {}
-        return exc.code, payload if isinstance(payload, dict) else {}
 
 
 def main(argv: list[str]) -> int:
@@ -70,7 +47,7 @@ def main(argv: list[str]) -> int:
         return 1
     url = gateway_url(config, args.gateway)
     try:
-        status, payload = _call(url, token)
+        status, payload = admin_call(url, token, "/reload", "POST", {}, TIMEOUT_S)
     except (OSError, ValueError) as exc:
         print(f"tokenfuse reload: no gateway answered at {url} ({getattr(exc, 'reason', exc)})", file=sys.stderr)
         return 1

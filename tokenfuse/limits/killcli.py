@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
-import ssl
 import sys
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +26,9 @@ from typing import Any
 import yaml
 
 from tokenfuse.config import Config, ConfigError, load_config
+from tokenfuse.limits.adminclient import admin_call, gateway_url
 from tokenfuse.limits.killswitch import KillSwitch, KillSwitchStore
 
-ADMIN_KILLS = "/_tokenfuse/admin/kills"
 GATEWAY_TIMEOUT_S = 10.0
 _VALIDATED = ("key", "principal", "workflow")
 
@@ -196,38 +192,6 @@ def _runtime_key_entries(store_url: str) -> list[dict[str, Any]]:
         store.close()
 
 
-def gateway_url(config: Config, explicit: str | None) -> str:
-    if explicit:
-        return explicit.rstrip("/")
-    host = config.server.host
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"  # listening on every address: reach it on loopback
-    elif ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if config.server.tls is not None else "http"
-    return f"{scheme}://{host}:{config.server.port}"
-
-
-def _admin_call(url: str, token: str, method: str, body: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url + ADMIN_KILLS,
-        data=data,
-        method=method,
-        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
-    )
-    context = ssl.create_default_context() if url.startswith("https:") else None
-    try:
-        with urllib.request.urlopen(req, timeout=GATEWAY_TIMEOUT_S, context=context) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            payload = json.loads(exc.read() or b"{}")
-        except ValueError:
-            payload = {}
-        return exc.code, payload if isinstance(payload, dict) else {}
-
-
 def _through_gateway(
     command: str,
     args: argparse.Namespace,
@@ -258,7 +222,7 @@ def _through_gateway(
     else:
         method, body = "DELETE", {"scope": scope, "value": value}
     try:
-        status, payload = _admin_call(url, token, method, body)
+        status, payload = admin_call(url, token, "/kills", method, body, GATEWAY_TIMEOUT_S)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         print(

@@ -22,6 +22,7 @@ from typing import Any
 from tokenfuse.config import Config, ConfigError, KeyConfig, load_config
 from tokenfuse.ledger.schema import StoreURL, connect, placeholder
 from tokenfuse.limits.admin import PREFIX, to_json
+from tokenfuse.limits.adminclient import gateway_url
 from tokenfuse.limits.keys import RuntimeKeyStore
 from tokenfuse.limits.killcli import first_line, store_name
 from tokenfuse.limits.killswitch import KillSwitchStore
@@ -47,16 +48,6 @@ class Report:
             "kill_switches": self.kill_switches,
             "sessions": self.sessions,
         }
-
-
-def gateway_url(config: Config) -> str:
-    host = config.server.host
-    # A wildcard bind address is reachable on loopback.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    scheme = "https" if config.server.tls else "http"
-    return f"{scheme}://{host}:{config.server.port}"
 
 
 def from_gateway(config: Config, timeout_s: float = GATEWAY_TIMEOUT_S) -> tuple[Report | None, str]:
