@@ -68,7 +68,7 @@ def test_detect_text_escalation_and_html(export: tuple[Path, Manifest], tmp_path
 def test_printed_sql_flags_what_detect_flags(tmp_path: Path, flavour: str, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "e.parquet"
     m = generate(str(out), flavour, days=40, accounts=8, incidents=INCIDENTS)
-    assert main(["detect", "--print-sql", "duckdb", "--flavour", flavour, "--as-of", "2026-10-01"]) == 0
+    assert main(["detect", "--print-sql", "duckdb", "--check", "runaway", "--flavour", flavour, "--as-of", "2026-10-01"]) == 0
     sql = capsys.readouterr().out
     con = duckdb.connect()
     con.execute(f"CREATE TABLE billing_export AS SELECT * FROM read_parquet('{out}')")
@@ -79,12 +79,13 @@ def test_printed_sql_flags_what_detect_flags(tmp_path: Path, flavour: str, capsy
     assert len(rows) == len(m.accounts)
 
 
-@pytest.mark.parametrize("dialect", ["athena", "trino"])
+@pytest.mark.parametrize("dialect", ["athena", "trino", "bigquery", "snowflake", "spark"])
 def test_printed_sql_for_warehouses(dialect: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["detect", "--print-sql", dialect, "--flavour", "focus-1.2", "--table", "cur.focus", "--as-of", "2026-10-01"]) == 0
     sql = capsys.readouterr().out
-    assert "FROM cur.focus" in sql and "regexp_like" in sql and "sequence(" in sql
-    assert "SkuMeter" in sql and "stddev_samp" in sql
+    assert "FROM cur.focus" in sql and "SkuMeter" in sql and "STDDEV_SAMP" in sql
+    for check in ("runaway", "caching", "budget", "reconcile"):
+        assert f"tokenfuse detect: {check} (focus-1.2, {dialect})" in sql
 
 
 def test_billing_sample_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

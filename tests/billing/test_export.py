@@ -89,3 +89,33 @@ def test_an_unreachable_ledger_is_one_clear_error(read: str, tmp_path: Path) -> 
     message = str(exc.value)
     assert message.startswith("store: " if read == "export" else "--ledger: ")
     assert "cannot open the ledger" in message and "s3cret" not in message
+
+
+def test_export_format_comes_from_the_extension(ledger: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenfuse.billing.export import output_format
+
+    assert output_format("a/x.PARQUET") == "parquet"
+    assert output_format("x.csv.gz") == "csv.gz"
+    assert output_format("noext", "csv") == "csv"
+    with pytest.raises(BillingInputError, match="cannot tell the format"):
+        output_format("ledger.json")
+    with pytest.raises(BillingInputError, match="--format parquet but"):
+        output_format("x.csv", "parquet")
+    json_out = tmp_path / "ledger.json"
+    assert main(["export", "--store", ledger, "--focus", str(json_out)]) == 2
+    assert "cannot tell the format" in capsys.readouterr().err and not json_out.exists()
+    gz = tmp_path / "focus.csv.gz"
+    assert main(["export", "--store", ledger, "--focus", str(gz)]) == 0
+    assert gz.read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_export_since_until(ledger: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "window.csv"
+    # Only the anthropic row at ts 1790000000 (2026-09-21T14:13:20Z) falls in this second.
+    assert main(["export", "--store", ledger, "--focus", str(out), "--since", "2026-09-21T14:13:20Z",
+                 "--until", "2026-09-21T14:13:21Z"]) == 0
+    rows = duckdb.connect().execute(f"SELECT DISTINCT x_Session FROM read_csv('{out}')").fetchall()
+    assert rows == [("s-1",)]
+    assert main(["export", "--store", ledger, "--focus", str(out), "--since", "2001-01-01",
+                 "--until", "2001-01-02"]) == 2
+    assert "in that time range" in capsys.readouterr().err

@@ -19,14 +19,20 @@ def _date(s: str) -> date:
 
 
 def _detect_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenfuse detect", description="Find runaway Bedrock inference, caching misses "
+    p = argparse.ArgumentParser(prog="tokenfuse detect", description="Find runaway AI inference (Bedrock, Azure OpenAI, Vertex AI, marketplace models), caching misses "
                                 "and the budget to set, in FOCUS 1.0/1.2 or CUR 2.0 exports (CSV, gzip CSV, Parquet).")
     p.add_argument("export", nargs="*", help="export files or folders")
     p.add_argument("--as-of", type=_date, help="first day not analysed (default: the day after the last complete day)")
     p.add_argument("--json", action="store_true", help='print {"as_of": ..., "findings": [...]}')
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     p.add_argument("--escalation", action="store_true", help="print an escalation note per flagged account")
-    p.add_argument("--print-sql", choices=("athena", "trino", "duckdb"), help="print the detection SQL and exit")
+    p.add_argument("--print-sql", metavar="ENGINE", choices=("duckdb", "athena", "trino", "bigquery", "snowflake", "spark"),
+                   help="print the checks as SQL for ENGINE (duckdb, athena, trino, bigquery, snowflake, spark) and exit")
+    p.add_argument("--check", choices=("runaway", "caching", "budget", "reconcile", "all"), default="all",
+                   help="which check --print-sql and --engine run (default all)")
+    p.add_argument("--engine", choices=("duckdb", "spark"),
+                   help="run the warehouse SQL on this engine over the export files (spark: a local session; "
+                        "needs pyspark and Java) and print its findings as JSON")
     p.add_argument("--flavour", choices=("focus-1.0", "focus-1.2", "cur-2.0"), default="cur-2.0",
                    help="export flavour for --print-sql (default cur-2.0)")
     p.add_argument("--table", default="billing_export", help="table name for --print-sql")
@@ -35,16 +41,21 @@ def _detect_parser() -> argparse.ArgumentParser:
 
 def _detect(argv: Sequence[str]) -> int:
     args = _detect_parser().parse_args(argv)
+    checks = ("runaway", "caching", "budget", "reconcile") if args.check == "all" else (args.check,)
     if args.print_sql:
-        from datetime import datetime, timedelta
+        from datetime import datetime
 
-        from tokenfuse.billing.sql import warehouse_sql
+        from tokenfuse.billing import warehouse
 
         as_of = args.as_of or datetime.now(UTC).date()
-        print(warehouse_sql(args.print_sql, args.flavour, args.table, as_of, as_of - timedelta(days=30)))
+        for c in checks:
+            print(warehouse.header(args.print_sql, c, args.flavour, as_of))
+            print(warehouse.render(args.print_sql, c, args.flavour, args.table, as_of) + ";\n")
         return 0
     if not args.export:
         raise BillingInputError("name at least one export file or folder (or use --print-sql)")
+    if args.engine:
+        return _detect_engine(args.engine, args.export, args.as_of, checks)
     from tokenfuse.billing.detect import detect
     from tokenfuse.billing.escalation import note
     from tokenfuse.billing.load import load
@@ -79,6 +90,21 @@ def _detect(argv: Sequence[str]) -> int:
     return 0
 
 
+def _detect_engine(engine: str, export: list[str], as_of: date | None, checks: tuple[str, ...]) -> int:
+    from tokenfuse.billing.jsonout import dumps
+    from tokenfuse.billing.warehouse import run, summarise
+
+    if as_of is None:
+        # The same default as detect on files: the day after the last complete day.
+        from tokenfuse.billing.detect import resolve_as_of
+        from tokenfuse.billing.load import load
+
+        as_of = resolve_as_of(load(export), None)
+    found = run(engine, export, as_of, checks)
+    print(dumps({"engine": engine, "as_of": as_of.isoformat(), "findings": summarise(found), "rows": found}))
+    return 0
+
+
 def _detect_text(det: object, rows: int, flavours: tuple[str, ...]) -> str:
     from tokenfuse.billing.detect import Detection
 
@@ -98,7 +124,7 @@ def _detect_text(det: object, rows: int, flavours: tuple[str, ...]) -> str:
             f"{r.driver if r.flagged else '':<12} {'flat' if r.compute_flat else 'moved':<8} {_flag(r) if r.flagged else ''}"
         )
     if len(spending) < len(det.runaways):
-        out.append(f"  ({len(det.runaways) - len(spending)} account(s) without Bedrock inference spend in the window not shown)")
+        out.append(f"  ({len(det.runaways) - len(spending)} account(s) without AI inference spend in the window not shown)")
     out += ["", "Caching health, last 30 days (tokens; USD)"]
     for st in det.cache[:20]:
         rr = st.read_ratio
@@ -118,7 +144,7 @@ def _detect_text(det: object, rows: int, flavours: tuple[str, ...]) -> str:
             f"  {c.account:<14} {c.model_label:<28} uncached {c.uncached_input_tokens:>16,.0f}  read {c.cache_read_tokens:>16,.0f}"
             f"  wasted ~{c.wasted_usd:,.2f} USD"
         )
-    out += ["", "Budget advice (Bedrock-only budget: 2x last month without flagged days, at most $100/day for dev/test)"]
+    out += ["", "Budget advice (AI-inference-only budget: 2x last month without flagged days, at most $100/day for dev/test)"]
     for b in det.budgets:
         left_out = (
             f"  (left out {len(b.excluded_days)} flagged day(s), {b.excluded_usd:,.2f} USD)" if b.excluded_days else ""
@@ -148,13 +174,16 @@ def _sample(argv: Sequence[str]) -> int:
     p.add_argument("--end", type=_date, default=date(2026, 9, 30), help="last day of the export")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--ledger", metavar="STORE_URL", help="also write the gateway account's true traffic to this ledger")
+    p.add_argument("--provider", choices=("aws", "azure", "gcp", "mixed"), default="aws",
+                   help="whose FOCUS rows to write: Bedrock, Azure OpenAI, Vertex AI, or all three by account")
     args = p.parse_args(argv)
     # `--incident KIND... OUT`: the greedy list swallows OUT; take it back.
     if args.out is None and args.incident and args.incident[-1] not in INCIDENTS:
         args.out = args.incident.pop()
     if args.out is None:
         raise BillingInputError("name the output file OUT (.csv, .csv.gz or .parquet)")
-    m = generate(args.out, args.flavour, args.days, args.accounts, args.incident, args.end, args.seed, args.ledger)
+    m = generate(args.out, args.flavour, args.days, args.accounts, args.incident, args.end, args.seed, args.ledger,
+                 args.provider)
     print(f"wrote {m.rows:,} rows ({m.flavour}, {m.first_day}..{m.last_day}) to {args.out}")
     for acct, inc in m.accounts.items():
         print(f"  {acct}  {inc}")

@@ -394,6 +394,9 @@ def cache_stats(exp: Export, as_of: date) -> list[CacheStat]:
             )
         st.tokens[cls] += Decimal(tokens or 0)
         st.usd[cls] += Decimal(cost or 0)
+    for st in stats.values():
+        # A model the provider bills cache reads or writes for supports caching, whatever its name.
+        st.supports_caching = st.supports_caching or st.tokens["cache_read"] > 0 or st.tokens["cache_write"] > 0
     return sorted(stats.values(), key=lambda c: (-c.usd["input_uncached"], c.account, c.model))
 
 
@@ -434,7 +437,7 @@ def cache_health(exp: Export, as_of: date, stats: list[CacheStat] | None = None)
 
 
 def budget_advice(exp: Export, as_of: date, flagged: dict[str, set[date]] | None = None) -> list[BudgetAdvice]:
-    """2x last month's Bedrock spend, from the days that were not an incident.
+    """2x last month's AI inference spend, from the days that were not an incident.
 
     ``flagged`` maps an account to the days to leave out (for a flagged account: every
     day of the window above its runaway threshold); the rest is scaled back to the whole
@@ -483,7 +486,8 @@ def nothing_to_analyse(exp: Export) -> str | None:
     services = ", ".join(list(exp.services)[:8]) + (", ..." if len(exp.services) > 8 else "")
     return (
         f"this export has no AI inference usage rows tokenfuse can analyse ({exp.rows:,} rows, services: {services}); "
-        "runaway inference, caching health and budget advice need Bedrock (or model API) token usage rows"
+        "runaway inference, caching health and budget advice need token usage rows of an AI inference service "
+        "(Amazon Bedrock, Azure OpenAI / Foundry Models, Vertex AI / Gemini, or a model sold through a cloud marketplace)"
     )
 
 

@@ -104,19 +104,53 @@ def _weights(model: str, tokens: dict[str, int], book: Any) -> dict[str, Decimal
     return out
 
 
-def _ledger_rows(url: str) -> Iterator[tuple[Any, ...]]:
-    conn, _ = open_ledger(url, "store", "check the config's store: key")
+# Output formats by file name ending; the format is never guessed from anything else.
+FORMATS: dict[str, str] = {".parquet": "parquet", ".csv": "csv", ".csv.gz": "csv.gz"}
+
+
+def output_format(out: str, requested: str | None = None) -> str:
+    """The format ``out``'s extension names; refuse an unknown extension or one that contradicts ``requested``."""
+    name = out.lower()
+    by_ext = next((fmt for ext, fmt in sorted(FORMATS.items(), key=lambda kv: -len(kv[0])) if name.endswith(ext)), None)
+    if by_ext is None:
+        if requested is not None and "." not in Path(out).name:
+            return requested
+        raise BillingInputError(
+            f"{out}: cannot tell the format from the extension; name the file .parquet, .csv or .csv.gz "
+            "(FOCUS exports are tabular: there is no JSON form)"
+        )
+    if requested is not None and requested != by_ext:
+        raise BillingInputError(
+            f"--format {requested} but {out} ends in {by_ext!r}; rename the file or drop --format"
+        )
+    return by_ext
+
+
+def _ledger_rows(url: str, since: float | None = None, until: float | None = None) -> Iterator[tuple[Any, ...]]:
+    conn, dialect = open_ledger(url, "store", "check the config's store: key")
     cols = "ts, key_name, principal, workflow, session, protocol, model, route, " + ", ".join(TOKEN_CLASSES) + ", cost_usd"
+    p = "?" if dialect == "sqlite" else "%s"
+    where, params = "outcome = 'ok'", []
+    if since is not None:
+        where += f" AND ts >= {p}"
+        params.append(since)
+    if until is not None:
+        where += f" AND ts < {p}"
+        params.append(until)
     try:
-        yield from conn.execute(f"SELECT {cols} FROM requests WHERE outcome = 'ok'")
+        yield from conn.execute(f"SELECT {cols} FROM requests WHERE {where}", params)
     finally:
         conn.close()
 
 
-def export_focus(url: str, out: str) -> int:
-    """Write the ledger as FOCUS 1.2 rows (Parquet, or CSV if ``out`` ends in .csv). Returns the row count."""
+def export_focus(
+    url: str, out: str, *, fmt: str | None = None, since: float | None = None, until: float | None = None
+) -> int:
+    """Write the ledger's billed rows with ``since <= ts < until`` as FOCUS 1.2 rows, in the
+    format ``out``'s extension names (:func:`output_format`). Returns the row count."""
+    fmt = output_format(out, fmt)
     groups: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [defaultdict(int), Decimal(0), 0])
-    for ts, key, principal, workflow, session, protocol, model, route, *rest in _ledger_rows(url):
+    for ts, key, principal, workflow, session, protocol, model, route, *rest in _ledger_rows(url, since, until):
         tokens = dict(zip(TOKEN_CLASSES, (int(n or 0) for n in rest[:-1]), strict=True))
         hour = int(float(ts)) // 3600 * 3600
         g = groups[(hour, key, principal, workflow, session, protocol or "", model or "", route or "")]
@@ -161,14 +195,17 @@ def export_focus(url: str, out: str) -> int:
                     ])
                     n_rows += 1
         if n_rows == 0:
-            raise BillingInputError("store: the ledger has no billed (outcome 'ok') requests to export")
+            when = " in that time range" if since is not None or until is not None else ""
+            raise BillingInputError(f"store: the ledger has no billed (outcome 'ok') requests{when} to export")
         types = ", ".join(f"'{c}': '{t}'" for c, t in COLUMNS)
         con = duckdb.connect(":memory:")
         src = f"read_csv('{path}', header=false, columns={{{types}}}, nullstr='')"
         target = out.replace("'", "''")
-        fmt = "FORMAT CSV, HEADER" if out.lower().endswith(".csv") else "FORMAT PARQUET"
+        options = {
+            "csv": "FORMAT CSV, HEADER", "csv.gz": "FORMAT CSV, HEADER, COMPRESSION GZIP", "parquet": "FORMAT PARQUET"
+        }[fmt]
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        con.execute(f"COPY (SELECT * FROM {src}) TO '{target}' ({fmt})")
+        con.execute(f"COPY (SELECT * FROM {src}) TO '{target}' ({options})")
         con.close()
     return n_rows
 
@@ -178,9 +215,22 @@ def main(argv: Sequence[str]) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", metavar="FILE", help="tokenfuse config; its store: key names the ledger")
     src.add_argument("--store", metavar="URL", help="ledger URL (instead of --config)")
-    p.add_argument("--focus", required=True, metavar="OUT", help="output file (.parquet, or .csv)")
+    p.add_argument("--focus", required=True, metavar="OUT",
+                   help="output file; its extension picks the format: .parquet, .csv or .csv.gz")
+    p.add_argument("--format", choices=sorted(set(FORMATS.values())),
+                   help="must agree with OUT's extension (needed only for a name without one)")
+    p.add_argument("--since", help="start (inclusive): ISO date/datetime (UTC) or a duration back from now, e.g. 7d")
+    p.add_argument("--until", help="end (exclusive), same forms as --since")
     args = p.parse_args(argv)
+    from tokenfuse.ledger.cli import parse_time
+
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        raise BillingInputError(str(exc)) from None
+    fmt = output_format(args.focus, args.format)  # before reading the ledger: a wrong name fails fast
     url = args.store or store_url(args.config)
-    n = export_focus(url, args.focus)
-    print(f"wrote {n:,} FOCUS 1.2 rows to {args.focus}")
+    n = export_focus(url, args.focus, fmt=fmt, since=since, until=until)
+    print(f"wrote {n:,} FOCUS 1.2 rows to {args.focus} ({fmt})")
     return 0

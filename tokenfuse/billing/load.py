@@ -56,8 +56,11 @@ _FOCUS_FIELDS: dict[str, tuple[str, ...]] = {
     "currency": ("BillingCurrency",),
 }
 FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
-    "focus-1.0": {**_FOCUS_FIELDS, "usage_type": ("x_UsageType",)},
-    "focus-1.2": {**_FOCUS_FIELDS, "usage_type": ("SkuMeter", "x_UsageType")},
+    # The token meter: AWS puts its usage type in x_UsageType (1.0) and SkuMeter (1.2); Azure its
+    # meter name in SkuMeter and x_SkuMeterName; Google Cloud its SKU description in SkuMeter or,
+    # in 1.0 exports, only ChargeDescription.
+    "focus-1.0": {**_FOCUS_FIELDS, "usage_type": ("x_UsageType", "x_SkuMeterName", "SkuMeter", "ChargeDescription")},
+    "focus-1.2": {**_FOCUS_FIELDS, "usage_type": ("SkuMeter", "x_UsageType", "x_SkuMeterName", "ChargeDescription")},
     "cur-2.0": {
         "ts": ("line_item_usage_start_date",),
         "cost": ("line_item_unblended_cost",),
@@ -254,22 +257,24 @@ def _expr(fld: str, actual: str, typ: str) -> str:
             return f"CAST({col} AS TIMESTAMP)"
         # The ICU-backed TIMESTAMPTZ parse costs half the load time; keep it for strings that
         # carry a UTC offset ("+02:00"), and parse naive and "Z" strings directly (both are UTC).
-        tail = f"substr(trim({col}), 12)"
+        tail = f"substr({col}, 12)"  # the casts skip surrounding spaces themselves
         return (
             f"CASE WHEN strpos({tail}, '+') > 0 OR strpos({tail}, '-') > 0 "
-            f"THEN CAST(timezone('UTC', CAST(trim({col}) AS TIMESTAMPTZ)) AS TIMESTAMP) "
-            f"ELSE CAST(trim({col}) AS TIMESTAMP) END"
+            f"THEN CAST(timezone('UTC', CAST({col} AS TIMESTAMPTZ)) AS TIMESTAMP) "
+            f"ELSE CAST({col} AS TIMESTAMP) END"
         )
     if fld in ("account", "billing_account") and (t in ("DOUBLE", "FLOAT", "REAL") or t.startswith("DECIMAL")):
         # An account id typed as a number in one Parquet part: 12345678901.0 -> "12345678901" (padded later).
         return f"CAST(CAST({col} AS HUGEINT) AS VARCHAR)"
     if fld in ("cost", "quantity"):
         if t == "VARCHAR":
-            return f"CAST(trim({col}) AS {_NUMERIC})"
+            return f"CAST({col} AS {_NUMERIC})"  # the cast itself skips surrounding spaces
+        if t.startswith("DECIMAL") or t in ("BIGINT", "INTEGER", "HUGEINT", "SMALLINT"):
+            # Exact already: summed as it is and cast once per line (a per-row cast is a third of a Parquet load).
+            return col
         return f"CAST({col} AS {_NUMERIC})"
-    if fld in ("service", "charge", "currency", "provider"):
-        return f"lower(trim(CAST({col} AS VARCHAR)))"
-    return f"trim(CAST({col} AS VARCHAR))"
+    # Strings are trimmed and lower-cased after aggregation (see load), once per line and day.
+    return col if t == "VARCHAR" else f"CAST({col} AS VARCHAR)"
 
 
 def _source(fld: str, cand: str, group: FileGroup) -> str:
@@ -286,8 +291,44 @@ def _source(fld: str, cand: str, group: FileGroup) -> str:
     return f"nullif(trim(CAST({value} AS VARCHAR)), '')"
 
 
-def _select(group: FileGroup) -> str:
-    """One file group's rows in the normalised usage model, every column named."""
+def _product_names_later(group: FileGroup) -> bool:
+    return (
+        group.flavour == "cur-2.0" and group.fmt == "parquet" and group.types.get("product", "").upper().startswith("MAP")
+        and "product_servicecode" in group.columns and "line_item_product_code" in group.columns
+    )
+
+
+def _product_names(con: duckdb.DuckDBPyConnection, groups: Sequence[FileGroup]) -> None:
+    """Product names from the CUR 2.0 ``product`` map for lines whose product code is not a service
+    code (a Marketplace model's code is an opaque id), read in a second, filtered pass."""
+    for g in groups:
+        if not _product_names_later(g):
+            continue
+        # Only codes on token lines without a model in the usage type (Marketplace) need a name.
+        need = con.execute(
+            "SELECT count(*) FROM bill_lines WHERE service = lower(product) AND usage_type ILIKE '%-MP:%'"
+        ).fetchone()
+        if not need or not need[0]:
+            continue
+        code, svc = _ident(g.columns["line_item_product_code"]), _ident(g.columns["product_servicecode"])
+        prod = _ident(g.columns["product"])
+        # "IS NULL" alone lets DuckDB filter inside the Parquet scan; the map is read per code, not per row.
+        con.execute(
+            f"""UPDATE bill_lines SET product = n.name
+            FROM (SELECT code, coalesce(nullif(trim(m['product_name']), ''), nullif(trim(m['servicename']), '')) AS name
+                  FROM (SELECT trim({code}) AS code, any_value({prod}) AS m FROM {_reader(g.fmt, g.files)}
+                        WHERE {svc} IS NULL GROUP BY {code})) n
+            WHERE bill_lines.product = n.code AND n.name IS NOT NULL"""
+        )
+
+
+def _select(group: FileGroup, per_file: bool = True) -> str:
+    """One file group's rows in the normalised usage model, every column named.
+
+    ``per_file``: keep each row's source file (``src``) so that a superseded copy can be taken
+    out after loading. Without it the group's first file stands for all: hashing a file
+    name into every row's line key doubles the load time of a single-file export.
+    """
     fields = FIELDS[group.flavour]
     parts: list[str] = []
     for fld in NORMALISED:
@@ -303,9 +344,22 @@ def _select(group: FileGroup) -> str:
         # The first present candidate, falling back to later ones row by row.
         exprs = [_source(fld, c, group) for c in present]
         e = exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
+        if fld == "product" and _product_names_later(group):
+            # Decoding the product MAP column costs as much as the rest of the row: the names
+            # are looked up afterwards, for the few product codes that need them (_product_names).
+            e = _source(fld, present[-1], group)
+        elif fld == "product" and group.flavour == "cur-2.0" and "product_servicecode" in group.columns:
+            # A JSON product column (CSV): parse it only on lines whose product code is not a
+            # service code (Marketplace lines, opaque ids).
+            code = _ident(group.columns["product_servicecode"])
+            fallback = _source(fld, present[-1], group)
+            e = f"CASE WHEN {code} IS NULL OR {code} = '' THEN {e} ELSE {fallback} END"
         parts.append(f"{e} AS {fld}")
-    parts.append("filename AS src")
-    return f"SELECT {', '.join(parts)} FROM {_reader(group.fmt, group.files, filename=True)}"
+    if per_file:
+        parts.append("filename AS src")
+    else:
+        parts.append(f"{_sql_str(group.files[0])} AS src")
+    return f"SELECT {', '.join(parts)} FROM {_reader(group.fmt, group.files, filename=per_file)}"
 
 
 def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[FileGroup]:
@@ -377,18 +431,25 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
     files = sorted(f for d in kept for f in d.files)
     dropped = sorted(set(all_files) - set(files))
     groups = _groups(con, files)
-    selects = " UNION ALL BY NAME ".join(f"({_select(g)})" for g in groups)
+    # Source files are told apart only where _drop_copies may need them: files outside the Data Exports layout.
+    per_file = sum(1 for d in kept if d.period is None for _ in d.files) >= 2
+    selects = " UNION ALL BY NAME ".join(f"({_select(g, per_file)})" for g in groups)
     try:
         progress.execute(
             con,
             f"""
             CREATE OR REPLACE TABLE bill_lines AS
-            SELECT day, any_value(account) AS account, any_value(billing_account) AS billing_account,
-                   any_value(provider) AS provider, any_value(service) AS service,
-                   any_value(usage_type) AS usage_type, any_value(operation) AS operation,
-                   any_value(charge) AS charge, any_value(unit) AS unit, any_value(product) AS product,
-                   any_value(currency) AS currency, any_value(src) AS src, sum(cost) AS cost,
-                   sum(quantity) AS quantity, count(*) AS n_rows, max(ts) AS last_ts, min(ts) AS first_ts
+            -- Strings are trimmed and lower-cased here, once per line and day, not per raw row: that
+            -- was a third of a CSV export's load time. Lines differing only in case or spacing stay
+            -- separate rows; everything downstream sums over them.
+            SELECT day, trim(any_value(account)) AS account, trim(any_value(billing_account)) AS billing_account,
+                   lower(trim(any_value(provider))) AS provider, lower(trim(any_value(service))) AS service,
+                   trim(any_value(usage_type)) AS usage_type, trim(any_value(operation)) AS operation,
+                   lower(trim(any_value(charge))) AS charge, trim(any_value(unit)) AS unit,
+                   trim(any_value(product)) AS product, lower(trim(any_value(currency))) AS currency,
+                   any_value(src) AS src, CAST(sum(cost) AS {_NUMERIC}) AS cost,
+                   CAST(sum(quantity) AS {_NUMERIC}) AS quantity, count(*) AS n_rows, max(ts) AS last_ts,
+                   min(ts) AS first_ts
             FROM (
                 -- One 64-bit key instead of ten string keys: the hash table stays small and fast.
                 -- The source file is part of the key so that a superseded copy can be taken out again.
@@ -407,6 +468,7 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
             if specific:
                 raise BillingInputError(specific) from e
         raise BillingInputError(f"{', '.join(files)}: cannot read the export ({_first_line(e)})") from e
+    _product_names(con, groups)
     _canonical_accounts(con)
     covered, more = _drop_copies(con, groups, {f for d in kept if d.period is None for f in d.files})
     notes += more

@@ -110,6 +110,7 @@ class PlanLine:
     quantity: Decimal
     hourly: bool
     product: str
+    cloud: str = "aws"  # aws | azure | gcp: whose FOCUS rows this line is shaped like
 
 
 @dataclass(slots=True)
@@ -129,11 +130,28 @@ class Manifest:
         return {a: EXPECT_RUNAWAY.get(i, False) for a, i in self.accounts.items()}
 
 
-def _account_id(i: int) -> str:
-    return f"{210987650000 + i * 1117:012d}"
+PROVIDERS: tuple[str, ...] = ("aws", "azure", "gcp", "mixed")
 
 
-def _assign(accounts: int, incidents: Sequence[str]) -> dict[str, str]:
+def _account_id(i: int, provider: str = "aws") -> str:
+    """An account as each provider's FOCUS SubAccountId spells it: AWS account id, Azure
+    subscription resource id, Google Cloud project id. ``mixed`` cycles through the three."""
+    cloud = ("aws", "azure", "gcp")[i % 3] if provider == "mixed" else provider
+    n = 210987650000 + i * 1117
+    if cloud == "azure":
+        return f"/subscriptions/{n % 10**8:08x}-5a1e-4c0d-9f00-{n:012d}"
+    if cloud == "gcp":
+        return f"tf-inference-{n % 10**6:06d}"
+    return f"{n:012d}"
+
+
+def cloud_of(account: str) -> str:
+    if account.startswith("/subscriptions/"):
+        return "azure"
+    return "gcp" if account.startswith("tf-") else "aws"
+
+
+def _assign(accounts: int, incidents: Sequence[str], provider: str = "aws") -> dict[str, str]:
     for inc in incidents:
         if inc not in INCIDENTS:
             raise BillingInputError(f"--incident {inc!r} is not known; choose from {', '.join(INCIDENTS)}")
@@ -141,12 +159,73 @@ def _assign(accounts: int, incidents: Sequence[str]) -> dict[str, str]:
     needed = len(detect) + 1
     if accounts < needed:
         raise BillingInputError(f"--accounts {accounts} is too few for {len(detect)} incident(s); use at least {needed}")
-    out: dict[str, str] = {_account_id(0): "gateway"}
+    out: dict[str, str] = {_account_id(0, provider): "gateway"}
     for n, inc in enumerate(detect, start=1):
-        out[_account_id(n)] = inc
+        out[_account_id(n, provider)] = inc
     for n in range(len(detect) + 1, accounts):
-        out[_account_id(n)] = "healthy"
+        out[_account_id(n, provider)] = "healthy"
     return out
+
+
+# How Azure OpenAI and Vertex AI name the same workload's models and token meters (see
+# docs/detection.md for the public sources). Azure OpenAI and Gemini bill no cache writes.
+_CLOUD_MODEL = {
+    "azure": {"Claude4.5Sonnet": "gpt-4o-0806", "Claude4.5Haiku": "gpt-4o-mini-0718", "NovaPro": "gpt-4.1-nano-0414"},
+    "gcp": {"Claude4.5Sonnet": "Gemini 2.5 Pro", "Claude4.5Haiku": "Gemini 2.5 Flash", "NovaPro": "Gemini 2.0 Flash Lite"},
+}
+
+
+def _azure_meter(model: str, cls: str) -> str | None:
+    spaced = model.replace("-", " ")
+    return {"input_uncached": f"{model}-Inp-glbl Tokens", "output": f"{model}-Outp-glbl Tokens",
+            "cache_read": f"{spaced} cached Inp glbl Tokens"}.get(cls)
+
+
+def _vertex_sku(model: str, cls: str) -> str | None:
+    return {"input_uncached": f"{model} Input Tokens", "output": f"{model} Output Tokens",
+            "cache_read": f"{model} Cached Input Tokens"}.get(cls)
+
+
+def _marketplace_sku(cls: str) -> str:
+    name = "Claude Sonnet 4.5"
+    return {"input_uncached": f"{name} Input Tokens", "output": f"{name} Output Tokens",
+            "cache_read": f"{name} Cache Read Input Tokens", "cache_write": f"{name} Cache Write Input Tokens"}[cls]
+
+
+def _cloud_token_line(ln: PlanLine, cloud: str, model: str, cls: str, n: int, marketplace: bool) -> PlanLine | None:
+    """The Azure / Google Cloud row for the same tokens and dollars as an AWS token line."""
+    if marketplace:
+        # Claude sold through the cloud's marketplace: a service of its own, named after the model.
+        meter: str | None = _marketplace_sku(cls)
+        svc = "Claude Sonnet 4.5"
+    elif cloud == "azure":
+        meter, svc = _azure_meter(_CLOUD_MODEL["azure"][model], cls), "Azure OpenAI"
+    else:
+        meter, svc = _vertex_sku(_CLOUD_MODEL["gcp"][model], cls), "Vertex AI"
+    if meter is None:
+        return None
+    if cloud == "azure":
+        qty, unit = Decimal(n) / 1000, "1K Tokens"
+    else:
+        qty, unit = Decimal(n), "count"
+    return PlanLine(ln.account, ln.day, "", svc, meter, "", unit, ln.cost, qty, ln.hourly, svc, cloud)
+
+
+_CLOUD_SERVICE = {
+    # AWS service code -> (Azure ServiceName, meter), (Google Cloud ServiceName, SKU description)
+    "AmazonEC2": (("Virtual Machines", "D4s v5"), ("Compute Engine", "N2 Instance Core running in Americas")),
+    "AWSLambda": (("Functions", "Standard Execution Time"), ("Cloud Run Functions", "CPU Time")),
+    "AmazonCloudWatch": (("Azure Monitor", "Metrics API Calls"), ("Cloud Monitoring", "Monitoring API Requests")),
+    "AmazonS3": (("Storage", "Hot LRS Data Stored"), ("Cloud Storage", "Standard Storage US Multi-region")),
+}
+
+
+def _reshape(ln: PlanLine) -> PlanLine:
+    cloud = cloud_of(ln.account)
+    if cloud == "aws" or ln.service_code not in _CLOUD_SERVICE:
+        return ln
+    svc, meter = _CLOUD_SERVICE[ln.service_code][0 if cloud == "azure" else 1]
+    return PlanLine(ln.account, ln.day, "", svc, meter, "", ln.unit, ln.cost, ln.quantity, ln.hourly, svc, cloud)
 
 
 def _token_lines(
@@ -186,7 +265,14 @@ def _token_lines(
             qty = Decimal(n)
         cost = (qty * Decimal(1000 if unit == "1K tokens" else 1) * price / _MILLION).quantize(_Q)
         op = "InvokeModelInference" if cls != "output" else "InvokeModelStreamingInference"
-        lines.append(PlanLine(account, day, svc_code, svc_name, ut, op, unit, cost, qty, True, product))
+        line = PlanLine(account, day, svc_code, svc_name, ut, op, unit, cost, qty, True, product)
+        cloud = cloud_of(account)
+        if cloud != "aws":
+            shaped = _cloud_token_line(line, cloud, model, cls, n, marketplace)
+            if shaped is None:
+                continue
+            line = shaped
+        lines.append(line)
     return lines
 
 
@@ -291,17 +377,17 @@ def plan(
                          "StandardStorage", "GB-Mo", (Decimal(2) * noise).quantize(_Q), Decimal(90), False,
                          "Amazon Simple Storage Service")
             )
-    return lines, truth
+    return [_reshape(ln) for ln in lines], truth
 
 
 def _write_plan(lines: Sequence[PlanLine], path: str) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["account", "day", "service_code", "service_name", "usage_type", "operation", "unit", "cost",
-                    "quantity", "hourly", "product"])
+                    "quantity", "hourly", "product", "cloud"])
         for ln in lines:
             w.writerow([ln.account, ln.day.isoformat(), ln.service_code, ln.service_name, ln.usage_type,
-                        ln.operation, ln.unit, ln.cost, ln.quantity, "1" if ln.hourly else "0", ln.product])
+                        ln.operation, ln.unit, ln.cost, ln.quantity, "1" if ln.hourly else "0", ln.product, ln.cloud])
 
 
 def _columns(flavour: str, parquet: bool) -> str:
@@ -341,19 +427,33 @@ def _columns(flavour: str, parquet: bool) -> str:
             CASE WHEN service_code = 'AWSMarketplace' THEN NULL ELSE service_code END AS product_servicecode,
             unit AS pricing_unit,
             'us-east-1' AS product_region_code"""
-    usage_col = "x_UsageType" if flavour == "focus-1.0" else "SkuMeter"
-    extra = "" if flavour == "focus-1.0" else ", 'AI Platforms' AS ServiceSubcategory, NULL AS InvoiceId"
+    if flavour == "focus-1.0":
+        # FOCUS 1.0 has no SkuMeter: AWS puts its usage type in x_UsageType, Azure its meter in
+        # x_SkuMeterName, Google Cloud its SKU description in ChargeDescription only.
+        usage = (
+            "CASE WHEN cloud = 'aws' THEN usage_type END AS x_UsageType, "
+            "CASE WHEN cloud = 'azure' THEN usage_type END AS x_SkuMeterName"
+        )
+        extra = ""
+    else:
+        usage = "usage_type AS SkuMeter, CASE WHEN cloud = 'azure' THEN usage_type END AS x_SkuMeterName"
+        extra = ", 'AI Platforms' AS ServiceSubcategory, NULL AS InvoiceId"
     return f"""
             cost AS BilledCost, cost AS EffectiveCost, cost AS ListCost,
             '999999999999' AS BillingAccountId, 'Example Org' AS BillingAccountName, 'USD' AS BillingCurrency,
             {ts} AS ChargePeriodStart, {te} AS ChargePeriodEnd,
             {charge} AS ChargeCategory, NULL AS ChargeClass, 'Usage-Based' AS ChargeFrequency,
             quantity AS ConsumedQuantity, unit AS ConsumedUnit, quantity AS PricingQuantity, unit AS PricingUnit,
-            'AWS' AS ProviderName, 'Amazon Web Services, Inc.' AS PublisherName, 'us-east-1' AS RegionId,
+            CASE cloud WHEN 'azure' THEN 'Microsoft' WHEN 'gcp' THEN 'Google Cloud' ELSE 'AWS' END AS ProviderName,
+            CASE WHEN service_name LIKE 'Claude%' THEN 'Anthropic' WHEN cloud = 'azure' THEN 'Microsoft'
+                 WHEN cloud = 'gcp' THEN 'Google Cloud' ELSE 'Amazon Web Services, Inc.' END AS PublisherName,
+            CASE cloud WHEN 'azure' THEN 'eastus2' WHEN 'gcp' THEN 'us-central1' ELSE 'us-east-1' END AS RegionId,
             service_name AS ServiceName,
-            CASE WHEN service_code = 'AmazonBedrock' THEN 'AI and Machine Learning' ELSE 'Compute' END AS ServiceCategory,
-            account AS SubAccountId, service_code AS x_ServiceCode, usage_type AS {usage_col},
-            operation AS x_Operation{extra}"""
+            CASE WHEN service_code = 'AmazonBedrock' OR service_name IN ('Azure OpenAI', 'Vertex AI')
+                      OR service_name LIKE 'Claude%' THEN 'AI and Machine Learning' ELSE 'Compute' END AS ServiceCategory,
+            CASE WHEN cloud = 'gcp' THEN usage_type ELSE service_name || ' usage' END AS ChargeDescription,
+            account AS SubAccountId, nullif(service_code, '') AS x_ServiceCode, {usage},
+            nullif(operation, '') AS x_Operation{extra}"""
 
 
 def generate(
@@ -365,12 +465,17 @@ def generate(
     last_day: date = date(2026, 9, 30),
     seed: int = 7,
     ledger_url: str | None = None,
+    provider: str = "aws",
 ) -> Manifest:
     if flavour not in ("focus-1.0", "focus-1.2", "cur-2.0"):
         raise BillingInputError(f"--flavour {flavour!r} is not known; choose focus-1.0, focus-1.2 or cur-2.0")
+    if provider not in PROVIDERS:
+        raise BillingInputError(f"--provider {provider!r} is not known; choose {', '.join(PROVIDERS)}")
+    if provider != "aws" and flavour == "cur-2.0":
+        raise BillingInputError(f"--provider {provider} needs a FOCUS flavour: CUR 2.0 is AWS only; use --flavour focus-1.2")
     if days < 10:
         raise BillingInputError(f"--days {days} is too short for a baseline; use at least 10 (31+ for detection)")
-    assigned = _assign(accounts, incidents)
+    assigned = _assign(accounts, incidents, provider)
     gw = [i for i in incidents if i in LEDGER_INCIDENTS]
     first_day = last_day - timedelta(days=days - 1)
     lines, truth = plan(assigned, first_day, days, seed, gw)
@@ -386,14 +491,14 @@ def generate(
             f"""CREATE TABLE plan AS SELECT * FROM read_csv('{plan_csv}', header=true, columns={{
             'account': 'VARCHAR', 'day': 'DATE', 'service_code': 'VARCHAR', 'service_name': 'VARCHAR',
             'usage_type': 'VARCHAR', 'operation': 'VARCHAR', 'unit': 'VARCHAR', 'cost': 'DECIMAL(28,10)',
-            'quantity': 'DECIMAL(28,10)', 'hourly': 'BOOLEAN', 'product': 'VARCHAR'}})"""
+            'quantity': 'DECIMAL(28,10)', 'hourly': 'BOOLEAN', 'product': 'VARCHAR', 'cloud': 'VARCHAR'}})"""
         )
     # Hourly lines become 24 rows whose parts add up exactly to the day's figure.
     # Integer arithmetic: DuckDB divides DECIMALs through DOUBLE, which would not add up.
     part = "(CAST(CAST({c} * 10000000000 AS HUGEINT) // 24 AS DECIMAL(38,0)) * CAST(0.0000000001 AS DECIMAL(11,10)))"
     cost_part, qty_part = part.format(c="p.cost"), part.format(c="p.quantity")
     expanded = f"""
-        SELECT p.account, p.service_code, p.service_name, p.usage_type, p.operation, p.unit, p.product, p.hourly,
+        SELECT p.account, p.service_code, p.service_name, p.usage_type, p.operation, p.unit, p.product, p.hourly, p.cloud,
                CAST(p.day AS TIMESTAMP) + h.h * INTERVAL 1 HOUR AS ts,
                CAST(CASE WHEN NOT p.hourly THEN p.cost WHEN h.h = 23 THEN p.cost - 23 * {cost_part}
                     ELSE {cost_part} END AS DECIMAL(28,10)) AS cost,
@@ -406,7 +511,7 @@ def generate(
     con.execute(f"COPY (SELECT {_columns(flavour, parquet)} FROM ({expanded})) TO '{target}' ({opts})")
     count = con.execute(f"SELECT count(*) FROM ({expanded})").fetchone()
     con.close()
-    gateway = _account_id(0)
+    gateway = _account_id(0, provider)
     manifest = Manifest(flavour, days, first_day, last_day, assigned, gateway, [out], int(count[0]) if count else 0, truth)
     if ledger_url:
         write_ledger(ledger_url, truth)

@@ -25,13 +25,17 @@ from decimal import Decimal
 # (token class, regex over lower(usage_type)). Cache patterns come first because
 # "cache-read-input-token-count" also contains "input-token".
 TOKEN_CLASS_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("cache_write_1h", r"cache-?write.*(1h|1-hour|60m)|cache_?write.*(1h|1hour)|cachewrite.*1h"),
-    ("cache_read", r"cache-?read|cache_read|cacheread"),
-    ("cache_write", r"cache-?write|cache_write|cachewrite"),
-    ("output", r"output-tokens?|output_tokens?|outputtokencount|output-token-count"),
-    ("input_uncached", r"input-tokens?|input_tokens?|inputtokencount|input-token-count"),
+    ("cache_write_1h", r"cache[-_ ]?write.*(1h|1-hour|60m|1 hour)|cachewrite.*1h"),
+    # Azure meters "gpt 4o 1120 cached Inp glbl"; Vertex "... Cached Input Tokens"; AWS "cache-read".
+    ("cache_read", r"cache[-_ ]?read|cacheread|cached[-_ ]?(content[-_ ]?)?(inp|input|in\b)"),
+    ("cache_write", r"cache[-_ ]?write|cachewrite"),
+    # Azure "-Outp-glbl" / "Output global" / GPT-5 "opt Gl"; Vertex "Output Tokens" / "Text Output".
+    ("output", r"output[-_ ]?(text[-_ ]?)?tokens?|outputtokencount|output-token-count|\boutp\b|\bopt\b|text[-_ ]output|"
+     r"output[-_ ](glbl|global|regnl|regional|dzone|dz|gl)\b"),
+    # Azure "-Inp-glbl" / "Input global" / "Inpt Glbl"; Vertex "Input Tokens" / "Input Text Tokens".
+    ("input_uncached", r"input[-_ ]?(text[-_ ]?)?tokens?|inputtokencount|input-token-count|\binpt?\b|text[-_ ]input|"
+     r"input[-_ ](glbl|global|regnl|regional|dzone|dz|gl)\b"),
 )
-
 INFERENCE_OPERATION_PATTERN = r"^(invokemodel|converse)|inference"
 INFERENCE_OPERATION = re.compile(INFERENCE_OPERATION_PATTERN)
 
@@ -49,6 +53,8 @@ COMPUTE_SERVICES: frozenset[str] = frozenset(
     {
         "amazonec2",
         "amazon elastic compute cloud",
+        "virtual machines",
+        "compute engine",
         "amazonecs",
         "amazon elastic container service",
         "amazoneks",
@@ -62,6 +68,18 @@ COMPUTE_SERVICES: frozenset[str] = frozenset(
 BEDROCK_SERVICES: frozenset[str] = frozenset({"amazonbedrock", "amazon bedrock", "bedrock"})
 # Model-API services as ``tokenfuse export`` names them: token rows there are inference too.
 LLM_API_SERVICES: frozenset[str] = frozenset({"anthropic", "openai"})
+# Azure and Google Cloud AI inference services as their FOCUS exports name them (ServiceName,
+# lower-cased). Token meters under them are inference; see docs/detection.md for the sources.
+CLOUD_AI_SERVICES: frozenset[str] = frozenset(
+    {
+        "azure openai", "azure openai service", "foundry models", "azure ai foundry", "microsoft foundry",
+        "azure ai services", "cognitive services", "azure ai foundry models",
+        "vertex ai", "gemini api", "generative language api", "vertex ai model garden",
+    }
+)
+# A Marketplace listing is its own "service", named after the model or its publisher
+# ("Claude Sonnet 4.5 (Amazon Bedrock Edition)", "Anthropic Claude", "OpenAI GPT-5").
+MODEL_SERVICE_PATTERN = r"claude|anthropic|openai|gpt|gemini|llama|mistral|deepseek|cohere"
 USAGE_CHARGES: frozenset[str] = frozenset({"usage", "discountedusage", "savingsplancoveredusage"})
 
 
@@ -97,6 +115,26 @@ def usage_type_model(usage_type: str) -> str | None:
     return name or None
 
 
+# Where the model name ends in an Azure meter or a Vertex SKU description.
+_METER_CLASS_START = re.compile(
+    r"[-_ ](cached|cache|inpt?|input|outp|output|opt|text|txt|aud)([-_ ]|$)", re.IGNORECASE
+)
+_METER_TIERS = ("batch", "pp", "glbl", "global", "regnl", "regional", "dz", "dzone", "gl")
+
+
+def meter_model(meter: str) -> str | None:
+    """The model in an Azure meter (``gpt-4o-0806-Inp-glbl Tokens`` -> ``gpt-4o-0806``) or a
+    Vertex SKU description (``Gemini 2.5 Pro Cached Input Tokens`` -> ``Gemini 2.5 Pro``)."""
+    m = _METER_CLASS_START.search(meter)
+    if not m or m.start() == 0:
+        return None
+    name = meter[: m.start()].strip(" -_")
+    words = re.split(r"([-_ ])", name)
+    while len(words) > 2 and words[-1].lower() in _METER_TIERS:
+        words = words[:-2]
+    return "".join(words) or None
+
+
 _CLAUDE_TIERS = ("opus", "sonnet", "haiku", "instant")
 
 
@@ -126,10 +164,15 @@ def canonical_model(name: str | None) -> str | None:
     return key or None
 
 
+_CACHING_FAMILIES = re.compile(r"^(gpt4o|gpt4\.1|gpt5|o1|o3|o4|gemini(1\.5|[2-9]))")
+
+
 def model_supports_caching(model_key: str | None) -> bool:
-    """Bedrock prompt caching is offered for Claude 3.5+ and Nova models."""
+    """Prompt caching is offered for Claude 3.5+, Nova, GPT-4o and later OpenAI models, Gemini 1.5+."""
     if not model_key:
         return False
+    if _CACHING_FAMILIES.match(model_key):
+        return True
     if model_key.startswith("claude"):
         m = re.search(r"(\d+)(?:\.(\d+))?$", model_key)
         if not m:
@@ -157,12 +200,22 @@ def unit_multiplier(pricing_unit: str | None) -> Decimal:
     return Decimal(1)
 
 
+_MODEL_SERVICE = re.compile(MODEL_SERVICE_PATTERN)
+
+
+def is_cloud_ai(service: str | None) -> bool:
+    """An Azure / Google Cloud AI service, or a Marketplace listing named after a model."""
+    svc = (service or "").lower().strip()
+    return svc in CLOUD_AI_SERVICES or bool(_MODEL_SERVICE.search(svc))
+
+
 def service_kind(service: str | None, usage_type: str | None, operation: str | None) -> str:
-    """``inference`` (Bedrock token usage), ``bedrock`` (other Bedrock lines), ``compute`` or ``other``."""
+    """``inference`` (token usage), ``bedrock`` (other Bedrock lines), ``compute`` or ``other``."""
     svc = (service or "").lower().strip()
     cls = token_class(usage_type, operation)
     if cls is not None and (
         svc in BEDROCK_SERVICES or svc in LLM_API_SERVICES or is_marketplace(usage_type) or "bedrock" in svc
+        or is_cloud_ai(svc)
     ):
         return "inference"
     if svc in BEDROCK_SERVICES or "bedrock" in svc:
@@ -191,7 +244,11 @@ def classify(
     if kind != "inference":
         return LineKind(kind, None, None, None)
     cls = token_class(usage_type, operation)
-    label = None if usage_type is None else usage_type_model(usage_type)
+    aws = (service or "").lower().strip() in BEDROCK_SERVICES or is_marketplace(usage_type)
+    if aws or usage_type is None:
+        label = None if usage_type is None else usage_type_model(usage_type)
+    else:
+        label = meter_model(usage_type)
     if label is None:
         label = product
     return LineKind(kind, cls, canonical_model(label), label)
