@@ -5,7 +5,11 @@
 Generates each export once (cached by name), then for each format times, in child
 processes, (a) `tokenfuse detect --json` and (b) a hand-written DuckDB query of the
 runaway rule (3-day mean against days -30..-8, $0 days, mean + 2 sigma) that reads the
-same file, and prints a Markdown table: wall time, the child's peak RSS, and the ratio.
+same file, and prints a Markdown table: wall time, the child's peak RSS, CPU time (user +
+system) and the ratios. On a shared machine compare the CPU ratio: wall times move with
+other processes' load far more than CPU time does.
+
+    python bench/detect_bench.py --rows 100000000 --format parquet --repeat 2   # 100 M rows (~5 min to generate)
 """
 
 from __future__ import annotations
@@ -62,10 +66,13 @@ def _export(rows: int, fmt: str, flavour: str, folder: str) -> Path:
         from tokenfuse.billing.sample import generate
 
         t = time.perf_counter()
+        # Written under a temporary name: an interrupted run must not leave a truncated "cached" export.
+        part = out.with_name(out.name.replace(f".{fmt}", f".partial.{fmt}"))
         m = generate(
-            str(out), flavour, days=DAYS, accounts=accounts,
+            str(part), flavour, days=DAYS, accounts=accounts,
             incidents=["runaway", "cache_miss", "noisy_batch", "compute_spike", "tiny_baseline", "missing_days"],
         )
+        part.rename(out)
         print(f"generated {m.rows:,} rows in {time.perf_counter() - t:.1f}s -> {out} "
               f"({out.stat().st_size / 1e6:.0f} MB)", file=sys.stderr)
     return out

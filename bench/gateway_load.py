@@ -1,7 +1,8 @@
 """Load generator for the gateway benchmark: one target, one shape, JSON out.
 
     python bench/gateway_load.py --url URL --body-file F [--header K:V]... --expect TEXT
-        (--rate R --conns C | --closed --conns C) --duration S [--warmup S]
+        (--rate R [--arrivals uniform|poisson|bursty] [--burst N] --conns C | --closed --conns C)
+        --duration S [--warmup S]
 
 Open loop (``--rate``): request *i* is due at ``t0 + i / rate`` whatever the
 previous answers did, and goes out on a pool of at most ``--conns`` keep-alive
@@ -13,6 +14,12 @@ direct and the gateway numbers as noise) to the last byte of the answer, so for
 streams it is the whole stream. Closed loop (``--closed``): ``--conns`` workers
 each send the next request as soon as the previous one is answered.
 
+Arrivals (open loop): ``uniform`` sends request *i* at ``i / rate``;
+``poisson`` draws exponential gaps with mean ``1 / rate`` (seeded, so direct
+and gateway get the same schedule); ``bursty`` sends ``--burst`` requests at
+once every ``burst / rate`` seconds — what ``hey -c 10 -q 20``'s paced workers
+do, and what a fleet of agents woken by the same event does.
+
 Prints one JSON object: counts, achieved rate and latency percentiles in ms.
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -70,22 +78,39 @@ async def _one(session: aiohttp.ClientSession, target: Target, tally: Tally | No
         tally.latencies.append(elapsed)
 
 
+def schedule(rate: float, seconds: float, arrivals: str = "uniform", burst: int = 10, seed: int = 1) -> list[float]:
+    """Offsets from the start at which each request is due; the mean rate is ``rate`` in every mode."""
+    total = int(rate * seconds)
+    if arrivals == "poisson":
+        rng = random.Random(seed)
+        out, t = [], 0.0
+        for _ in range(total):
+            out.append(t)
+            t += rng.expovariate(rate)
+        return out
+    if arrivals == "bursty":
+        return [(i // burst) * burst / rate for i in range(total)]
+    return [i / rate for i in range(total)]
+
+
 async def _open_loop(
-    session: aiohttp.ClientSession, target: Target, rate: float, seconds: float, tally: Tally | None
+    session: aiohttp.ClientSession, target: Target, rate: float, seconds: float, tally: Tally | None,
+    arrivals: str = "uniform", burst: int = 10,
 ) -> tuple[int, float]:
     pending: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
+    due_at = schedule(rate, seconds, arrivals, burst)
     t0 = loop.time()
     sent = 0
-    total = int(rate * seconds)
+    total = len(due_at)
     while sent < total:
-        due = t0 + sent / rate
+        due = t0 + due_at[sent]
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         # Catch up on everything that fell due while we slept: the offered rate stays fixed.
         now = loop.time()
-        while sent < total and t0 + sent / rate <= now:
+        while sent < total and t0 + due_at[sent] <= now:
             task = loop.create_task(_one(session, target, tally))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -127,7 +152,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def run(
-    target: Target, conns: int, seconds: float, warmup: float, rate: float | None
+    target: Target, conns: int, seconds: float, warmup: float, rate: float | None,
+    arrivals: str = "uniform", burst: int = 10,
 ) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=conns, force_close=False, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -140,14 +166,14 @@ async def run(
             if rate is None:
                 await _closed_loop(session, target, conns, warmup, None)
             else:
-                await _open_loop(session, target, rate, warmup, None)
+                await _open_loop(session, target, rate, warmup, None, arrivals, burst)
         tally = Tally()
         epoch0 = time.time()
         t_start = time.perf_counter()
         if rate is None:
             sent, _ = await _closed_loop(session, target, conns, seconds, tally)
         else:
-            sent, _ = await _open_loop(session, target, rate, seconds, tally)
+            sent, _ = await _open_loop(session, target, rate, seconds, tally, arrivals, burst)
         wall = time.perf_counter() - t_start
         epoch1 = time.time()
     lat = sorted(tally.latencies)
@@ -159,6 +185,7 @@ async def run(
         "seconds": round(wall, 3),
         "achieved_rps": round(len(lat) / wall, 1) if wall > 0 else 0.0,
         "offered_rps": rate,
+        "arrivals": arrivals if rate is not None else "closed",
         "conns": conns,
         "p50_ms": round(percentile(lat, 0.50), 3),
         "p90_ms": round(percentile(lat, 0.90), 3),
@@ -177,6 +204,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--expect", required=True, help="text every successful answer contains")
     parser.add_argument("--rate", type=float, help="open loop: requests per second offered")
     parser.add_argument("--closed", action="store_true", help="closed loop: as fast as answers come back")
+    parser.add_argument("--arrivals", choices=["uniform", "poisson", "bursty"], default="uniform")
+    parser.add_argument("--burst", type=int, default=10, help="requests per burst with --arrivals bursty")
     parser.add_argument("--conns", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
@@ -192,7 +221,7 @@ def main(argv: list[str]) -> int:
     with open(args.body_file, "rb") as f:
         body = f.read()
     target = Target(args.url, body, headers, args.expect.encode())
-    coro = run(target, args.conns, args.duration, args.warmup, args.rate)
+    coro = run(target, args.conns, args.duration, args.warmup, args.rate, args.arrivals, args.burst)
     try:
         import uvloop
     except ImportError:

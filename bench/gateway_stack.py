@@ -133,11 +133,15 @@ class Proc:
                 self.popen.wait()
 
 
-def _spawn(name: str, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(
+    name: str, argv: list[str], log: Path, env: dict[str, str] | None = None, root: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """``root`` is the checkout whose ``tokenfuse`` runs (another worktree measures an older commit)."""
     out = log.open("wb")
     full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
+    full_env["PYTHONPATH"] = str(root) + os.pathsep + full_env.get("PYTHONPATH", "")
+    # cwd too: `python -m` puts the working directory first on sys.path.
+    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=root)
 
 
 def start_simulator(workdir: Path, cpus: str | None) -> Proc:
@@ -150,9 +154,11 @@ def start_simulator(workdir: Path, cpus: str | None) -> Proc:
     return proc
 
 
-def gateway_config(sim_url: str, db: Path, counters: str = "memory", budgets: int = 0) -> str:
+def gateway_config(
+    sim_url: str, db: Path, counters: str = "memory", budgets: int = 0, server_extra: str = ""
+) -> str:
     lines = [
-        "server: {host: 127.0.0.1, port: 0, log_level: warning}",
+        f"server: {{host: 127.0.0.1, port: 0, log_level: warning{server_extra}}}",
         f"store: sqlite:///{db}",
         f"counters: {counters}",
         "upstreams:",
@@ -182,14 +188,14 @@ def gateway_config(sim_url: str, db: Path, counters: str = "memory", budgets: in
     return "\n".join(lines) + "\n"
 
 
-def start_gateway(config_text: str, workdir: Path, tag: str, cpus: str | None) -> Proc:
+def start_gateway(config_text: str, workdir: Path, tag: str, cpus: str | None, root: Path = ROOT) -> Proc:
     port = free_port()
     cfg = workdir / f"gateway-{tag}.yaml"
     cfg.write_text(config_text)
     log = workdir / f"gateway-{tag}.log"
     argv = pinned(cpus, [PY, "-m", "tokenfuse", "serve", "--config", str(cfg), "--port", str(port)])
     t0 = time.monotonic()
-    popen = _spawn("gateway", argv, log)
+    popen = _spawn("gateway", argv, log, root=root)
     proc = Proc(f"gateway-{tag}", popen, port, log)
     try:
         proc.ready_s = wait_ready(port, shapes()["openai"], popen, 30.0, 0.002) - t0

@@ -107,7 +107,7 @@ def _documented_keys(model: type[BaseModel], seen: set[str]) -> set[str]:
     for name, field in model.model_fields.items():
         if field.exclude:
             continue
-        keys.add(name)
+        keys.add(field.alias or name)  # the key as written in YAML (`from`, not `from_`)
         ann = field.annotation
         for sub in getattr(ann, "__args__", (ann,)):
             inner = getattr(sub, "__args__", (sub,))

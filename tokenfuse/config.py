@@ -105,6 +105,9 @@ class ServerConfig(_Model):
     # Status of OpenAI-protocol budget refusals: auto = 400 for clients that retry
     # or hide a 429 (Vercel AI SDK, Codex CLI), 429 insufficient_quota otherwise.
     openai_refusal_status: Literal["auto", 400, 429] = "auto"
+    # Worker processes behind one port (SO_REUSEPORT), each with its own ledger
+    # writer and admission journal; more than 1 needs shared (Redis) counters.
+    workers: int = Field(1, ge=1, le=256)
 
 
 class UpstreamConfig(_Model):
@@ -415,6 +418,68 @@ class CachingConfig(_Model):
     max_tracked: int = Field(10_000, gt=0)  # conversations remembered (LRU)
 
 
+class RoutingMatch(_Model):
+    # Like a budget's match: each field one value or a list (any of them); every field given must match.
+    key: OneOrMany = None
+    principal: OneOrMany = None
+    workflow: OneOrMany = None
+    team: OneOrMany = None
+    tags: OneOrMany = None  # the key carries at least one of these tags
+    protocol: Annotated[_Protocol | list[_Protocol] | None, BeforeValidator(_one_or_many)] = None
+
+    def values(self, field: str) -> tuple[str, ...] | None:
+        v = getattr(self, field)
+        if v is None:
+            return None
+        return tuple(v) if isinstance(v, list) else (v,)
+
+
+class RoutingWhen(_Model):
+    """When a rule routes: a budget at or above a percentage, request headers, or both (docs/routing.md)."""
+
+    budget: str | None = None
+    above_pct: float | None = Field(None, gt=0, le=100)
+    header: dict[str, OneOrMany] | None = None
+
+    @field_validator("header")
+    @classmethod
+    def _headers(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("an empty header map matches everything; leave `header` out or name a header")
+        for name, want in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if want is None:
+                raise ValueError(f"header {name!r} needs a value to match, e.g. {name}: light")
+        # Header names arrive lower-cased.
+        return {name.lower(): want for name, want in v.items()}
+
+    @model_validator(mode="after")
+    def _some(self) -> RoutingWhen:
+        if (self.budget is None) != (self.above_pct is None):
+            raise ValueError("`budget` and `above_pct` go together, e.g. when: {budget: team-monthly, above_pct: 80}")
+        if self.budget is None and self.header is None:
+            raise ValueError(
+                "`when` needs a budget condition ({budget: NAME, above_pct: 80}) or a header condition "
+                "({header: {x-step: light}}); leave `when` out to route every matching request"
+            )
+        return self
+
+
+class RoutingRule(_Model):
+    """Send matching requests for model `from` (a glob) to model `to` of the same protocol (docs/routing.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    match: RoutingMatch = Field(default_factory=RoutingMatch)
+    from_: str = Field(alias="from", min_length=1)
+    to: str = Field(min_length=1)
+    when: RoutingWhen | None = None  # unset: every matching request is routed
+
+
 class SigV4Config(_Model):
     # How Bedrock callers' SigV4 signatures are verified (docs/gateway.md, Authentication).
     region: str | None = None  # scope region every SigV4 caller must sign for; unset: any, recorded
@@ -456,6 +521,8 @@ class Config(_Model):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)  # type: ignore[arg-type]
     guards: GuardsConfig = Field(default_factory=GuardsConfig)  # type: ignore[arg-type]
     caching: CachingConfig = Field(default_factory=CachingConfig)  # type: ignore[arg-type]
+    # Budget-aware model routing, opt-in (docs/routing.md); empty: requests are served as asked.
+    routing: list[RoutingRule] = Field(default_factory=list)
     sigv4: SigV4Config = Field(default_factory=SigV4Config)  # type: ignore[arg-type]
     # Where the file was loaded from, for messages; not a YAML key.
     source: Annotated[str, Field(exclude=True)] = "<config>"
@@ -542,6 +609,26 @@ def cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
         "reuses aws_access_key_id {value} (also {first}); give each key its own",
     )
     unique("budgets", "name", name_of, "two budgets are named {value!r} (also {first}); names must be unique")
+    unique("routing", "name", name_of, "two routing rules are named {value!r} (also {first}); names must be unique")
+    budget_names = {n for _, e in _entries(data, "budgets") if isinstance(n := e.get("name"), str)}
+    for i, entry in _entries(data, "routing"):
+        when = entry.get("when")
+        wanted = when.get("budget") if isinstance(when, dict) else None
+        if isinstance(wanted, str) and wanted not in budget_names:
+            problems.append((
+                f"{_where('routing', i, entry)}.when.budget",
+                f"no budget is named {wanted!r}; name one under `budgets:`"
+                + (f" ({', '.join(sorted(budget_names))})" if budget_names else ""),
+            ))
+    server, counters = data.get("server"), data.get("counters", "memory")
+    workers = server.get("workers", 1) if isinstance(server, dict) else 1
+    if isinstance(workers, int) and workers > 1 and counters == "memory":
+        problems.append((
+            "server.workers",
+            f"{workers} worker processes cannot share memory counters: each would enforce every budget on "
+            "its own, admitting up to workers x the cap. Set `counters:` to a Redis URL (e.g. "
+            "redis://127.0.0.1:6379/0) or use server.workers: 1",
+        ))
     defaults = data.get("defaults")
     if isinstance(defaults, dict):
         mt, cap = defaults.get("max_tokens", 4096), defaults.get("max_tokens_cap", 32000)

@@ -316,3 +316,27 @@ def test_daily_export_refreshed_mid_day(tmp_path: Path) -> None:
     assert exp.last_day == date(2026, 9, 30)
     assert exp.last_complete_day == date(2026, 9, 29)
     assert any("written at 2026-09-30 14:05 UTC, before the day ended" in n for n in exp.notes)
+
+
+def test_parquet_parts_and_csv_give_the_same_lines(tmp_path: Path) -> None:
+    """Line strings are read back by row number from Parquet (file index and row within each part) and
+    come from the scan itself for CSV: both give the same billing lines, Marketplace names included."""
+    csv = tmp_path / "cur.csv"
+    generate(str(csv), "cur-2.0", days=15, accounts=3, incidents=["cache_miss_marketplace"])
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    con = duckdb.connect()
+    for i, (lo, hi) in enumerate((("2000-01-01", "2026-09-20"), ("2026-09-20", "2026-09-26"), ("2026-09-26", "2100-01-01"))):
+        con.execute(
+            f"COPY (SELECT * FROM read_csv('{csv}', all_varchar=true, nullstr='NULL') WHERE line_item_usage_start_date >= '{lo}' "
+            f"AND line_item_usage_start_date < '{hi}' ORDER BY line_item_usage_type DESC) "
+            f"TO '{parts / f'part-{i}.parquet'}' (FORMAT PARQUET, ROW_GROUP_SIZE 2048)"
+        )
+    query = (
+        "SELECT account, day, service, usage_type, operation, model, model_label, token_class, kind, sum(cost), sum(tokens) "
+        "FROM bill GROUP BY ALL ORDER BY ALL"
+    )
+    from_csv = load([str(csv)]).con.execute(query).fetchall()
+    from_parts = load([str(parts)]).con.execute(query).fetchall()
+    assert from_parts == from_csv
+    assert any(r[6] == "Claude Sonnet 4.5 (Amazon Bedrock Edition)" for r in from_parts)

@@ -115,3 +115,28 @@ def test_many_openers_of_one_new_file_all_succeed(tmp_path: Path) -> None:
         for t in threads:
             t.join()
     assert failures == []
+
+
+def test_a_version_3_store_gains_requested_model(tmp_path: Path) -> None:
+    from tokenfuse.ledger.record import LedgerRow
+    from tokenfuse.ledger.schema import REQUEST_COLUMNS
+
+    path = tmp_path / "v3.db"
+    raw = sqlite3.connect(path, isolation_level=None)
+    cols = ", ".join(f"{c[0]} {c[1]}" for c in REQUEST_COLUMNS if c[0] != "requested_model")
+    raw.execute(f"CREATE TABLE requests ({cols})")
+    raw.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    raw.execute("INSERT INTO meta VALUES ('schema_version', '3')")
+    raw.execute("INSERT INTO requests (ts, request_id, model, outcome) VALUES (1.0, 'old', 'm', 'ok')")
+    raw.close()
+    conn = connect(f"sqlite:///{path}")
+    assert schema_version(conn) == SCHEMA_VERSION == 4
+    assert conn.execute("SELECT model, requested_model FROM requests").fetchall() == [("m", None)]
+    row = LedgerRow(2.0, "new", None, None, None, None, None, None, "small-model", None, 200,
+                    requested_model="big-model")
+    conn.execute(f"INSERT INTO requests VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})", row.as_tuple("sqlite"))
+    back = conn.execute("SELECT * FROM requests WHERE request_id = 'new'").fetchone()
+    assert LedgerRow.from_tuple(back) == row
+    # A row an older version journaled (one value fewer) still reads back.
+    assert LedgerRow.from_tuple(row.as_tuple("sqlite")[:-1]).requested_model is None
+    conn.close()

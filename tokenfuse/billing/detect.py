@@ -25,7 +25,9 @@ from tokenfuse.billing.sql import (
     RECENT_DAYS,
     SIGMA,
     SIGMA_FLOOR_FRACTION,
-    daily_sql,
+    account_days_sql,
+    account_stats_sql,
+    window,
 )
 from tokenfuse.billing.usagetypes import model_supports_caching
 
@@ -172,7 +174,7 @@ class Detection:
     cache_misses: list[CacheMiss]
     budgets: list[BudgetAdvice]
     cache: list[CacheStat] = field(default_factory=list)
-    series: dict[str, DaySeries] = field(default_factory=dict)
+    series: dict[str, DaySeries] = field(default_factory=dict)  # flagged accounts only (the report charts them)
     notes: list[str] = field(default_factory=list)
     # Set when the export holds no AI inference usage rows: the one answer to give.
     nothing_to_analyse: str | None = None
@@ -241,38 +243,41 @@ def _driver(delta: dict[str, Decimal]) -> str:
 
 
 def runaway(exp: Export, as_of: date) -> tuple[list[Runaway], dict[str, DaySeries]]:
-    rows = exp.con.execute(daily_sql(as_of, exp.first_day)).fetchall()
-    names = ["account", "day", "back", "inference_cost"] + [n for n, _ in CLASS_COLUMNS] + ["compute_cost"]
-    by_account: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_account[r[0]].append(dict(zip(names, r, strict=True)))
+    """Every account judged; the day series are returned for the flagged accounts (the report draws them)."""
+    start, end = window(as_of, exp.first_day)
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    backs = [(as_of - d).days for d in days]
+    recent_i = [i for i, b in enumerate(backs) if 1 <= b <= RECENT_DAYS]
+    base_i = [i for i, b in enumerate(backs) if BASELINE_FIRST_BACK <= b <= BASELINE_LAST_BACK]
+    if len(recent_i) < RECENT_DAYS or len(base_i) < MIN_BASELINE_DAYS:
+        return [], {}
+    cur = exp.con.execute(account_stats_sql(as_of, exp.first_day))
+    names = [d[0] for d in cur.description or []]
     floor_frac = Decimal(SIGMA_FLOOR_FRACTION)
+    n_recent, n_base = len(recent_i), len(base_i)
     out: list[Runaway] = []
-    series: dict[str, DaySeries] = {}
-    for account, days in sorted(by_account.items()):
-        series[account] = DaySeries(
-            account, [d["day"] for d in days], [d["inference_cost"] for d in days], [d["compute_cost"] for d in days]
-        )
-        recent = [d for d in days if 1 <= d["back"] <= RECENT_DAYS]
-        base = [d for d in days if BASELINE_FIRST_BACK <= d["back"] <= BASELINE_LAST_BACK]
-        if len(recent) < RECENT_DAYS or len(base) < MIN_BASELINE_DAYS:
-            continue
-        r_avg = _mean([d["inference_cost"] for d in recent])
-        b_vals = [d["inference_cost"] for d in base]
+    for row in cur.fetchall():
+        r = dict(zip(names, row, strict=True))
+        account, costs = r["account"], r["costs"]
+        recent = [costs[i] for i in recent_i]
+        b_vals = [costs[i] for i in base_i]
+        r_avg = _mean(recent)
         b_avg = _mean(b_vals)
         sd = _stddev(b_vals)
         sd_eff = max(sd, b_avg * floor_frac)
         threshold = b_avg + SIGMA * sd_eff
         flagged = b_avg > MIN_BASELINE_USD and r_avg > threshold
         dist = (r_avg - b_avg) / sd_eff if sd_eff > 0 else _ZERO
+        # The sums are exact (DECIMAL in SQL), so sum / n is the mean Python would compute.
         delta = {
-            n: _mean([d[n] for d in recent]) - _mean([d[n] for d in base]) for n, _ in CLASS_COLUMNS
+            n: (r[f"recent_{n}"] or _ZERO) / n_recent - (r[f"base_{n}"] or _ZERO) / n_base for n, _ in CLASS_COLUMNS
         }
         driver = _driver(delta)
-        if flagged and _is_lag_lump(days, b_vals, b_avg, threshold):
+        by_back = dict(zip(backs, costs, strict=True))
+        if flagged and _is_lag_lump(by_back, b_vals, b_avg, threshold):
             driver = "billing_lag"
-        rc = _mean([d["compute_cost"] for d in recent])
-        bc = _mean([d["compute_cost"] for d in base])
+        rc = (r["recent_compute_cost"] or _ZERO) / n_recent
+        bc = (r["base_compute_cost"] or _ZERO) / n_base
         flat = (rc == bc) if bc == 0 else abs(rc / bc - 1) <= COMPUTE_FLAT_TOLERANCE
         out.append(
             Runaway(
@@ -280,7 +285,7 @@ def runaway(exp: Export, as_of: date) -> tuple[list[Runaway], dict[str, DaySerie
                 recent_avg=r_avg,
                 baseline_avg=b_avg,
                 baseline_stddev=sd,
-                baseline_days=len(base),
+                baseline_days=n_base,
                 spike_ratio=(r_avg / b_avg) if b_avg > 0 else None,
                 sigma_distance=dist,
                 threshold=threshold,
@@ -289,16 +294,25 @@ def runaway(exp: Export, as_of: date) -> tuple[list[Runaway], dict[str, DaySerie
                 recent_compute_avg=rc,
                 baseline_compute_avg=bc,
                 class_delta={n.removesuffix("_cost"): v for n, v in delta.items()},
-                days=[d["day"] for d in recent],
-                flagged_days=[d["day"] for d in recent if d["inference_cost"] > threshold],
+                days=[days[i] for i in recent_i],
+                flagged_days=[days[i] for i in recent_i if costs[i] > threshold],
                 flagged=flagged,
             )
         )
     out.sort(key=lambda r: (not r.flagged, -(r.spike_ratio or _ZERO)))
+    series: dict[str, DaySeries] = {}
+    flagged_accounts = sorted(r.account for r in out if r.flagged)
+    if flagged_accounts:
+        costs_of = {a: c for a, c in exp.con.execute(
+            account_days_sql(as_of, exp.first_day, "inference_cost"), [flagged_accounts]).fetchall()}
+        compute_of = {a: c for a, c in exp.con.execute(
+            account_days_sql(as_of, exp.first_day, "compute_cost"), [flagged_accounts]).fetchall()}
+        for a in flagged_accounts:
+            series[a] = DaySeries(a, list(days), list(costs_of[a]), list(compute_of[a]))
     return out, series
 
 
-def _is_lag_lump(days: list[dict[str, Any]], base: list[Decimal], b_avg: Decimal, threshold: Decimal) -> bool:
+def _is_lag_lump(by_back: dict[int, Decimal], base: list[Decimal], b_avg: Decimal, threshold: Decimal) -> bool:
     """One recent day over the threshold right after days that billed nothing, carrying about those days' usage.
 
     The bill charged late, it did not charge more: the days before the lump are $0 on an
@@ -307,7 +321,6 @@ def _is_lag_lump(days: list[dict[str, Any]], base: list[Decimal], b_avg: Decimal
     """
     if not base or Decimal(sum(1 for v in base if v > 0)) / len(base) < LAG_BASELINE_ACTIVE or b_avg <= 0:
         return False
-    by_back = {d["back"]: d["inference_cost"] for d in days}
     over = [b for b in range(1, RECENT_DAYS + 1) if by_back.get(b, _ZERO) > threshold]
     if len(over) != 1:
         return False
@@ -451,21 +464,29 @@ def budget_advice(exp: Export, as_of: date, flagged: dict[str, set[date]] | None
         start, end = max(exp.first_day, as_of - timedelta(days=30)), as_of - timedelta(days=1)
         period = f"{start.isoformat()}..{end.isoformat()}"
     n_days = (end - start).days + 1
-    rows = exp.con.execute(
-        "SELECT account, day, sum(cost) FROM bill WHERE kind IN ('inference', 'bedrock') AND day >= ? AND day <= ? "
-        "GROUP BY account, day ORDER BY account, day",
+    # Spend per account summed in SQL (exact); the days of a flagged account are fetched only to leave some out.
+    spend_of = exp.con.execute(
+        "SELECT account, sum(cost) FROM bill WHERE kind IN ('inference', 'bedrock') AND day >= ? AND day <= ? "
+        "GROUP BY account ORDER BY account",
         [start, end],
     ).fetchall()
+    excluded_of = {a: {d for d in ds if start <= d <= end} for a, ds in (flagged or {}).items()}
+    excluded_of = {a: ds for a, ds in excluded_of.items() if ds}
     per_day: dict[str, dict[date, Decimal]] = defaultdict(dict)
-    for account, day, cost in rows:
-        per_day[account][day] = Decimal(cost)
+    if excluded_of:
+        for account, day, cost in exp.con.execute(
+            "SELECT account, day, sum(cost) FROM bill WHERE kind IN ('inference', 'bedrock') AND day >= ? AND day <= ? "
+            "AND list_contains(?, account) GROUP BY account, day",
+            [start, end, sorted(excluded_of)],
+        ).fetchall():
+            per_day[account][day] = Decimal(cost)
     out = []
-    for account, days in sorted(per_day.items()):
-        spend = sum(days.values(), _ZERO)
+    for account, total in spend_of:
+        spend = Decimal(total)
         if spend <= 0:
             continue
-        excluded = {d for d in (flagged or {}).get(account, set()) if start <= d <= end}
-        excluded_usd = sum((days.get(d, _ZERO) for d in excluded), _ZERO)
+        excluded = excluded_of.get(account, set())
+        excluded_usd = sum((per_day[account].get(d, _ZERO) for d in excluded), _ZERO)
         kept_days = n_days - len(excluded)
         usual = (spend - excluded_usd) * n_days / kept_days if kept_days > 0 else spend
         # A partial window is scaled to a 30-day month before doubling.
@@ -480,8 +501,7 @@ def budget_advice(exp: Export, as_of: date, flagged: dict[str, set[date]] | None
 
 def nothing_to_analyse(exp: Export) -> str | None:
     """The plain statement for an export without AI inference usage rows, or None."""
-    n = exp.con.execute("SELECT count(*) FROM bill WHERE kind = 'inference'").fetchone()
-    if n and n[0]:
+    if exp.con.execute("SELECT 1 FROM bill WHERE kind = 'inference' LIMIT 1").fetchone():
         return None
     services = ", ".join(list(exp.services)[:8]) + (", ..." if len(exp.services) > 8 else "")
     return (

@@ -27,7 +27,7 @@ import duckdb
 
 from tokenfuse.billing import deliveries, progress
 from tokenfuse.billing.errors import BillingInputError
-from tokenfuse.billing.usagetypes import classify, unit_multiplier
+from tokenfuse.billing.usagetypes import USAGE_CHARGES, LineKind, classify, unit_multiplier
 
 FLAVOURS: tuple[str, ...] = ("focus-1.0", "focus-1.2", "cur-2.0")
 
@@ -191,10 +191,11 @@ def _sniff_format(path: str) -> str:
     return "csv"
 
 
-def _reader(fmt: str, files: Iterable[str], filename: bool = False) -> str:
+def _reader(fmt: str, files: Iterable[str], filename: bool = False, row_numbers: bool = False) -> str:
     lst = "[" + ", ".join(_sql_str(f) for f in files) + "]"
     extra = ", filename=true" if filename else ""
     if fmt == "parquet":
+        extra += ", file_row_number=true" if row_numbers else ""
         return f"read_parquet({lst}, union_by_name=true{extra})"
     return (
         f"read_csv({lst}, header=true, all_varchar=true, union_by_name=true, "
@@ -251,18 +252,13 @@ def _expr(fld: str, actual: str, typ: str) -> str:
     col = _ident(actual)
     t = typ.upper()
     if fld == "ts":
-        if t.startswith("TIMESTAMP WITH TIME ZONE") or t == "TIMESTAMPTZ":
-            return f"CAST(timezone('UTC', {col}) AS TIMESTAMP)"
+        # Microseconds since the epoch (UTC): days are then integer division, and no per-row
+        # timezone conversion is needed (converting a TIMESTAMPTZ to TIMESTAMP goes through ICU and
+        # cost a third of a CSV load). A string is parsed as TIMESTAMPTZ: naive and "Z" strings are
+        # UTC (the connection's time zone), offsets ("+02:00") are applied.
         if t.startswith("TIMESTAMP") or t == "DATE":
-            return f"CAST({col} AS TIMESTAMP)"
-        # The ICU-backed TIMESTAMPTZ parse costs half the load time; keep it for strings that
-        # carry a UTC offset ("+02:00"), and parse naive and "Z" strings directly (both are UTC).
-        tail = f"substr({col}, 12)"  # the casts skip surrounding spaces themselves
-        return (
-            f"CASE WHEN strpos({tail}, '+') > 0 OR strpos({tail}, '-') > 0 "
-            f"THEN CAST(timezone('UTC', CAST({col} AS TIMESTAMPTZ)) AS TIMESTAMP) "
-            f"ELSE CAST({col} AS TIMESTAMP) END"
-        )
+            return f"epoch_us(CAST({col} AS TIMESTAMP))" if t == "DATE" else f"epoch_us({col})"
+        return f"epoch_us(CAST({col} AS TIMESTAMPTZ))"
     if fld in ("account", "billing_account") and (t in ("DOUBLE", "FLOAT", "REAL") or t.startswith("DECIMAL")):
         # An account id typed as a number in one Parquet part: 12345678901.0 -> "12345678901" (padded later).
         return f"CAST(CAST({col} AS HUGEINT) AS VARCHAR)"
@@ -273,7 +269,7 @@ def _expr(fld: str, actual: str, typ: str) -> str:
             # Exact already: summed as it is and cast once per line (a per-row cast is a third of a Parquet load).
             return col
         return f"CAST({col} AS {_NUMERIC})"
-    # Strings are trimmed and lower-cased after aggregation (see load), once per line and day.
+    # Strings are trimmed and lower-cased once per distinct line (_normalise_lines), not per row.
     return col if t == "VARCHAR" else f"CAST({col} AS VARCHAR)"
 
 
@@ -291,75 +287,101 @@ def _source(fld: str, cand: str, group: FileGroup) -> str:
     return f"nullif(trim(CAST({value} AS VARCHAR)), '')"
 
 
-def _product_names_later(group: FileGroup) -> bool:
+def _names_looked_up(group: FileGroup) -> bool:
+    """Whether the group's product names are looked up per product code after loading (see
+    ``_product_names``) instead of read on every row: decoding the CUR 2.0 ``product`` MAP (Parquet)
+    or JSON (CSV) column costs as much as the rest of the row, and only a few codes need a name."""
     return (
-        group.flavour == "cur-2.0" and group.fmt == "parquet" and group.types.get("product", "").upper().startswith("MAP")
+        group.flavour == "cur-2.0" and "product" in group.columns
         and "product_servicecode" in group.columns and "line_item_product_code" in group.columns
     )
 
 
-def _product_names(con: duckdb.DuckDBPyConnection, groups: Sequence[FileGroup]) -> None:
-    """Product names from the CUR 2.0 ``product`` map for lines whose product code is not a service
-    code (a Marketplace model's code is an opaque id), read in a second, filtered pass."""
+# A product code needs a name when its lines have no service code and are AI inference whose model
+# is not in the usage type (a Marketplace model's code is an opaque id, b3hzdk7mhh2vz0ywa7kjh0eyt).
+_NAME_LOOKUPS_MAX = 50
+
+
+def _product_name(con: duckdb.DuckDBPyConnection, groups: Sequence[FileGroup], code: str) -> str | None:
+    """The product name of one product code, from the first row that has one.
+
+    ``LIMIT 1`` lets DuckDB stop reading at that row, usually within the first block of the file.
+    """
     for g in groups:
-        if not _product_names_later(g):
+        if not _names_looked_up(g):
             continue
-        # Only codes on token lines without a model in the usage type (Marketplace) need a name.
-        need = con.execute(
-            "SELECT count(*) FROM bill_lines WHERE service = lower(product) AND usage_type ILIKE '%-MP:%'"
+        col = _ident(g.columns["product"])
+        if g.types["product"].upper().startswith("MAP"):
+            name = f"coalesce(nullif(trim({col}['product_name']), ''), nullif(trim({col}['servicename']), ''))"
+        else:
+            name = (
+                f"CASE WHEN json_valid({col}) THEN coalesce(nullif(trim(json_extract_string({col}, '$.product_name')), ''), "
+                f"nullif(trim(json_extract_string({col}, '$.servicename')), '')) END"
+            )
+        svc, pc = _ident(g.columns["product_servicecode"]), _ident(g.columns["line_item_product_code"])
+        row = con.execute(
+            f"SELECT n FROM (SELECT {name} AS n FROM {_reader(g.fmt, g.files)} "
+            f"WHERE {pc} = ? AND ({svc} IS NULL OR trim({svc}) = '')) WHERE n IS NOT NULL LIMIT 1",
+            [code],
         ).fetchone()
-        if not need or not need[0]:
-            continue
-        code, svc = _ident(g.columns["line_item_product_code"]), _ident(g.columns["product_servicecode"])
-        prod = _ident(g.columns["product"])
-        # "IS NULL" alone lets DuckDB filter inside the Parquet scan; the map is read per code, not per row.
-        con.execute(
-            f"""UPDATE bill_lines SET product = n.name
-            FROM (SELECT code, coalesce(nullif(trim(m['product_name']), ''), nullif(trim(m['servicename']), '')) AS name
-                  FROM (SELECT trim({code}) AS code, any_value({prod}) AS m FROM {_reader(g.fmt, g.files)}
-                        WHERE {svc} IS NULL GROUP BY {code})) n
-            WHERE bill_lines.product = n.code AND n.name IS NOT NULL"""
-        )
+        if row is not None:
+            return str(row[0])
+    return None
 
 
-def _select(group: FileGroup, per_file: bool = True) -> str:
+def _select(
+    group: FileGroup, per_file: bool = True, billing_account: bool = True, rowref: int | None = None, where: str = ""
+) -> str:
     """One file group's rows in the normalised usage model, every column named.
 
     ``per_file``: keep each row's source file (``src``) so that a superseded copy can be taken
     out after loading. Without it the group's first file stands for all: hashing a file
     name into every row's line key doubles the load time of a single-file export.
+    ``billing_account``: read it (only ``_drop_copies`` needs it).
+    ``rowref`` (Parquet): this group's index; adds column ``rowref``, where the row is (see ``_rowref``).
+    ``where``: a filter on the raw rows.
     """
     fields = FIELDS[group.flavour]
     parts: list[str] = []
     for fld in NORMALISED:
         present = [c for c in fields.get(fld, ()) if _present(c, group.columns)]
+        if fld == "billing_account" and not billing_account:
+            present = []
         if not present:
             const = _CONSTANT_PROVIDER.get(group.flavour) if fld == "provider" else None
             if const is not None:
                 parts.append(f"{_sql_str(const)} AS {fld}")
                 continue
-            typ = "TIMESTAMP" if fld == "ts" else _NUMERIC if fld in ("cost", "quantity") else "VARCHAR"
+            typ = "BIGINT" if fld == "ts" else _NUMERIC if fld in ("cost", "quantity") else "VARCHAR"
             parts.append(f"CAST(NULL AS {typ}) AS {fld}")
             continue
         # The first present candidate, falling back to later ones row by row.
         exprs = [_source(fld, c, group) for c in present]
         e = exprs[0] if len(exprs) == 1 else f"coalesce({', '.join(exprs)})"
-        if fld == "product" and _product_names_later(group):
-            # Decoding the product MAP column costs as much as the rest of the row: the names
-            # are looked up afterwards, for the few product codes that need them (_product_names).
-            e = _source(fld, present[-1], group)
-        elif fld == "product" and group.flavour == "cur-2.0" and "product_servicecode" in group.columns:
-            # A JSON product column (CSV): parse it only on lines whose product code is not a
-            # service code (Marketplace lines, opaque ids).
-            code = _ident(group.columns["product_servicecode"])
-            fallback = _source(fld, present[-1], group)
-            e = f"CASE WHEN {code} IS NULL OR {code} = '' THEN {e} ELSE {fallback} END"
+        if fld == "product" and _names_looked_up(group):
+            e = _source(fld, present[-1], group)  # the product code; names are looked up per code
         parts.append(f"{e} AS {fld}")
+    if _names_looked_up(group):
+        svc = _ident(group.columns["product_servicecode"])
+        parts.append(f"({svc} IS NULL OR {svc} = '') AS nosvc")
+    else:
+        parts.append("FALSE AS nosvc")
     if per_file:
         parts.append("filename AS src")
     else:
         parts.append(f"{_sql_str(group.files[0])} AS src")
-    return f"SELECT {', '.join(parts)} FROM {_reader(group.fmt, group.files, filename=per_file)}"
+    if rowref is not None:
+        parts.append(f"{_rowref(rowref)} AS rowref")
+    reader = _reader(group.fmt, group.files, filename=per_file, row_numbers=rowref is not None)
+    return f"SELECT {', '.join(parts)} FROM {reader}" + (f" WHERE {where}" if where else "")
+
+
+# A Parquet row's place in one number: file group, file within the group, row within the file.
+_GROUP_SHIFT, _FILE_SHIFT = 56, 36
+
+
+def _rowref(group_index: int) -> str:
+    return f"(CAST({group_index} AS BIGINT) << {_GROUP_SHIFT}) | (CAST(file_index AS BIGINT) << {_FILE_SHIFT}) | file_row_number"
 
 
 def _groups(con: duckdb.DuckDBPyConnection, files: Sequence[str]) -> list[FileGroup]:
@@ -433,42 +455,15 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
     groups = _groups(con, files)
     # Source files are told apart only where _drop_copies may need them: files outside the Data Exports layout.
     per_file = sum(1 for d in kept if d.period is None for _ in d.files) >= 2
-    selects = " UNION ALL BY NAME ".join(f"({_select(g, per_file)})" for g in groups)
     try:
-        progress.execute(
-            con,
-            f"""
-            CREATE OR REPLACE TABLE bill_lines AS
-            -- Strings are trimmed and lower-cased here, once per line and day, not per raw row: that
-            -- was a third of a CSV export's load time. Lines differing only in case or spacing stay
-            -- separate rows; everything downstream sums over them.
-            SELECT day, trim(any_value(account)) AS account, trim(any_value(billing_account)) AS billing_account,
-                   lower(trim(any_value(provider))) AS provider, lower(trim(any_value(service))) AS service,
-                   trim(any_value(usage_type)) AS usage_type, trim(any_value(operation)) AS operation,
-                   lower(trim(any_value(charge))) AS charge, trim(any_value(unit)) AS unit,
-                   trim(any_value(product)) AS product, lower(trim(any_value(currency))) AS currency,
-                   any_value(src) AS src, CAST(sum(cost) AS {_NUMERIC}) AS cost,
-                   CAST(sum(quantity) AS {_NUMERIC}) AS quantity, count(*) AS n_rows, max(ts) AS last_ts,
-                   min(ts) AS first_ts
-            FROM (
-                -- One 64-bit key instead of ten string keys: the hash table stays small and fast.
-                -- The source file is part of the key so that a superseded copy can be taken out again.
-                SELECT *, CAST(ts AS DATE) AS day,
-                       hash(account, billing_account, provider, service, usage_type, operation, charge, unit, product,
-                            currency, src) AS line
-                FROM ({selects})
-            )
-            GROUP BY day, line
-            """,
-            f"loading {len(files)} file(s)",
-        )
+        _scan(con, groups, per_file)
     except duckdb.Error as e:
         for g in groups:
             specific = _explain_conversion(con, g)
             if specific:
                 raise BillingInputError(specific) from e
         raise BillingInputError(f"{', '.join(files)}: cannot read the export ({_first_line(e)})") from e
-    _product_names(con, groups)
+    _normalise_lines(con)
     _canonical_accounts(con)
     covered, more = _drop_copies(con, groups, {f for d in kept if d.period is None for f in d.files})
     notes += more
@@ -477,8 +472,7 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
 
     stats = con.execute(
         "SELECT coalesce(sum(n_rows), 0), min(day), max(day), max(last_ts), "
-        "count(*) FILTER (WHERE ts_null), count(*) FILTER (WHERE cost IS NULL AND n_rows > 0) "
-        "FROM (SELECT *, day IS NULL AS ts_null FROM bill_lines)"
+        "count(*) FILTER (WHERE day IS NULL), count(*) FILTER (WHERE cost IS NULL AND n_rows > 0) FROM cells"
     ).fetchone()
     assert stats is not None
     n_rows = int(stats[0])
@@ -487,14 +481,14 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
     if stats[4]:
         col = "ChargePeriodStart" if groups[0].flavour.startswith("focus") else "line_item_usage_start_date"
         raise BillingInputError(f"{', '.join(files)}: column {col} is empty on some rows; every row needs a start time")
-    currencies = [r[0] for r in con.execute("SELECT DISTINCT currency FROM bill_lines WHERE currency IS NOT NULL").fetchall()]
+    currencies = [r[0] for r in con.execute("SELECT DISTINCT currency FROM lines WHERE currency IS NOT NULL").fetchall()]
     if len(currencies) > 1:
         col = "BillingCurrency" if groups[0].flavour.startswith("focus") else "line_item_currency_code"
         raise BillingInputError(
             f"{', '.join(files)}: column {col} mixes currencies ({', '.join(sorted(c.upper() for c in currencies))}); "
             "split the export by currency and run once per currency"
         )
-    _classify(con)
+    _classify(con, groups)
     last_ts: datetime = stats[3]
     last_day: date = stats[2]
     complete, why = _completeness(con, last_day, max(os.path.getmtime(f) for f in files))
@@ -502,7 +496,8 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
     services = {
         str(r[0]): int(r[1])
         for r in con.execute(
-            "SELECT coalesce(service, '(none)'), sum(n_rows) FROM bill_lines GROUP BY 1 ORDER BY 2 DESC, 1"
+            "SELECT coalesce(l.service, '(none)'), sum(n.n) FROM (SELECT line, sum(n_rows) AS n FROM cells GROUP BY line) n "
+            "JOIN lines l USING (line) GROUP BY 1 ORDER BY 2 DESC, 1"
         ).fetchall()
     }
     return Export(
@@ -522,20 +517,138 @@ def load(paths: Sequence[str], con: duckdb.DuckDBPyConnection | None = None) -> 
     )
 
 
+# What tells one billing line from another (besides account and day); hashed into one 64-bit key.
+_LINE_KEY: tuple[str, ...] = (
+    "provider", "service", "usage_type", "operation", "charge", "unit", "product", "currency", "billing_account",
+    "src", "nosvc",
+)
+_DAY_US = 86_400_000_000
+
+
+def _scan(con: duckdb.DuckDBPyConnection, groups: Sequence[FileGroup], per_file: bool) -> None:
+    """The one pass over the raw rows: table ``cells`` (account x day x line: sums, row count, first
+    and last timestamp) and table ``raw_lines`` (line -> its strings, as the file spells them).
+
+    Per row only a 64-bit hash of the line's strings is computed and grouped with the account and
+    the day; strings are trimmed, lower-cased and classified once per distinct line afterwards.
+    Keeping the strings per cell instead (``any_value``) cost as much as the rest of the scan, and
+    a second ``DISTINCT`` pass over the strings half as much again (4.5 CPU s at 100 M rows).
+    Parquet: each cell keeps its first row's number, and one row per distinct line is read back
+    by number (DuckDB prunes the file to a few row groups). CSV has no row numbers and re-parsing
+    it would double the load, so both tables come from the one pass with GROUPING SETS.
+    """
+    selects = " UNION ALL BY NAME ".join(f"({_select(g, per_file, per_file)})" for g in groups)
+    # Only what can differ between lines is hashed per row: the source file and billing account
+    # are read only when _drop_copies needs them, and CUR's provider is a constant.
+    kept = [f for f in _LINE_KEY if per_file or f not in ("billing_account", "src")]
+    key = ", ".join(kept)
+    hashed = ", ".join(
+        f for f in kept if not (f == "provider" and all(g.flavour in _CONSTANT_PROVIDER for g in groups))
+    )
+    line_cols = ", ".join(f if f in kept else f"CAST(NULL AS VARCHAR) AS {f}" for f in _LINE_KEY)
+    cell_cols = (
+        f"DATE '1970-01-01' + CAST(dn AS INTEGER) AS day, account, line, CAST(sum(cost) AS {_NUMERIC}) AS cost, "
+        f"CAST(sum(quantity) AS {_NUMERIC}) AS quantity, count(*) AS n_rows, make_timestamp(max(ts)) AS last_ts, "
+        "make_timestamp(min(ts)) AS first_ts"
+    )
+    rows = f"SELECT *, ts // {_DAY_US} AS dn, hash({hashed}) AS line FROM ({selects})"
+    if all(g.fmt == "parquet" for g in groups) and len(groups) < 1 << (63 - _GROUP_SHIFT):
+        # Each cell keeps where its first row is; one row per distinct line is then read back
+        # by row number, which DuckDB turns into reading a few row groups.
+        selects = " UNION ALL BY NAME ".join(
+            f"({_select(g, per_file, per_file, rowref=i)})" for i, g in enumerate(groups)
+        )
+        rows = f"SELECT *, ts // {_DAY_US} AS dn, hash({hashed}) AS line FROM ({selects})"
+        progress.execute(
+            con,
+            f"CREATE OR REPLACE TABLE cells AS SELECT {cell_cols}, min(rowref) AS rowref FROM ({rows}) "
+            "GROUP BY dn, account, line",
+            "loading",
+        )
+        refs = [int(r[0]) for r in con.execute("SELECT min(rowref) FROM cells GROUP BY line").fetchall()]
+        con.execute("ALTER TABLE cells DROP COLUMN rowref")
+        fetch = []
+        for i, g in enumerate(groups):
+            mine = [r for r in refs if r >> _GROUP_SHIFT == i]
+            if mine:
+                numbers = ", ".join(str(r & ((1 << _FILE_SHIFT) - 1)) for r in sorted(set(mine)))
+                fetch.append(f"({_select(g, per_file, per_file, rowref=i, where=f'file_row_number IN ({numbers})')})")
+        source = " UNION ALL BY NAME ".join(fetch) or f"SELECT * FROM ({selects}) WHERE FALSE"
+        con.execute(
+            f"CREATE OR REPLACE TABLE raw_lines AS SELECT DISTINCT hash({hashed}) AS line, {line_cols} FROM ({source}) "
+            f"WHERE rowref IN ({', '.join(str(r) for r in refs) or 'NULL'})"
+        )
+        missing = con.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT line FROM cells) WHERE line NOT IN (SELECT line FROM raw_lines)"
+        ).fetchone()
+        if missing and missing[0]:  # only if a file changed while it was read: read every line's strings
+            con.execute(
+                f"CREATE OR REPLACE TABLE raw_lines AS SELECT hash({hashed}) AS line, {line_cols} "
+                f"FROM (SELECT DISTINCT {key} FROM ({selects}))"
+            )
+        return
+    progress.execute(
+        con,
+        f"""CREATE OR REPLACE TEMP TABLE scan AS
+        SELECT grouping(dn) AS lines_set, {cell_cols}, {key}
+        FROM ({rows}) GROUP BY GROUPING SETS ((dn, account, line), (line, {key}))""",
+        "loading",
+    )
+    con.execute(
+        "CREATE OR REPLACE TABLE cells AS SELECT day, account, line, cost, quantity, n_rows, last_ts, first_ts "
+        "FROM scan WHERE lines_set = 0"
+    )
+    con.execute(f"CREATE OR REPLACE TABLE raw_lines AS SELECT line, {line_cols} FROM scan WHERE lines_set = 1")
+    con.execute("DROP TABLE scan")
+
+
+def _normalise_lines(con: duckdb.DuckDBPyConnection) -> None:
+    """Table ``lines``: one row per distinct line, strings trimmed and lower-cased.
+
+    Lines differing only in case or spacing stay separate rows; everything downstream sums over them.
+    """
+    con.execute(
+        """CREATE OR REPLACE TABLE lines AS
+        SELECT line, trim(billing_account) AS billing_account, lower(trim(provider)) AS provider,
+               lower(trim(service)) AS service, trim(usage_type) AS usage_type, trim(operation) AS operation,
+               lower(trim(charge)) AS charge, trim(unit) AS unit, trim(product) AS product,
+               lower(trim(currency)) AS currency, src, nosvc
+        FROM raw_lines"""
+    )
+    con.execute("DROP TABLE raw_lines")
+
+
 _AWS_PROVIDERS = "('aws', 'amazon web services', 'amazon')"
 
 
 def _canonical_accounts(con: duckdb.DuckDBPyConnection) -> None:
-    """AWS account ids as 12-digit strings: ``12345678901`` (an integer column) is ``012345678901``.
+    """Account ids trimmed, and AWS ones as 12-digit strings: ``12345678901`` (an integer column) is
+    ``012345678901``.
 
-    Done on the aggregated lines, not per raw row: the two spellings are separate lines
-    until here and merge when ``bill`` is grouped by account.
+    Worked out per distinct account, and ``cells`` is updated only for the ids that change (none
+    in a usual export): the two spellings are separate cells until here and merge when ``bill``
+    is grouped by account.
     """
-    for col in ("account", "billing_account"):
+    con.execute(
+        f"UPDATE lines SET billing_account = lpad(billing_account, 12, '0') "
+        f"WHERE length(billing_account) < 12 AND coalesce(provider IN {_AWS_PROVIDERS}, TRUE) "
+        f"AND TRY_CAST(billing_account AS UBIGINT) IS NOT NULL"
+    )
+    accounts = [r[0] for r in con.execute("SELECT DISTINCT account FROM cells WHERE account IS NOT NULL").fetchall()]
+    trim = [(a, a.strip()) for a in accounts if a != a.strip()]
+    if trim:
+        con.execute("CREATE OR REPLACE TEMP TABLE account_map (raw VARCHAR, canon VARCHAR)")
+        con.executemany("INSERT INTO account_map VALUES (?, ?)", trim)
+        con.execute("UPDATE cells SET account = m.canon FROM account_map m WHERE cells.account = m.raw")
+    short = sorted({c for _, c in trim} | set(accounts) - {a for a, _ in trim})
+    short = [a for a in short if len(a) < 12 and a.isdigit() and a.isascii()]
+    if short:
+        con.execute("CREATE OR REPLACE TEMP TABLE account_map (raw VARCHAR)")
+        con.executemany("INSERT INTO account_map VALUES (?)", [(a,) for a in short])
         con.execute(
-            f"UPDATE bill_lines SET {col} = lpad({col}, 12, '0') "
-            f"WHERE length({col}) < 12 AND coalesce(provider IN {_AWS_PROVIDERS}, TRUE) "
-            f"AND TRY_CAST({col} AS UBIGINT) IS NOT NULL"
+            f"UPDATE cells SET account = lpad(cells.account, 12, '0') FROM lines l "
+            f"WHERE cells.line = l.line AND cells.account IN (SELECT raw FROM account_map) "
+            f"AND coalesce(l.provider IN {_AWS_PROVIDERS}, TRUE)"
         )
 
 
@@ -547,8 +660,8 @@ def _drop_copies(
         return set(), []
     flavour_of = {f: g.flavour for g in groups for f in g.files}
     rows = con.execute(
-        "SELECT src, list(DISTINCT billing_account), list(DISTINCT account), min(day), max(day) "
-        "FROM bill_lines GROUP BY src"
+        "SELECT l.src, list(DISTINCT l.billing_account), list(DISTINCT c.account), min(c.day), max(c.day) "
+        "FROM cells c JOIN lines l USING (line) GROUP BY l.src"
     ).fetchall()
     extents = [
         deliveries.Extent(
@@ -560,7 +673,10 @@ def _drop_copies(
     ]
     covered, notes = deliveries.drop_covered(extents, unplaced)
     if covered:
-        con.execute(f"DELETE FROM bill_lines WHERE src IN ({', '.join(_sql_str(f) for f in sorted(covered))})")
+        # The source file is part of the line key: a covered file's lines are its own.
+        in_covered = f"src IN ({', '.join(_sql_str(f) for f in sorted(covered))})"
+        con.execute(f"DELETE FROM cells WHERE line IN (SELECT line FROM lines WHERE {in_covered})")
+        con.execute(f"DELETE FROM lines WHERE {in_covered}")
     return covered, notes
 
 
@@ -582,8 +698,8 @@ def _completeness(con: duckdb.DuckDBPyConnection, last_day: date, written: float
     """
     start = last_day - timedelta(days=_MAX_BACK + 3)
     rows = con.execute(
-        "SELECT account, service, day, max(hour(last_ts)), bool_or(hour(last_ts) <> 0 OR hour(first_ts) <> 0) "
-        "FROM bill_lines WHERE day >= ? GROUP BY account, service, day",
+        "SELECT c.account, l.service, c.day, max(hour(c.last_ts)), bool_or(hour(c.last_ts) <> 0 OR hour(c.first_ts) <> 0) "
+        "FROM cells c JOIN lines l USING (line) WHERE c.day >= ? GROUP BY c.account, l.service, c.day",
         [start],
     ).fetchall()
     present: dict[date, set[tuple[str, str]]] = {}
@@ -627,32 +743,58 @@ def _incomplete_because(
     return None
 
 
-def _classify(con: duckdb.DuckDBPyConnection) -> None:
-    """Classify each distinct line once in Python, then join: cheap at any row count."""
-    distinct = con.execute("SELECT DISTINCT service, usage_type, operation, product FROM bill_lines").fetchall()
-    kinds: list[tuple[Any, ...]] = []
-    for svc, ut, op, prod in distinct:
-        k = classify(svc, ut, op, prod)
-        kinds.append((svc, ut, op, prod, k.kind, k.token_class, k.model, k.model_label))
+def _classify(con: duckdb.DuckDBPyConnection, groups: Sequence[FileGroup]) -> None:
+    """Classify each distinct line once in Python (table ``lines`` gains kind, token class, model,
+    unit multiplier), and define the views ``bill`` and ``bill_lines`` over ``cells`` x ``lines``."""
+    lines = con.execute("SELECT line, service, usage_type, operation, product, unit, charge, nosvc FROM lines").fetchall()
+    kinds: dict[tuple[Any, ...], LineKind] = {}
+    for _, svc, ut, op, prod, *_rest in lines:
+        if (svc, ut, op, prod) not in kinds:
+            kinds[(svc, ut, op, prod)] = classify(svc, ut, op, prod)
+    # Product codes standing in for a model name: look the name up (see _names_looked_up).
+    codes = sorted({
+        prod for _, svc, ut, op, prod, _u, _c, nosvc in lines
+        if nosvc and prod and kinds[(svc, ut, op, prod)].kind == "inference"
+        and kinds[(svc, ut, op, prod)].model_label == prod
+    })
+    names: dict[str, str] = {}
+    for code in codes[:_NAME_LOOKUPS_MAX]:
+        name = _product_name(con, groups, code)
+        if name is not None:
+            names[code] = name
+    rows: list[tuple[Any, ...]] = []
+    for line, svc, ut, op, prod, unit, charge, nosvc in lines:
+        if nosvc and prod in names:
+            prod = names[prod]
+            k = kinds.get((svc, ut, op, prod)) or kinds.setdefault((svc, ut, op, prod), classify(svc, ut, op, prod))
+        else:
+            k = kinds[(svc, ut, op, prod)]
+        is_usage = None if charge is None else charge.replace(" ", "") in USAGE_CHARGES
+        rows.append((line, prod, k.kind, k.token_class, k.model, k.model_label, unit_multiplier(unit), is_usage))
     con.execute(
-        "CREATE OR REPLACE TABLE line_kinds (service VARCHAR, usage_type VARCHAR, operation VARCHAR, product VARCHAR, "
-        "kind VARCHAR, token_class VARCHAR, model VARCHAR, model_label VARCHAR)"
+        "CREATE OR REPLACE TEMP TABLE line_kinds (line UBIGINT, product VARCHAR, kind VARCHAR, token_class VARCHAR, "
+        "model VARCHAR, model_label VARCHAR, unit_mult DECIMAL(18,0), is_usage BOOLEAN)"
     )
-    if kinds:
-        con.executemany("INSERT INTO line_kinds VALUES (?, ?, ?, ?, ?, ?, ?, ?)", kinds)
-    units = [r[0] for r in con.execute("SELECT DISTINCT unit FROM bill_lines").fetchall()]
-    con.execute("CREATE OR REPLACE TABLE unit_mults (unit VARCHAR, mult DECIMAL(18,0))")
-    con.executemany("INSERT INTO unit_mults VALUES (?, ?)", [(u, unit_multiplier(u)) for u in units])
+    if rows:
+        con.executemany("INSERT INTO line_kinds VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     con.execute(
-        f"""
-        CREATE OR REPLACE TABLE bill AS
-        SELECT l.day, l.account, l.service, k.kind, k.token_class, k.model, k.model_label, l.usage_type,
-               l.operation, l.charge, l.unit, l.currency, l.cost,
-               l.quantity, CAST(l.quantity * u.mult AS {_NUMERIC}) AS tokens, u.mult AS unit_mult, l.n_rows,
-               replace(l.charge, ' ', '') IN ('usage', 'discountedusage', 'savingsplancoveredusage') AS is_usage
-        FROM bill_lines l
-        JOIN line_kinds k ON l.service IS NOT DISTINCT FROM k.service AND l.usage_type IS NOT DISTINCT FROM k.usage_type
-             AND l.operation IS NOT DISTINCT FROM k.operation AND l.product IS NOT DISTINCT FROM k.product
-        LEFT JOIN unit_mults u ON l.unit IS NOT DISTINCT FROM u.unit
-        """
+        """CREATE OR REPLACE TABLE lines AS
+        SELECT l.* REPLACE (k.product AS product), k.kind, k.token_class, k.model, k.model_label, k.unit_mult, k.is_usage
+        FROM lines l JOIN line_kinds k USING (line)"""
+    )
+    con.execute("DROP TABLE line_kinds")
+    # Views, not tables: a join of the cells with a few hundred lines is cheap, a materialised
+    # copy of every cell with a dozen strings was most of the memory at 100 M rows.
+    con.execute(
+        f"""CREATE OR REPLACE VIEW bill AS
+        SELECT c.day, c.account, l.service, l.kind, l.token_class, l.model, l.model_label, l.usage_type,
+               l.operation, l.charge, l.unit, l.currency, c.cost, c.quantity,
+               CAST(c.quantity * l.unit_mult AS {_NUMERIC}) AS tokens, l.unit_mult, c.n_rows, l.is_usage
+        FROM cells c JOIN lines l USING (line)"""
+    )
+    con.execute(
+        """CREATE OR REPLACE VIEW bill_lines AS
+        SELECT c.day, c.account, l.billing_account, l.provider, l.service, l.usage_type, l.operation, l.charge,
+               l.unit, l.product, l.currency, l.src, c.cost, c.quantity, c.n_rows, c.last_ts, c.first_ts
+        FROM cells c JOIN lines l USING (line)"""
     )

@@ -90,6 +90,37 @@ def daily_sql(as_of: date, first_day: date) -> str:
     return f"WITH {_daily_body('duckdb', 'bill', as_of, first_day)}\nSELECT * FROM filled ORDER BY account, day"
 
 
+def window(as_of: date, first_day: date) -> tuple[date, date]:
+    """First and last day of the detection window (``daily_sql``'s calendar)."""
+    return max(first_day, as_of - timedelta(days=BASELINE_LAST_BACK)), as_of - timedelta(days=1)
+
+
+def account_stats_sql(as_of: date, first_day: date) -> str:
+    """One row per account: its daily inference costs over the window (oldest first) and, per token
+    class and for compute, the sums over the recent and the baseline days.
+
+    The per-day inference costs stay a list because the standard deviation and the billing-lag
+    test are computed in ``Decimal`` in Python; everything else is summed here, so that only a
+    thirtieth of the values cross into Python (at 100 M rows the fetch was most of ``detect``).
+    """
+    recent = f"back BETWEEN 1 AND {RECENT_DAYS}"
+    base = f"back BETWEEN {BASELINE_FIRST_BACK} AND {BASELINE_LAST_BACK}"
+    sums = ",\n           ".join(
+        f"sum({name}) FILTER (WHERE {recent}) AS recent_{name}, sum({name}) FILTER (WHERE {base}) AS base_{name}"
+        for name in [n for n, _ in CLASS_COLUMNS] + ["compute_cost"]
+    )
+    return f"""WITH {_daily_body('duckdb', 'bill', as_of, first_day)}
+SELECT account, list(inference_cost ORDER BY day) AS costs,
+           {sums}
+FROM filled GROUP BY account ORDER BY account"""
+
+
+def account_days_sql(as_of: date, first_day: date, column: str) -> str:
+    """Rows (account, list of ``column`` per day, oldest first) over the window, for accounts ``?``."""
+    return f"""WITH {_daily_body('duckdb', 'bill', as_of, first_day)}
+SELECT account, list({column} ORDER BY day) FROM filled WHERE list_contains(?, account) GROUP BY account"""
+
+
 _NORMALISE: dict[str, dict[str, str]] = {
     "cur-2.0": {
         "day": "CAST(line_item_usage_start_date AS DATE)",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenfuse.caching.inject import _FREE_KEYS, estimate_tokens
+from tokenfuse.protocols.base import dumps
 
 HEAD_BLOCKS = 48  # blocks kept in the ledger from the start of the prompt
 TAIL_BLOCKS = 8  # ... and from its end (where the previous turn's marker sits)
@@ -109,22 +110,37 @@ def _block_bytes(value: Any) -> bytes:
         return value.encode()
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if k not in ("cache_control",)}
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return dumps(value, sort_keys=True)
 
 
 def _text_len(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value.encode())
+    """UTF-8 bytes of the strings in ``value``, leaving out the values of _FREE_KEYS.
+
+    Runs once per content block of every Anthropic and Bedrock request, so the
+    common shapes take the short way: an ASCII string's byte count is its
+    length (isascii() reads a flag; encode() copies), and a dict's string values
+    are counted without a trip through the stack."""
+    if value.__class__ is str:
+        return len(value) if value.isascii() else len(value.encode())
     total = 0
     stack = [value]
+    pop, push = stack.pop, stack.append
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            total += len(item.encode())
-        elif isinstance(item, dict):
-            stack.extend(v for k, v in item.items() if k not in _FREE_KEYS)
-        elif isinstance(item, list):
+        item = pop()
+        cls = item.__class__
+        if cls is dict:
+            for k, v in item.items():
+                if k in _FREE_KEYS:
+                    continue
+                vcls = v.__class__
+                if vcls is str:
+                    total += len(v) if v.isascii() else len(v.encode())
+                elif vcls is dict or vcls is list:
+                    push(v)
+        elif cls is list:
             stack.extend(item)
+        elif cls is str:
+            total += len(item) if item.isascii() else len(item.encode())
     return total
 
 

@@ -52,6 +52,8 @@ from tokenfuse.protocols import bedrock as p_bedrock
 from tokenfuse.protocols import openai as p_openai
 from tokenfuse.protocols.base import ProtocolError, RequestInfo
 from tokenfuse.protocols.errors import refusal
+from tokenfuse.routing import HEADER as _ROUTED
+from tokenfuse.routing import BudgetLevels, Routed
 from tokenfuse.usage import Usage
 
 log = logging.getLogger("tokenfuse.gateway")
@@ -62,6 +64,7 @@ ZERO_COST_ROUTES = frozenset({"count_tokens"})
 _ZERO = Decimal(0)
 MAX_SESSION_ID = 128
 _UNPRICED = Price("(unpriced)", _ZERO, _ZERO, None, None, None)
+ROUTED_HEADER = _ROUTED.encode()
 
 
 class _Refused(Exception):
@@ -77,8 +80,8 @@ class _Request:
 
     __slots__ = (
         "admission", "body", "bound", "cost", "ctx", "forward_headers", "headers", "id", "ident", "info", "key",
-        "outcome", "price", "protocol", "raw_path", "reason", "route", "session", "started", "status", "upstream",
-        "upstream_ms", "usage",
+        "outcome", "price", "protocol", "raw_path", "reason", "route", "routed", "session", "started", "status",
+        "upstream", "upstream_ms", "usage",
     )
 
     def __init__(self, request_id: str, raw_path: str, headers: dict[str, str]) -> None:
@@ -105,6 +108,7 @@ class _Request:
         self.status = 0
         self.outcome = "ok"
         self.reason: str | None = None
+        self.routed: Routed | None = None  # a routing rule serves it as another model (tokenfuse/routing.py)
 
 
 class Gateway:
@@ -135,6 +139,8 @@ class Gateway:
         # Probes, /metrics and /v1/models: never metered (tokenfuse/ops/app.py).
         self.ops = OpsApp(self)
         self._observe = self.ops.metrics.observe
+        # Budget levels for routing rules, from settles: no counter round trip per request.
+        self.levels = BudgetLevels()
 
     # A request reads one Runtime from start to end (set in _handle): a reload
     # mid-request does not change the config it is served under.
@@ -181,7 +187,16 @@ class Gateway:
         self.ledger.start()
         redis_url = self.config.counters if self.config.counters != "memory" else None
         self.alerts = AlertManager(self.config.alerts, self.config.store, redis_url)
-        self.limiter = await Limiter.create(self.config, on_settle=self.alerts.observe)
+        alerts, levels = self.alerts, self.levels
+
+        def settled(statuses: list[Any]) -> None:
+            levels.observe(statuses)
+            alerts.observe(statuses)
+
+        self.limiter = await Limiter.create(self.config, on_settle=settled)
+        levels.source = self.limiter.snapshot
+        if self._rt.routing is not None and self._rt.routing.budgets:
+            await levels.refresh()
         self.kills = KillSwitches()
         self.watcher = ControlWatcher(
             self.config.store, self.kills, self.limiter, self.config.kill_poll_ms, keys=self.runtime_keys
@@ -217,6 +232,9 @@ class Gateway:
             timeout=timeout,
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            # One session serves every caller: a cookie one upstream answer sets must
+            # never ride along on another caller's request.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def shutdown(self) -> None:
@@ -395,6 +413,13 @@ class Gateway:
                 "bad_request", f"model name is {len(info.model)} characters long; at most {MAX_MODEL_NAME} are "
                 "accepted. Send the model's id.", "bad_request"
             )
+        if self._rt.routing is not None:
+            # Before pricing: the bound, budgets and kill switches apply to the model served.
+            req.routed = self._rt.routing.decide(
+                req.key, route.protocol, route.route, info.model, req.headers, info.body, self.levels.percent
+            )
+            if req.routed is not None:
+                proto.set_model(info, req.routed.model)
         price = self.prices.lookup(info.model)
         if price is None and not self.config.pricing.allow_unpriced:
             raise _Refused(
@@ -653,6 +678,8 @@ class Gateway:
             if k.lower() not in DROP_RESPONSE_HEADERS
         ]
         out.append((b"x-tokenfuse-request-id", req.id.encode()))
+        if req.routed is not None:
+            out.append((ROUTED_HEADER, req.routed.header().encode("latin-1")))
         if req.bound is not None and req.bound.lowered_from is not None:
             out.append((b"x-tokenfuse-max-tokens", f"{req.bound.max_tokens}; requested={req.bound.lowered_from}".encode()))
         return out
@@ -838,6 +865,8 @@ class Gateway:
     ) -> None:
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         raw.append((b"x-tokenfuse-request-id", req.id.encode()))
+        if req.routed is not None:
+            raw.append((ROUTED_HEADER, req.routed.header().encode("latin-1")))
         raw.append((b"content-length", str(len(body)).encode()))
         try:
             await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -876,6 +905,7 @@ class Gateway:
             reason=req.reason[:1000] if req.reason else None,
             team=key.team if key else None,
             tags=(",".join(key.tags) or None) if key else None,
+            requested_model=self.prices.canonical(req.routed.requested) if req.routed is not None else None,
         )
         if req.outcome == "ok" and info is not None:
             row.cache_saved_usd = cache_saved_usd(req.price, u, req.cost)

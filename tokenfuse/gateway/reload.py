@@ -17,6 +17,7 @@ and says which changed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -30,6 +31,7 @@ from tokenfuse.gateway.upstream import Router
 from tokenfuse.guards import Guards
 from tokenfuse.limits.keys import RuntimeKeys
 from tokenfuse.pricing import PriceBook
+from tokenfuse.routing import RoutingTable, compile_routing
 
 log = logging.getLogger("tokenfuse.gateway")
 
@@ -58,6 +60,7 @@ class Runtime:
     prices: PriceBook
     guards: Guards | None = None
     generation: int = 0
+    routing: RoutingTable | None = None  # budget-aware routing rules (tokenfuse/routing.py); None: none
 
 
 def build_runtime(
@@ -67,7 +70,9 @@ def build_runtime(
     book = prices or PriceBook.build(
         {m: p.model_dump(exclude_none=True) for m, p in config.prices.items()}, config.pricing.file
     )
-    return Runtime(config, KeyRing(config, runtime_keys), Router(config), book, None, generation)
+    router = Router(config)
+    routing = compile_routing(config, book, router)
+    return Runtime(config, KeyRing(config, runtime_keys), router, book, None, generation, routing)
 
 
 # The Runtime of the request this task is serving; None outside a request.
@@ -121,7 +126,7 @@ def describe_changes(old: Config, new: Config) -> list[str]:
     named("keys", old.keys, new.keys)
     named("upstreams", old.upstreams, new.upstreams)
     named("budgets", old.budgets, new.budgets)
-    for section in ("prices", "pricing", "guards", "defaults", "sessions", "sigv4", "caching"):
+    for section in ("prices", "pricing", "guards", "defaults", "sessions", "sigv4", "caching", "routing"):
         if getattr(old, section) != getattr(new, section):
             out.append(f"{section} changed")
     return out
@@ -166,12 +171,14 @@ class Reloader:
             rt = await asyncio.to_thread(
                 build_runtime, new, gw.runtime_keys, generation=old_rt.generation + 1
             )
+        except ConfigError as exc:  # e.g. a routing rule whose target has no price or upstream
+            return ReloadResult(False, str(exc).replace("\n", "; "))
         except Exception as exc:  # e.g. pricing.file unreadable or invalid
             return ReloadResult(False, f"{source}: {exc}")
         guards = old_rt.guards
         if new.guards != old.guards and self.guard_sink is not None:
             guards = self.guard_sink(new)
-        rt = Runtime(rt.config, rt.keys, rt.router, rt.prices, guards, rt.generation)
+        rt = dataclasses.replace(rt, guards=guards)
         changes = describe_changes(old, new)
         clash = sorted({k.name for k in new.keys} & gw.runtime_keys.names())
         # The swap: no await from here to the assignment, so no request sees half of it.

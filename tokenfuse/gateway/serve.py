@@ -111,6 +111,14 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    server = build_server(config, args.host, args.port)
+    if config.server.workers > 1:
+        from tokenfuse.gateway.workers import run as run_workers
+
+        return run_workers(config, args.host, args.port)
+    try:
+        server = build_server(config, args.host, args.port)
+    except ConfigError as exc:  # checks that need the price book and upstreams, e.g. routing rules
+        print(f"tokenfuse serve: {exc}", file=sys.stderr)
+        return 2
     server.run()
     return 0 if server.started else 1

@@ -39,6 +39,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+try:
+    import orjson
+except ImportError:  # pragma: no cover - a declared dependency; the stdlib encoder is the fallback
+    orjson = None  # type: ignore[assignment]
+
 from tokenfuse.ledger.record import LedgerRow
 from tokenfuse.ledger.schema import COLUMN_NAMES, StoreURL, placeholder, redact
 
@@ -135,7 +140,15 @@ def encode_header(store_id: str, pid: int) -> bytes:
 
 def encode_admit(row: LedgerRow) -> bytes:
     # SQLite's column values are plain JSON types: exact decimal text for money, 0/1 for booleans.
-    return _ENCODE(row.as_tuple("sqlite")).encode() + b"\n"
+    # One line per admitted request, on the request path: orjson writes it several times
+    # faster; what it refuses (a lone surrogate in a name) goes to the stdlib, which escapes it.
+    values = row.as_tuple("sqlite")
+    if orjson is not None:
+        try:
+            return orjson.dumps(values) + b"\n"
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return _ENCODE(values).encode() + b"\n"
 
 
 def encode_done(request_ids: Iterable[str]) -> bytes:

@@ -41,6 +41,7 @@ class LedgerRow:
     tags: str | None = None  # sorted, comma-joined
     cache_saved_usd: Decimal | None = None  # vs the same request uncached; negative: caching cost more
     prefix_fp: str | None = None  # tokenfuse.caching.doctor.TurnPrint.encode(): hashes, never text
+    requested_model: str | None = None  # canonical model asked for, when routing served `model` instead
 
     def as_tuple(self, dialect: str) -> tuple[Any, ...]:
         """Values in column order, typed for the store: SQLite keeps money as exact
@@ -74,6 +75,7 @@ class LedgerRow:
             None if self.cache_saved_usd is None else format_cost(self.cache_saved_usd) if sqlite
             else self.cache_saved_usd,
             self.prefix_fp,
+            self.requested_model,
         )
 
     @classmethod

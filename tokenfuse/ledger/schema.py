@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # (column, sqlite type, postgresql type). Order is the insert order.
 REQUEST_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -49,6 +49,9 @@ REQUEST_COLUMNS: tuple[tuple[str, str, str], ...] = (
     # same request uncached, and the prompt's prefix fingerprint (hashes and offsets, never text).
     ("cache_saved_usd", "TEXT", "NUMERIC(28,12)"),
     ("prefix_fp", "TEXT", "TEXT"),
+    # Added in schema version 4 (docs/routing.md): the model the caller asked for when a routing rule
+    # served another one (`model` is always the model served); NULL when the request was not routed.
+    ("requested_model", "TEXT", "TEXT"),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(c[0] for c in REQUEST_COLUMNS)
@@ -134,6 +137,11 @@ MIGRATIONS: dict[int, Migration] = {
             "ALTER TABLE requests ADD COLUMN cache_saved_usd NUMERIC(28,12)",
             "ALTER TABLE requests ADD COLUMN prefix_fp TEXT",
         ),
+    ),
+    # Budget-aware routing: the model asked for, beside the model served (docs/routing.md).
+    4: (
+        ("ALTER TABLE requests ADD COLUMN requested_model TEXT",),
+        ("ALTER TABLE requests ADD COLUMN requested_model TEXT",),
     ),
 }
 

@@ -22,12 +22,11 @@ digest because agents move them to the newest turn every time.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from tokenfuse.protocols.base import DOCUMENT_TOKEN_BOUND, IMAGE_TOKEN_BOUND, RequestInfo, _scan
+from tokenfuse.protocols.base import DOCUMENT_TOKEN_BOUND, IMAGE_TOKEN_BOUND, RequestInfo, _scan, dumps
 from tokenfuse.usage import Usage
 
 # Tokens a turn may cost beyond the bytes of its JSON: role header, separators,
@@ -54,7 +53,6 @@ FREE_KEYS = frozenset(
 )
 # The common prefix of both marker keys: one scan finds either.
 _MARKER = b'"cache'
-_ENC = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _strip(value: Any) -> Any:
@@ -67,9 +65,9 @@ def _strip(value: Any) -> Any:
 
 
 def _encode(value: Any) -> bytes:
-    raw = _ENC.encode(value).encode("utf-8")
+    raw = dumps(value)
     if _MARKER in raw:
-        raw = _ENC.encode(_strip(value)).encode("utf-8")
+        raw = dumps(_strip(value))
     return raw
 
 

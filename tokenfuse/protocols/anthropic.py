@@ -113,6 +113,13 @@ def set_max_tokens(info: RequestInfo, value: int) -> None:
     info.max_tokens = value
 
 
+def set_model(info: RequestInfo, model: str) -> None:
+    """Serve the request as `model` (budget-aware routing, docs/routing.md)."""
+    info.body["model"] = model
+    body_changed(info, "model")
+    info.model = model
+
+
 def request_usage_in_stream(info: RequestInfo) -> None:
     return None
 

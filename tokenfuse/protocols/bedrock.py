@@ -284,6 +284,17 @@ def _rewrite_present(body: dict[str, Any], value: int) -> None:
             parent[path[-1]] = value  # type: ignore[index]
 
 
+def set_model(info: RequestInfo, model: str) -> None:
+    """Serve the request as `model` (budget-aware routing, docs/routing.md).
+
+    Bedrock names the model in the URL path, not the body: the gateway builds
+    the upstream path from `info.model` (tokenfuse.gateway.upstream.bedrock_path).
+    An InvokeModel body is in the model family's own format, so a rule may only
+    move it within one family (tokenfuse.routing checks `model_family`).
+    """
+    info.model = model
+
+
 def request_usage_in_stream(info: RequestInfo) -> None:
     return None
 

@@ -178,6 +178,24 @@ def set_max_tokens(info: RequestInfo, value: int) -> None:
     info.max_tokens = value
 
 
+def set_model(info: RequestInfo, model: str) -> None:
+    """Serve the request as `model` (budget-aware routing, docs/routing.md)."""
+    old = info.model
+    info.body["model"] = model
+    changed = ["model"]
+    if info.route == "chat.completions":
+        if _REASONING_MODEL.match(model) and not _REASONING_MODEL.match(old) and "max_tokens" in info.body:
+            # Reasoning models reject `max_tokens`: carry the caller's limit over.
+            limit = info.body.pop("max_tokens")
+            if info.body.get("max_completion_tokens") is None:
+                info.body["max_completion_tokens"] = limit
+            changed += ["max_tokens", "max_completion_tokens"]
+        if _SEARCH_MODEL.search(model) and not _SEARCH_MODEL.search(old):
+            info.unbounded += (f"model {describe(model)} searches the web on every request (billed per search)",)
+    body_changed(info, *changed)
+    info.model = model
+
+
 def request_usage_in_stream(info: RequestInfo) -> None:
     if not (info.stream and info.route == "chat.completions"):
         return
