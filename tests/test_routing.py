@@ -312,8 +312,8 @@ def test_a_reload_with_an_unservable_rule_keeps_the_running_config(tmp_path: Pat
     from types import SimpleNamespace
 
     from tokenfuse.config import load_config
+    from tokenfuse.control.keys import RuntimeKeys
     from tokenfuse.gateway.reload import Reloader
-    from tokenfuse.limits.keys import RuntimeKeys
 
     path = tmp_path / "tokenfuse.yaml"
     path.write_text(BASE)

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from tests.gateway.conftest import ALICE, make_config
+from tokenfuse.control import status as status_cli
 from tokenfuse.gateway.runner import GatewayThread
-from tokenfuse.limits import status as status_cli
 from tokenfuse.simulator.server import SimulatorThread
 
 SESSIONS = "sessions: {max_requests: 7, max_usd: 3}"

@@ -164,9 +164,11 @@ async def test_counter_keys_expire_after_their_window(
     await lim.settle(a, Usage(output=1), Decimal("0.001"))
     client = redis.Redis.from_url(redis_url)
     keys = [k for k in client.scan_iter(match=f"{redis_prefix}:b:*")]
-    assert len(keys) == 1
-    ttl_ms = int(client.pttl(keys[0]))
-    assert 0 < ttl_ms <= (60 + 3600) * 1000
+    # Two when the minute turned between the reserve and the settle.
+    assert 1 <= len(keys) <= 2
+    for key in keys:
+        ttl_ms = int(client.pttl(key))
+        assert 0 < ttl_ms <= (60 + 3600) * 1000
     client.close()
     await lim.close()
 

@@ -24,6 +24,7 @@ from tokenfuse.aio import spawn
 from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.caching.verify import AutoCache, cache_saved_usd
 from tokenfuse.config import Config, KeyConfig
+from tokenfuse.control.keys import RuntimeKeys, RuntimeKeyStore
 from tokenfuse.gateway import routes
 from tokenfuse.gateway.headers import forwardable
 from tokenfuse.gateway.identity import AuthError, Identity, KeyRing
@@ -43,7 +44,6 @@ from tokenfuse.ledger.writer import LedgerWriter
 from tokenfuse.limits.bounds import Bound
 from tokenfuse.limits.context import RequestContext
 from tokenfuse.limits.fit import plan as plan_bound
-from tokenfuse.limits.keys import RuntimeKeys, RuntimeKeyStore
 from tokenfuse.limits.limiter import Admission, Limiter
 from tokenfuse.ops.app import MODEL_PREFIX, OPS_PATHS, OpsApp
 from tokenfuse.pricing import MAX_MODEL_NAME, Price, PriceBook
@@ -179,10 +179,10 @@ class Gateway:
     # -- lifecycle -----------------------------------------------------------------
 
     async def startup(self) -> None:
-        from tokenfuse.limits.admin import AdminApp
+        from tokenfuse.control.admin import AdminApp
+        from tokenfuse.control.killswitch import KillSwitches, KillSwitchStore
+        from tokenfuse.control.runtime import ControlWatcher, RuntimeBudgetStore
         from tokenfuse.limits.alerts import AlertManager
-        from tokenfuse.limits.killswitch import KillSwitches, KillSwitchStore
-        from tokenfuse.limits.runtime import ControlWatcher, RuntimeBudgetStore
 
         self.ledger.start()
         redis_url = self.config.counters if self.config.counters != "memory" else None
@@ -217,7 +217,7 @@ class Gateway:
         )
         if self.guards is not None:
             self.admin.guard_findings = self.guards.recent
-        # Run-time keys and reload through the admin API (tokenfuse/limits/admin.py).
+        # Run-time keys and reload through the admin API (tokenfuse/control/admin.py).
         self.admin.key_store = RuntimeKeyStore(self.config.store)
         self.admin.config_key_names = lambda: {k.name for k in self.config.keys}
         self.admin.reload = self.reload

@@ -27,7 +27,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tokenfuse.config import Config, KeyConfig, SigV4Config
-from tokenfuse.limits.keys import RuntimeKeys
+from tokenfuse.control.keys import RuntimeKeys
 
 _SIGV4 = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<akid>[^/,\s]{1,128})/(?P<date>\d{8})/(?P<region>[a-z0-9-]{1,64})/"

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tokenfuse.config import Config, ConfigError, load_config
+from tokenfuse.control.keys import RuntimeKeys
 from tokenfuse.gateway.identity import KeyRing
 from tokenfuse.gateway.upstream import Router
 from tokenfuse.guards import Guards
-from tokenfuse.limits.keys import RuntimeKeys
 from tokenfuse.pricing import PriceBook
 from tokenfuse.routing import RoutingTable, compile_routing
 

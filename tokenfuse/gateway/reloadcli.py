@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from tokenfuse.config import ConfigError, load_config
-from tokenfuse.limits.adminclient import admin_call, gateway_url
+from tokenfuse.control.adminclient import admin_call, gateway_url
 
 TIMEOUT_S = 30.0
 

@@ -15,11 +15,11 @@ import pytest
 
 from tests.limits.conftest import wait_until
 from tokenfuse.config import BudgetConfig
-from tokenfuse.limits.admin import AdminApp
+from tokenfuse.control.admin import AdminApp
+from tokenfuse.control.killswitch import KillSwitches, KillSwitchStore
+from tokenfuse.control.runtime import ControlWatcher, RuntimeBudgetStore
 from tokenfuse.limits.budgets import BudgetStatus
 from tokenfuse.limits.context import RequestContext
-from tokenfuse.limits.killswitch import KillSwitches, KillSwitchStore
-from tokenfuse.limits.runtime import ControlWatcher, RuntimeBudgetStore
 
 TOKEN = "s3cret-admin-token"
 BASE = "http://gateway/_tokenfuse/admin"

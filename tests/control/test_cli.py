@@ -8,9 +8,9 @@ import pytest
 
 from tokenfuse import cli
 from tokenfuse.config import load_config
-from tokenfuse.limits import budgetcli, killcli
-from tokenfuse.limits.killswitch import KillSwitchStore
-from tokenfuse.limits.runtime import RuntimeBudgetStore
+from tokenfuse.control import budgetcli, killcli
+from tokenfuse.control.killswitch import KillSwitchStore
+from tokenfuse.control.runtime import RuntimeBudgetStore
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tokenfuse.control.killswitch import KillSwitch, KillSwitches, KillSwitchStore, normalise
 from tokenfuse.limits.context import RequestContext
-from tokenfuse.limits.killswitch import KillSwitch, KillSwitches, KillSwitchStore, normalise
 
 
 def ctx(

@@ -15,12 +15,12 @@ import pytest
 import uvicorn
 
 from tokenfuse.config import load_config
+from tokenfuse.control import status as status_cli
+from tokenfuse.control.admin import AdminApp
+from tokenfuse.control.killswitch import KillSwitchStore
+from tokenfuse.control.runtime import RuntimeBudgetStore
 from tokenfuse.ledger.record import LedgerRow
 from tokenfuse.ledger.schema import COLUMN_NAMES, connect
-from tokenfuse.limits import status as status_cli
-from tokenfuse.limits.admin import AdminApp
-from tokenfuse.limits.killswitch import KillSwitchStore
-from tokenfuse.limits.runtime import RuntimeBudgetStore
 
 
 def write_config(tmp_path: Path, port: int = 1, token: str | None = None, extra: str = "") -> Path:

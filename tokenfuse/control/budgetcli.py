@@ -13,9 +13,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenfuse.config import BudgetConfig, ConfigError, RollingWindow, load_config
-from tokenfuse.limits.admin import validation_message
-from tokenfuse.limits.killcli import first_line, store_name
-from tokenfuse.limits.runtime import RuntimeBudgetStore
+from tokenfuse.control.admin import validation_message
+from tokenfuse.control.killcli import first_line, store_name
+from tokenfuse.control.runtime import RuntimeBudgetStore
 
 MATCH_FIELDS = ("key", "principal", "workflow", "session", "model", "protocol", "team", "tags")
 

@@ -27,10 +27,10 @@ from pydantic import ValidationError
 
 from tokenfuse.aio import spawn
 from tokenfuse.config import BudgetConfig
+from tokenfuse.control.keys import RuntimeKeys, RuntimeKeyStore
+from tokenfuse.control.keys import parse_rows as parse_key_rows
+from tokenfuse.control.killswitch import KillSwitch, KillSwitches, KillSwitchStore, normalise
 from tokenfuse.ledger.store import StoreConnection
-from tokenfuse.limits.keys import RuntimeKeys, RuntimeKeyStore
-from tokenfuse.limits.keys import parse_rows as parse_key_rows
-from tokenfuse.limits.killswitch import KillSwitch, KillSwitches, KillSwitchStore, normalise
 
 log = logging.getLogger("tokenfuse.limits")
 

@@ -22,9 +22,9 @@ from pydantic import ValidationError
 
 from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.config import BudgetConfig, KeyConfig
-from tokenfuse.limits.keys import SPEC_FIELDS, KeyStoreError, RuntimeKeyStore, validate_new_key
-from tokenfuse.limits.killswitch import KillSwitchStore, normalise
-from tokenfuse.limits.runtime import ControlWatcher, RuntimeBudgetStore
+from tokenfuse.control.keys import SPEC_FIELDS, KeyStoreError, RuntimeKeyStore, validate_new_key
+from tokenfuse.control.killswitch import KillSwitchStore, normalise
+from tokenfuse.control.runtime import ControlWatcher, RuntimeBudgetStore
 
 log = logging.getLogger("tokenfuse.admin")
 

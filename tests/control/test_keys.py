@@ -10,12 +10,12 @@ import pytest
 
 from tokenfuse.cli import main as tokenfuse_main
 from tokenfuse.config import Config, KeyConfig
+from tokenfuse.control.keycli import parse_expiry
+from tokenfuse.control.keys import KeyStoreError, RuntimeKeys, RuntimeKeyStore, digest, validate_new_key
+from tokenfuse.control.killswitch import KillSwitches
+from tokenfuse.control.runtime import ControlWatcher
 from tokenfuse.gateway.identity import AuthError, KeyRing
 from tokenfuse.ledger.schema import connect
-from tokenfuse.limits.keycli import parse_expiry
-from tokenfuse.limits.keys import KeyStoreError, RuntimeKeys, RuntimeKeyStore, digest, validate_new_key
-from tokenfuse.limits.killswitch import KillSwitches
-from tokenfuse.limits.runtime import ControlWatcher
 
 
 def _key(name: str = "carol-k", **kw: object) -> KeyConfig:

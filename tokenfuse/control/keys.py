@@ -3,7 +3,7 @@
 A key is shown once, when it is created or rotated; the store keeps only its
 SHA-256, as the config file's ``key_sha256`` does. Every gateway sharing the
 store picks up a create, revoke or rotate within one ``kill_poll_ms`` (the
-:class:`~tokenfuse.limits.runtime.ControlWatcher` polls this table with the
+:class:`~tokenfuse.control.runtime.ControlWatcher` polls this table with the
 kill switches). A revoked key stays in the table, marked, so ``list`` can show
 when it stopped working and its name cannot silently come back.
 """

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from tokenfuse.config import Config, ConfigError, KeyConfig, load_config
+from tokenfuse.control.admin import PREFIX, to_json
+from tokenfuse.control.adminclient import gateway_url
+from tokenfuse.control.keys import RuntimeKeyStore
+from tokenfuse.control.killcli import first_line, store_name
+from tokenfuse.control.killswitch import KillSwitchStore
+from tokenfuse.control.runtime import RuntimeBudgetStore
 from tokenfuse.ledger.schema import StoreURL, connect, placeholder
-from tokenfuse.limits.admin import PREFIX, to_json
-from tokenfuse.limits.adminclient import gateway_url
-from tokenfuse.limits.keys import RuntimeKeyStore
-from tokenfuse.limits.killcli import first_line, store_name
-from tokenfuse.limits.killswitch import KillSwitchStore
-from tokenfuse.limits.runtime import RuntimeBudgetStore
 
 GATEWAY_TIMEOUT_S = 2.0
 SESSIONS_SHOWN = 10

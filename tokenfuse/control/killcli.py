@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from tokenfuse.config import Config, ConfigError, load_config
-from tokenfuse.limits.adminclient import admin_call, gateway_url
-from tokenfuse.limits.killswitch import KillSwitch, KillSwitchStore
+from tokenfuse.control.adminclient import admin_call, gateway_url
+from tokenfuse.control.killswitch import KillSwitch, KillSwitchStore
 
 GATEWAY_TIMEOUT_S = 10.0
 _VALIDATED = ("key", "principal", "workflow")
@@ -178,8 +178,8 @@ def known_targets(config: Config, path: str) -> dict[str, set[str]]:
 
 def _runtime_key_entries(store_url: str) -> list[dict[str, Any]]:
     """Keys created with `tokenfuse keys` (revoked ones too: their traffic may still be named)."""
+    from tokenfuse.control.keys import RuntimeKeyStore
     from tokenfuse.ledger.schema import StoreURL
-    from tokenfuse.limits.keys import RuntimeKeyStore
 
     if not StoreURL.parse(store_url).exists():
         return []

@@ -18,9 +18,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from tokenfuse.config import ConfigError, KeyConfig, load_config, parse_duration
-from tokenfuse.limits.admin import validation_message
-from tokenfuse.limits.keys import KeyStoreError, RuntimeKeyStore, StoredKey, validate_new_key
-from tokenfuse.limits.killcli import first_line, known_targets, store_name
+from tokenfuse.control.admin import validation_message
+from tokenfuse.control.keys import KeyStoreError, RuntimeKeyStore, StoredKey, validate_new_key
+from tokenfuse.control.killcli import first_line, known_targets, store_name
 
 
 class UsageError(ValueError):

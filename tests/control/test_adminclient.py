@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.gateway.conftest import make_config
+from tokenfuse.control.adminclient import admin_call, gateway_url
 from tokenfuse.gateway.runner import GatewayThread
-from tokenfuse.limits.adminclient import admin_call, gateway_url
 from tokenfuse.simulator.server import SimulatorThread
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from tests.limits.conftest import wait_until
 from tokenfuse.config import BudgetConfig
+from tokenfuse.control.killswitch import KillSwitches, KillSwitchStore
+from tokenfuse.control.runtime import ControlWatcher, RuntimeBudgetStore
 from tokenfuse.ledger.store import StoreConnection
 from tokenfuse.limits.context import RequestContext
-from tokenfuse.limits.killswitch import KillSwitches, KillSwitchStore
-from tokenfuse.limits.runtime import ControlWatcher, RuntimeBudgetStore
 
 REPO = Path(__file__).resolve().parents[2]
 CTX = RequestContext("alice-droid", "alice", "droid", "s-1", "claude-opus-4-1", "anthropic")
