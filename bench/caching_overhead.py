@@ -22,12 +22,12 @@ import anthropic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.gateway.conftest import ALICE, BOB, make_config  # noqa: E402
-from tokenfuse.gateway.runner import GatewayThread  # noqa: E402
-from tokenfuse.ledger.schema import connect  # noqa: E402
-from tokenfuse.simulator.app import Simulator  # noqa: E402
-from tokenfuse.simulator.server import SimulatorThread  # noqa: E402
-from tokenfuse.simulator.state import SimConfig  # noqa: E402
+from tests.gateway.conftest import ALICE, BOB, make_config
+from tokenfuse.gateway.runner import GatewayThread
+from tokenfuse.ledger.schema import connect
+from tokenfuse.simulator.app import Simulator
+from tokenfuse.simulator.server import SimulatorThread
+from tokenfuse.simulator.state import SimConfig
 
 SYSTEM = "You are a careful coding agent. Follow the repository's conventions and run the tests. " * 80
 TOOL_OUTPUT = "ok  tests/test_module.py::test_case PASSED [ 42%] " * 24
