@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenfuse.caching.inject import _FREE_KEYS, estimate_tokens
+from tokenfuse.caching.inject import estimate_tokens, text_bytes
 from tokenfuse.protocols.base import dumps
 
 HEAD_BLOCKS = 48  # blocks kept in the ledger from the start of the prompt
@@ -113,37 +113,6 @@ def _block_bytes(value: Any) -> bytes:
     return dumps(value, sort_keys=True)
 
 
-def _text_len(value: Any) -> int:
-    """UTF-8 bytes of the strings in ``value``, leaving out the values of _FREE_KEYS.
-
-    Runs once per content block of every Anthropic and Bedrock request, so the
-    common shapes take the short way: an ASCII string's byte count is its
-    length (isascii() reads a flag; encode() copies), and a dict's string values
-    are counted without a trip through the stack."""
-    if value.__class__ is str:
-        return len(value) if value.isascii() else len(value.encode())
-    total = 0
-    stack = [value]
-    pop, push = stack.pop, stack.append
-    while stack:
-        item = pop()
-        cls = item.__class__
-        if cls is dict:
-            for k, v in item.items():
-                if k in _FREE_KEYS:
-                    continue
-                vcls = v.__class__
-                if vcls is str:
-                    total += len(v) if v.isascii() else len(v.encode())
-                elif vcls is dict or vcls is list:
-                    push(v)
-        elif cls is list:
-            stack.extend(item)
-        elif cls is str:
-            total += len(item) if item.isascii() else len(item.encode())
-    return total
-
-
 def _ttl_of(marker: Any) -> str:
     return "1h" if isinstance(marker, dict) and marker.get("ttl") == "1h" else "5m"
 
@@ -189,7 +158,7 @@ def turn_print(body: dict[str, Any], *, keep_text: bool = False) -> TurnPrint:
         raw = _block_bytes(block)
         hasher.update(len(raw).to_bytes(4, "little"))
         hasher.update(raw)
-        offset += _text_len(block)
+        offset += text_bytes(block)
         blocks[i] = (offset, int.from_bytes(hasher.copy().digest(), "little"))
         own.append(hash(raw))
         if keep_text and i < HEAD_BLOCKS and kept < KEEP_TEXT_BYTES:

@@ -185,20 +185,34 @@ def _previous_turn_end(messages: Any) -> int | None:
 # --- Anthropic ---------------------------------------------------------------
 
 
-def _text_bytes(value: Any) -> int:
-    """UTF-8 bytes of the string leaves of ``value`` that are billed as prompt text."""
-    if isinstance(value, str):
-        return len(value.encode())
+def text_bytes(value: Any) -> int:
+    """UTF-8 bytes of the strings in ``value``, leaving out the values of _FREE_KEYS.
+
+    Runs once per content block of every Anthropic and Bedrock request, so the
+    common shapes take the short way: an ASCII string's byte count is its
+    length (isascii() reads a flag; encode() copies), and a dict's string values
+    are counted without a trip through the stack."""
+    if value.__class__ is str:
+        return len(value) if value.isascii() else len(value.encode())
     total = 0
     stack = [value]
+    pop, push = stack.pop, stack.append
     while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            total += len(item.encode())
-        elif isinstance(item, dict):
-            stack.extend(v for k, v in item.items() if k not in _FREE_KEYS)
-        elif isinstance(item, list):
+        item = pop()
+        cls = item.__class__
+        if cls is dict:
+            for k, v in item.items():
+                if k in _FREE_KEYS:
+                    continue
+                vcls = v.__class__
+                if vcls is str:
+                    total += len(v) if v.isascii() else len(v.encode())
+                elif vcls is dict or vcls is list:
+                    push(v)
+        elif cls is list:
             stack.extend(item)
+        elif cls is str:
+            total += len(item) if item.isascii() else len(item.encode())
     return total
 
 
@@ -218,7 +232,7 @@ def _anthropic_slots(body: dict[str, Any]) -> list[_Slot]:
     offset = 0
     tools = body.get("tools")
     if isinstance(tools, list) and tools:
-        offset += sum(_text_bytes(t) for t in tools)
+        offset += sum(text_bytes(t) for t in tools)
         if isinstance(tools[-1], dict):
             slots.append(_Slot(offset, "tools", _mark_anthropic_block(tools[-1]), True))
     system = body.get("system")
@@ -230,7 +244,7 @@ def _anthropic_slots(body: dict[str, Any]) -> list[_Slot]:
 
         slots.append(_Slot(offset, "system", place_system, True))
     elif isinstance(system, list) and system:
-        offset += _text_bytes(system)
+        offset += text_bytes(system)
         last = system[-1]
         if isinstance(last, dict) and last.get("type") == "text" and last.get("text"):
             slots.append(_Slot(offset, "system", _mark_anthropic_block(last), True))
@@ -241,7 +255,7 @@ def _anthropic_slots(body: dict[str, Any]) -> list[_Slot]:
         if not isinstance(message, dict):
             continue
         content = message.get("content")
-        offset += _text_bytes(content)
+        offset += text_bytes(content)
         if message.get("role") != "user":
             continue
         place = _anthropic_message_place(message, content)
@@ -292,12 +306,12 @@ def _converse_slots(body: dict[str, Any], *, tools: bool) -> list[_Slot]:
     config = body.get("toolConfig")
     specs = config.get("tools") if isinstance(config, dict) else None
     if isinstance(specs, list) and specs:
-        offset += _text_bytes(specs)
+        offset += text_bytes(specs)
         if tools:
             slots.append(_Slot(offset, "toolConfig", _append_point(specs), True))
     system = body.get("system")
     if isinstance(system, list) and system:
-        offset += _text_bytes(system)
+        offset += text_bytes(system)
         slots.append(_Slot(offset, "system", _append_point(system), True))
     messages = body.get("messages")
     if not isinstance(messages, list):
@@ -306,7 +320,7 @@ def _converse_slots(body: dict[str, Any], *, tools: bool) -> list[_Slot]:
         if not isinstance(message, dict):
             continue
         content = message.get("content")
-        offset += _text_bytes(content)
+        offset += text_bytes(content)
         if message.get("role") == "user" and isinstance(content, list) and content:
             slots.append(_Slot(offset, "messages", _append_point(content), False, index))
     return slots
