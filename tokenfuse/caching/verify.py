@@ -56,6 +56,9 @@ class _Conversation:
     prev: TurnPrint | None = None
     misses: int = 0
     miss_kind: str | None = None
+    # When the request in flight arrived: gaps are measured between arrivals, not
+    # between settles, which run after the answer and may trail the next request.
+    arrived: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class AutoCache:
             return None
         ts = self.clock() if now is None else now
         conv = self._conversation(ctx)
+        conv.arrived = ts
         if conv.off is not None:
             return Injection(0, "5m", conv.off)
         gap = None if conv.last_ts is None else ts - conv.last_ts
@@ -146,8 +150,9 @@ class AutoCache:
         cur = self.print_of(info)
         if cur is None or usage.estimated:
             return None
-        ts = self.clock() if now is None else now
         conv = self._conversation(ctx)
+        ts = now if now is not None else conv.arrived if conv.arrived is not None else self.clock()
+        conv.arrived = None
         prev, injected = conv.prev, conv.injected
         gap = None if conv.last_ts is None else max(0.0, ts - conv.last_ts)
         if gap is not None:
