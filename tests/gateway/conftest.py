@@ -80,7 +80,7 @@ class Stack:
         urllib.request.urlopen(req).close()
 
     def rows(self) -> list[dict[str, Any]]:
-        assert self.gw.gateway.ledger.flush(10.0)
+        assert self.gw.flush(10.0)
         conn = connect(f"sqlite:///{self.db}")
         cur = conn.execute("SELECT * FROM requests ORDER BY rowid")
         names = [d[0] for d in cur.description]

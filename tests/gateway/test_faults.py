@@ -94,7 +94,7 @@ def test_upstream_refusing_connections_is_502(tmp_path: Path) -> None:
             )
         assert err.value.status_code == 502
         assert "unreachable" in str(err.value.message)
-        gw.gateway.ledger.flush(5)
+        gw.flush(5)
 
 
 def test_upstream_timeout_is_504(sim: SimulatorThread, tmp_path: Path) -> None:

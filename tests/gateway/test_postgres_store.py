@@ -42,8 +42,8 @@ def test_two_gateways_share_ledger_and_kill_switches(sim: SimulatorThread, pg_ur
                 break
             assert time.monotonic() < deadline, "the kill switch never reached the other gateway"
             time.sleep(0.05)
-        a.gateway.ledger.flush(10)
-        b.gateway.ledger.flush(10)
+        a.flush(10)
+        b.flush(10)
     totals = usage_totals(pg_url)
     assert totals["by_model"]["test-model"]["output"] == 8 * (3 + served_before_kill)
     bob = usage_totals(pg_url, principal="bob")

@@ -224,7 +224,7 @@ def test_no_secret_in_debug_logs_of_a_sigv4_round_trip(
             )
             out = client.converse(modelId="test-claude", messages=[{"role": "user", "content": [{"text": "hi"}]}])
             assert out["usage"]["outputTokens"] > 0
-            assert sim.url and gw.gateway.ledger.flush(5)
+            assert sim.url and gw.flush(5)
         finally:
             botocore_logger.setLevel(saved)
     text = "\n".join(

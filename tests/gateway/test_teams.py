@@ -48,7 +48,7 @@ def test_team_budget_shared_by_two_principals_refuses_both(
     for key in (ALICE, BOB):
         refused = _chat(gw.url, key)
         assert refused.status_code == 429 and "platform-team" in refused.text, refused.text
-    assert gw.gateway.ledger.flush(10.0)
+    assert gw.flush(10.0)
     cfg = tmp_path / "usage.yaml"
     cfg.write_text(f"store: sqlite:///{tmp_path / 'ledger.db'}\n")
     assert tokenfuse_main(["usage", "--config", str(cfg), "--by", "team", "--format", "json"]) == 0

@@ -68,7 +68,7 @@ def test_boto3_bearer_token_over_tls(sim: SimulatorThread, tmp_path: Path, monke
         assert out["usage"]["outputTokens"] == 12
         # An idle TLS keep-alive connection would hold uvicorn's graceful shutdown for 30 s.
         client.close()
-        gw.gateway.ledger.flush(5)
+        gw.flush(5)
         row = connect(f"sqlite:///{tmp_path / 'l.db'}").execute(
             "SELECT key_name, output, outcome FROM requests"
         ).fetchall()

@@ -36,6 +36,7 @@ from tokenfuse.protocols.base import RequestInfo
 from tokenfuse.usage import Usage
 
 _GAPS_KEPT = 4
+_INFLIGHT_KEPT = 4096
 
 
 def cache_saved_usd(price: Price | None, usage: Usage, cost: Decimal) -> Decimal | None:
@@ -50,15 +51,11 @@ def cache_saved_usd(price: Price | None, usage: Usage, cost: Decimal) -> Decimal
 class _Conversation:
     last_ts: float | None = None
     gaps: deque[float] = field(default_factory=lambda: deque(maxlen=_GAPS_KEPT))
-    pending: Injection | None = None  # placed in the request now in flight
     injected: Injection | None = None  # placed in the previous turn, to verify now
     off: str | None = None  # why injection stopped for this conversation
     prev: TurnPrint | None = None
     misses: int = 0
     miss_kind: str | None = None
-    # When the request in flight arrived: gaps are measured between arrivals, not
-    # between settles, which run after the answer and may trail the next request.
-    arrived: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +79,11 @@ class AutoCache:
         self.max_gap = float(parse_duration(config.max_gap))
         self._convs: dict[tuple[str, str, str], _Conversation] = {}
         self._prints: dict[int, tuple[object, TurnPrint]] = {}
+        # Per request, from prepare to observe: when it arrived and what was injected.
+        # Kept per request, not per conversation, because observe runs after the
+        # answer is sent and the conversation's next turn may already have arrived.
+        # Gaps are measured between arrivals. Bounded: a request that fails never observes.
+        self._inflight: dict[int, tuple[RequestInfo, float, Injection | None]] = {}
 
     def reconfigure(self, config: CachingConfig) -> None:
         """Take a reloaded ``caching:`` section; conversations and their verdicts are kept."""
@@ -110,17 +112,19 @@ class AutoCache:
             return None
         ts = self.clock() if now is None else now
         conv = self._conversation(ctx)
-        conv.arrived = ts
         if conv.off is not None:
-            return Injection(0, "5m", conv.off)
-        gap = None if conv.last_ts is None else ts - conv.last_ts
-        if gap is not None and gap > self.max_gap:
-            conv.pending = None
-            return Injection(0, "5m", f"turns arrive {gap:,.0f} s apart, longer than any cache lives")
-        gaps = [*conv.gaps, *([gap] if gap is not None else [])]
-        ttl = "1h" if any(g > self.one_hour_after for g in gaps) else "5m"
-        injection = inject(info, ttl)
-        conv.pending = injection if injection.markers else None
+            injection = Injection(0, "5m", conv.off)
+        else:
+            gap = None if conv.last_ts is None else ts - conv.last_ts
+            if gap is not None and gap > self.max_gap:
+                injection = Injection(0, "5m", f"turns arrive {gap:,.0f} s apart, longer than any cache lives")
+            else:
+                gaps = [*conv.gaps, *([gap] if gap is not None else [])]
+                ttl = "1h" if any(g > self.one_hour_after for g in gaps) else "5m"
+                injection = inject(info, ttl)
+        self._inflight[id(info)] = (info, ts, injection if injection.markers else None)
+        while len(self._inflight) > _INFLIGHT_KEPT:
+            del self._inflight[next(iter(self._inflight))]
         return injection
 
     # -- after settling --------------------------------------------------------------
@@ -147,18 +151,20 @@ class AutoCache:
         now: float | None = None,
     ) -> Verdict | None:
         """Verify the previous turn's injection and diagnose a cache that does not engage."""
+        entry = self._inflight.pop(id(info), None)
+        if entry is not None and entry[0] is not info:
+            entry = None
         cur = self.print_of(info)
         if cur is None or usage.estimated:
             return None
         conv = self._conversation(ctx)
-        ts = now if now is not None else conv.arrived if conv.arrived is not None else self.clock()
-        conv.arrived = None
+        ts = now if now is not None else entry[1] if entry is not None else self.clock()
         prev, injected = conv.prev, conv.injected
         gap = None if conv.last_ts is None else max(0.0, ts - conv.last_ts)
         if gap is not None:
             conv.gaps.append(gap)
         conv.last_ts, conv.prev = ts, cur
-        conv.injected, conv.pending = conv.pending, None
+        conv.injected = entry[2] if entry is not None else None
         if prev is None or not cur.continues(prev):
             conv.misses, conv.miss_kind = 0, None
             return None

@@ -135,6 +135,9 @@ class Gateway:
         self.http: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
+        # Requests between arrival and their ledger row (which is written after the
+        # response is sent): lets tests and shutdown know when the ledger has caught up.
+        self.active = 0
         self._max_body = config.server.max_body_bytes
         # Probes, /metrics and /v1/models: never metered (tokenfuse/ops/app.py).
         self.ops = OpsApp(self)
@@ -292,6 +295,7 @@ class Gateway:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         req = _Request(f"tf-{self._id_prefix}-{next(self._ids)}", raw_path, headers)
         REQUEST_RUNTIME.set(self.runtime)  # this task's own context: the request's config to its end
+        self.active += 1
         try:
             await self._pipeline(req, scope, receive, send)
         except _Refused as r:
@@ -326,7 +330,10 @@ class Gateway:
         finally:
             if self.guards is not None and req.outcome == "ok" and req.ctx is not None and req.info is not None:
                 self.guards.observe(req.ctx, req.info, req.body, req.usage, req.cost, req.price)
-            self._record(req)
+            try:
+                self._record(req)
+            finally:
+                self.active -= 1
 
     async def _alert_refusal(self, budget: str, needed: Decimal) -> None:
         """The first refusal of a budget in its window alerts (once; refusal_seen does no I/O)."""

@@ -41,6 +41,18 @@ class GatewayThread:
         self.port = sock.getsockname()[1]
         return self
 
+    def flush(self, timeout: float = 10.0, idle_s: float = 2.0) -> bool:
+        """Commit the rows of every request answered so far.
+
+        A row is written just after its response is sent, so a client can see
+        its answer before the row exists: wait (up to ``idle_s``, since a caller
+        may hold a request open on purpose) for requests in progress, then flush.
+        """
+        deadline = time.monotonic() + idle_s
+        while self.gateway.active and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return bool(self.gateway.ledger.flush(timeout))
+
     def stop(self) -> None:
         self.server.should_exit = True
         # uvicorn cancels what is still running at server.shutdown_timeout_s, then flushes the ledger.
