@@ -20,6 +20,9 @@ from tokenfuse.protocols.base import (
     compact_json,
     parse_body,
 )
+from tokenfuse.protocols.base import (
+    dumps as canonical_dumps,
+)
 
 from .wire import dumps
 
@@ -325,7 +328,8 @@ def _exercise(proto: ModuleType, route: str, body: bytes, model: str | None) -> 
     proto.set_max_tokens(info, 77)
     proto.request_usage_in_stream(info)
     forwarded = proto.encode_body(info)
-    assert forwarded == compact_json(info.body)
+    # One encoder spells the whole body, however it was changed member by member.
+    assert forwarded == canonical_dumps(info.body)
     assert parse_body(forwarded, "e").obj == info.body
 
 

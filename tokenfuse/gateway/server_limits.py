@@ -105,6 +105,71 @@ class _HeadersTooLarge(Exception):
     pass
 
 
+class _Held:
+    """Stands in for the transport while uvicorn writes a response head, to hold it."""
+
+    __slots__ = ("closed", "data")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = data
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def close(self) -> None:
+        self.closed = True  # a connection without keep-alive: closed once the bytes are out
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class CoalescingCycle(RequestResponseCycle):
+    """uvicorn's request cycle, writing a whole response's head and body in one write.
+
+    A response with a content-length (every non-streaming answer) is otherwise two
+    socket writes: the head at ``http.response.start``, the body next. Holding the
+    head until the body saves a system call per request. A chunked response (a
+    stream) gets its head at once: a client may be waiting on the status while the
+    provider thinks.
+    """
+
+    _held: bytes | None = None
+
+    async def send(self, message: Any) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            # Wait here, not inside uvicorn's send, so that the stand-in is never in
+            # place across an await (the app may call receive() meanwhile).
+            await self.flow.drain()
+        if message["type"] == "http.response.start" and not self.response_started:
+            transport, held = self.transport, _Held()
+            self.transport = held  # type: ignore[assignment]
+            try:
+                await super().send(message)
+            finally:
+                self.transport = transport
+            if self.chunked_encoding is False and self.scope["method"] != "HEAD":
+                self._held = held.data
+            elif held.data:
+                transport.write(held.data)
+            return
+        head = self._held
+        if head is None:
+            await super().send(message)
+            return
+        self._held = None
+        transport, held = self.transport, _Held(head)
+        self.transport = held  # type: ignore[assignment]
+        try:
+            await super().send(message)
+        finally:
+            self.transport = transport
+        if held.data and not self.disconnected:
+            transport.write(held.data)
+        if held.closed:
+            transport.close()
+
+
 class LimitedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with read timeouts and connection caps.
 
@@ -209,22 +274,21 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._expect_headers()
         self._message_started = True
 
-    def on_url(self, url: bytes) -> None:
-        self._header_bytes += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
         self._message_started = False
         self._cancel_timer()
+        # The exact size of the request line and headers, counted once here rather
+        # than in a callback per header (two Python frames each on the hot path).
+        self._header_bytes = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
         if self._header_bytes > self.limits.max_header_bytes:
             self._pending_error = self._too_large()
             raise _HeadersTooLarge  # httptools turns it into a parser error: send_400_response
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.__class__ is RequestResponseCycle:
+            # uvicorn builds the cycle itself; its task has not run yet.
+            cycle.__class__ = CoalescingCycle
         self._arm(self.limits.body_timeout_s, self._body_timeout)
 
     def on_message_complete(self) -> None:
