@@ -169,6 +169,7 @@ def workers(b: gb.Bench, sim: gs.Proc, root: Path, tag: str) -> list[dict[str, A
 # except gateway/app.py and the entry points, under which the library decides.
 _TF_LAYERS = [
     ("gateway/server_limits.py", "ASGI server + HTTP parsing (uvicorn, httptools)"),
+    ("gateway/httpclient.py", "upstream client (httpclient)"),
     ("gateway/identity.py", "auth (key digest, SigV4)"),
     ("gateway/headers.py", "header allowlist"),
     ("gateway/upstream.py", "upstream choice + auth headers"),

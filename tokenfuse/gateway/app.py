@@ -18,8 +18,6 @@ from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
-import aiohttp
-
 from tokenfuse.aio import spawn
 from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.caching.verify import AutoCache, cache_saved_usd
@@ -27,6 +25,7 @@ from tokenfuse.config import Config, KeyConfig
 from tokenfuse.control.keys import RuntimeKeys, RuntimeKeyStore
 from tokenfuse.gateway import routes
 from tokenfuse.gateway.headers import forwardable
+from tokenfuse.gateway.httpclient import ConnectError, ConnectionBroken, HTTPClient, Response
 from tokenfuse.gateway.identity import AuthError, Identity, KeyRing
 from tokenfuse.gateway.reload import REQUEST_RUNTIME, Reloader, ReloadResult, Runtime, build_runtime
 from tokenfuse.gateway.summary import config_warnings, summary_lines
@@ -132,7 +131,7 @@ class Gateway:
         self.watcher: Any = None
         self.alerts: Any = None
         self.admin: Any = None
-        self.http: aiohttp.ClientSession | None = None
+        self.http: HTTPClient | None = None
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         # Requests between arrival and their ledger row (which is written after the
@@ -227,17 +226,10 @@ class Gateway:
         log.info("%s", "; ".join(summary_lines(self.config, len(self.runtime_keys))))
         for warning in config_warnings(self.config):
             log.warning("%s", warning)
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=self.config.server.connect_timeout_s, sock_read=self.config.server.upstream_timeout_s
-        )
-        self.http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
-            timeout=timeout,
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            # One session serves every caller: a cookie one upstream answer sets must
-            # never ride along on another caller's request.
-            cookie_jar=aiohttp.DummyCookieJar(),
+        # Sends no headers of its own (but Host, Content-Length) and keeps no cookies: one
+        # client serves every caller (tokenfuse/gateway/httpclient.py).
+        self.http = HTTPClient(
+            connect_timeout=self.config.server.connect_timeout_s, read_timeout=self.config.server.upstream_timeout_s
         )
 
     async def shutdown(self) -> None:
@@ -628,8 +620,8 @@ class Gateway:
             raise _Refused("upstream_unavailable", str(exc), "upstream_error") from None
         t0 = time.perf_counter()
         try:
-            resp = await self.http.post(url, data=body, headers=headers)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            resp = await self.http.post(url, body, headers)
+        except ConnectError as exc:
             # No connection was made, so the provider never saw the request: nothing to bill.
             raise _Refused(
                 "upstream_unavailable",
@@ -642,7 +634,7 @@ class Gateway:
             raise _Refused(
                 "upstream_timeout", f"upstream {upstream.name!r} did not answer in time", "upstream_error"
             ) from None
-        except aiohttp.ClientError as exc:
+        except ConnectionBroken as exc:
             await self._charge_bound(
                 req, f"upstream connection failed after the request was sent ({type(exc).__name__}); "
                 "charged at the bound"
@@ -678,10 +670,10 @@ class Gateway:
             await self.limiter.settle(req.admission, req.usage, req.cost)
             req.admission = None
 
-    def _response_headers(self, req: _Request, resp: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    def _response_headers(self, req: _Request, resp: Response) -> list[tuple[bytes, bytes]]:
         out = [
             (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in resp.headers.items()
+            for k, v in resp.headers
             if k.lower() not in DROP_RESPONSE_HEADERS
         ]
         out.append((b"x-tokenfuse-request-id", req.id.encode()))
@@ -691,14 +683,14 @@ class Gateway:
             out.append((b"x-tokenfuse-max-tokens", f"{req.bound.max_tokens}; requested={req.bound.lowered_from}".encode()))
         return out
 
-    async def _relay_whole(self, req: _Request, resp: aiohttp.ClientResponse, t0: float, send: Send) -> None:
+    async def _relay_whole(self, req: _Request, resp: Response, t0: float, send: Send) -> None:
         assert req.info is not None and req.route is not None
         try:
             data = await resp.read()
         except TimeoutError:
             await self._charge_bound(req, "upstream timed out sending the response; charged at the bound")
             raise _Refused("upstream_timeout", "upstream timed out sending the response", "upstream_error") from None
-        except aiohttp.ClientError:
+        except ConnectionBroken:
             await self._charge_bound(req, "upstream broke the connection mid-response; charged at the bound")
             raise _Refused(
                 "upstream_failed", "upstream broke the connection mid-response; it may have been billed, "
@@ -708,7 +700,7 @@ class Gateway:
         req.status = resp.status
         usage = None
         if resp.status < 400:
-            lower = {k.lower(): v for k, v in resp.headers.items()} if req.route.protocol == "bedrock" else {}
+            lower = {k.lower(): v for k, v in resp.headers} if req.route.protocol == "bedrock" else {}
             usage = PROTOCOLS[req.route.protocol].usage_from_response(req.route.route, data, lower)
         if resp.status >= 400:
             req.outcome = "upstream_error"
@@ -785,7 +777,7 @@ class Gateway:
             req.admission = None
 
     async def _relay_stream(
-        self, req: _Request, resp: aiohttp.ClientResponse, t0: float, send: Send, receive: Receive
+        self, req: _Request, resp: Response, t0: float, send: Send, receive: Receive
     ) -> None:
         assert req.info is not None and req.route is not None
         meter = PROTOCOLS[req.route.protocol].StreamMeter(req.info)
@@ -805,7 +797,7 @@ class Gateway:
         out_bound = req.bound.tokens["output"] if req.bound is not None else None
         overran = False
         try:
-            async for chunk in resp.content.iter_any():
+            async for chunk in resp.iter_chunks():
                 out = meter.feed(chunk)
                 if out_bound is not None and meter.text_events > out_bound:
                     # Each text event holds at least one token: the upstream is past the
@@ -824,7 +816,7 @@ class Gateway:
                         client_gone = True
             else:
                 complete = True
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, ConnectionBroken) as exc:
             broke = f"upstream stream broke ({type(exc).__name__})"
         finally:
             watcher.cancel()
