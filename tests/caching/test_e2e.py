@@ -6,6 +6,7 @@ doctor names the cause of a cache that does not engage, through the guard path.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -188,3 +189,51 @@ def _ctx() -> Any:
     from tokenfuse.limits.context import RequestContext
 
     return RequestContext("alice-droid", "alice", "droid", None, SONNET, "anthropic")
+
+
+def test_fingerprints_of_remembered_turns_are_the_ones_computed_from_scratch(
+    sim: SimulatorThread, clock: Clock, tmp_path: Path
+) -> None:
+    """Through a real gateway with a budget (so the conversation-prefix key runs too): two sessions
+    interleave, the marker moves each turn, an early turn is edited, the history is truncated,
+    then compacted. Every ledger row's fingerprint is the one computed from that body alone."""
+    from tests.caching.test_doctor import reference_turn_print
+
+    extra = "budgets: [{name: bob-day, match: {principal: bob}, window: day, limit: {usd: 1000}}]"
+    config = make_config(sim.url, tmp_path / "ledger.db", extra)
+    tools = [{"name": "run_tests", "description": "Run the test suite.", "input_schema": {"type": "object"}}]
+    sent: list[dict[str, Any]] = []
+    with GatewayThread(config) as gw:
+        gw.gateway.caching.clock = clock
+        st = Stack(sim.url, gw, tmp_path / "ledger.db")
+        client = anthropic.Anthropic(base_url=st.url, api_key=BOB, max_retries=0)
+
+        def step(history: list[dict[str, Any]], session: str, note: str) -> None:
+            last = history[-1]
+            marked = [*history[:-1], {**last, "content": [
+                {"type": "text", "text": last["content"][0]["text"], "cache_control": {"type": "ephemeral"}}]}]
+            body = {"model": SONNET, "max_tokens": 64, "system": SYSTEM, "tools": tools, "messages": marked}
+            reply = client.messages.create(**body, extra_headers={"x-tokenfuse-session": session})  # type: ignore[call-overload]
+            sent.append(body)
+            history.append({"role": "assistant", "content": [{"type": "text", "text": reply.content[0].text}]})
+            history.append({"role": "user", "content": [{"type": "text", "text": f"{note}: {TOOL_OUTPUT}"}]})
+            clock.now += 20
+
+        a = [{"role": "user", "content": [{"type": "text", "text": "Fix the failing test."}]}]
+        b = [{"role": "user", "content": [{"type": "text", "text": "Fix the failing test."}]}]
+        for turn in range(6):
+            step(a, "a", f"a{turn}")
+            step(b, "b", f"b{turn}")
+        a[2] = {"role": "user", "content": [{"type": "text", "text": "an earlier turn, edited"}]}
+        step(a, "a", "edited")
+        del a[:4]
+        step(a, "a", "truncated")
+        a[:] = [{"role": "user", "content": [{"type": "text", "text": f"summary so far: {TOOL_OUTPUT}"}]}]
+        step(a, "a", "compacted")
+        step(b, "b", "b again")
+        rows = [r for r in st.rows() if r["key_name"] == "bob-batch"]
+        # Each request keyed and its exact input recorded; a's and b's first requests are one prefix.
+        assert len(gw.gateway.limiter.prefixes) == len(sent) - 1
+    assert len(rows) == len(sent)
+    for row, body in zip(rows, sent, strict=True):
+        assert row["prefix_fp"] == reference_turn_print(json.loads(json.dumps(body))).encode()

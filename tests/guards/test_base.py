@@ -8,8 +8,11 @@ import logging
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.guards.agent import CLAUDE, Agent, ctx, request, uncached
 from tokenfuse.config import AlertsConfig, GuardsConfig
@@ -167,3 +170,63 @@ def test_openai_conversations_sharing_a_system_prompt_have_different_heads() -> 
 
     assert chat("task A").head != chat("task B").head
     assert chat("task A").head == chat("task A").head
+
+
+# --- fingerprints: frozen and stripped in one pass, the same values as before ---------------------
+
+
+def _reference_frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple((k, _reference_frozen(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return tuple(_reference_frozen(v) for v in value)
+    return value
+
+
+def _reference_bare_block(value: Any) -> Any:
+    if isinstance(value, dict) and "cache_control" in value:
+        return {k: v for k, v in value.items() if k != "cache_control"}
+    return value
+
+
+def _reference_bare(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_reference_bare_block(v) for v in value if not (isinstance(v, dict) and "cachePoint" in v)]
+    if isinstance(value, dict):
+        value = _reference_bare_block(value)
+        content = value.get("content")
+        if isinstance(content, list):
+            value = {**value, "content": [
+                _reference_bare_block(b) for b in content if not (isinstance(b, dict) and "cachePoint" in b)
+            ]}
+    return value
+
+
+def _reference_head(body: dict[str, Any], items: list[Any]) -> int:
+    """``Prompt.head`` as it was before it froze and stripped in one pass (commit 5c5058c)."""
+    parts = [_reference_bare(body.get(k)) for k in ("system", "instructions", "tools", "toolConfig")]
+    for item in items[:4]:
+        parts.append(_reference_bare(item))
+        if not (isinstance(item, dict) and item.get("role") in ("system", "developer")):
+            break
+    return hash(_reference_frozen(parts))
+
+
+_KEYS = st.sampled_from(["role", "content", "text", "type", "cache_control", "cachePoint", "input", "a"])
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.sampled_from(["", "x", "user", "system"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+_ITEM = _JSON | st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "developer", "user"]), "content": _JSON}
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(["system", "instructions", "tools", "toolConfig", "x"]), _JSON, max_size=4),
+       st.lists(_ITEM, min_size=1, max_size=6))
+def test_fingerprints_are_the_values_they_were(head: dict[str, Any], items: list[Any]) -> None:
+    p = Prompt({**head, "messages": items}, b"")
+    assert p.head == _reference_head(head, items)
+    assert [p.item(i) for i in range(len(items))] == [hash(_reference_frozen(_reference_bare(i))) for i in items]

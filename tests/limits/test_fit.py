@@ -156,7 +156,9 @@ async def test_two_redis_replicas_fitting_requests_never_exceed_a_shared_cap(
     cfg = make_config(budget("2"), counters=redis_url, store=f"sqlite:///{tmp_path / 'l.db'}")
     a = await Limiter.create(cfg, prefix=redis_prefix)
     b = await Limiter.create(cfg, prefix=redis_prefix)
-    rng = random.Random(11)
+    # Which request reaches Redis first decides whether the second is lowered or fits whole;
+    # with this seed it is lowered whatever the arrival order (replicas pipeline their calls).
+    rng = random.Random(1)
     billed = Decimal(0)
     lowered = 0
 

@@ -5,6 +5,10 @@ order (tools, system, message content blocks): for each block a chained hash
 of the prompt up to its end, and its end offset in text bytes; plus where the
 cache markers are. Hashes only, never prompt text, so it can be kept in the
 ledger (``prefix_fp``) and diagnosed later by ``tokenfuse cache-report``.
+It is computed per segment (the tools, the system prompt, each message), each
+continuing the hash where the one before ended, so :func:`turn_print_of` takes
+the segments of turns the conversation's previous request already had from
+:mod:`tokenfuse.history` and hashes only the new ones.
 
 :func:`diagnose` compares two consecutive turns of one conversation and names
 the first cause that explains a turn that read nothing from the cache: the
@@ -19,10 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import chain
+from typing import Any, cast
 
 from tokenfuse.caching.inject import estimate_tokens, text_bytes
-from tokenfuse.protocols.base import dumps
+from tokenfuse.history import HISTORY, History, Node
+from tokenfuse.protocols.base import RequestInfo, dumps
 
 HEAD_BLOCKS = 48  # blocks kept in the ledger from the start of the prompt
 TAIL_BLOCKS = 8  # ... and from its end (where the previous turn's marker sits)
@@ -117,60 +123,156 @@ def _ttl_of(marker: Any) -> str:
     return "1h" if isinstance(marker, dict) and marker.get("ttl") == "1h" else "5m"
 
 
-def turn_print(body: dict[str, Any], *, keep_text: bool = False) -> TurnPrint:
-    """The fingerprint of an Anthropic Messages or Bedrock Converse body."""
-    items: list[tuple[Any, str | None]] = []  # (block, ttl of a marker right after it)
+@dataclass(slots=True, eq=False)  # not frozen: a frozen init costs ~2 µs, once per message of a new turn list
+class _Segment:
+    """One run of blocks (the tools, the system prompt, one message) after everything before it.
 
-    def add(block: Any) -> None:
-        if isinstance(block, dict) and "cachePoint" in block:
-            if items:
-                items[-1] = (items[-1][0], _ttl_of(block["cachePoint"]))
-            return
-        marker = block.get("cache_control") if isinstance(block, dict) else None
-        items.append((block, _ttl_of(marker) if isinstance(marker, dict) else None))
+    Counts, offsets and hashes are of the prompt up to the segment's end, so a
+    segment holds only for what precedes it: :mod:`tokenfuse.history` keeps one
+    per conversation turn, where that is fixed."""
 
+    hasher: Any  # blake2b after the segment's last block, continued by the next segment
+    offset: int  # text bytes up to its end
+    count: int  # blocks up to its end
+    kept: int  # text bytes kept (``texts``) up to its end
+    blocks: tuple[tuple[int, int], ...]  # its blocks' (end offset, chained hash)
+    markers: tuple[tuple[int, str], ...]  # (block index, ttl) of its blocks' markers
+    lead: str | None  # a cachePoint before its first block marks the block before the segment
+    own: int  # hash of its blocks' bytes, in order (one per message: TurnPrint.message_hashes)
+    texts: tuple[bytes, ...]  # live only: its blocks' text among the first HEAD_BLOCKS, up to KEEP_TEXT_BYTES
+
+    @property
+    def nbytes(self) -> int:
+        """About what it holds in memory (tests/test_history.py measures it)."""
+        texts = self.texts
+        return 640 + 150 * len(self.blocks) + 80 * len(self.markers) + 40 * len(texts) + sum(map(len, texts))
+
+
+_NO_BLOCKS = hash(())
+# A segment's hasher is copied, never updated, once made: one with nothing hashed can be shared.
+_START = _Segment(hashlib.blake2b(digest_size=4), 0, 0, 0, (), (), None, _NO_BLOCKS, ())
+
+
+def _segment(prev: _Segment | None, parts: list[Any]) -> _Segment:
+    if not parts:  # no tools, an empty message
+        if prev is None:
+            return _START
+        return _Segment(prev.hasher, prev.offset, prev.count, prev.kept, (), (), None, _NO_BLOCKS, ())
+    hasher = prev.hasher.copy() if prev is not None else hashlib.blake2b(digest_size=4)
+    offset, count, kept = (prev.offset, prev.count, prev.kept) if prev is not None else (0, 0, 0)
+    start = count
+    ttls: list[str | None] = []
+    lead: str | None = None
+    blocks: list[tuple[int, int]] = []
+    own: list[int] = []
+    texts: list[bytes] = []
+    for part in parts:
+        if isinstance(part, dict) and "cachePoint" in part:
+            # A Bedrock cache point marks the block before it, which may end an earlier segment.
+            if ttls:
+                ttls[-1] = _ttl_of(part["cachePoint"])
+            else:
+                lead = _ttl_of(part["cachePoint"])
+            continue
+        marker = part.get("cache_control") if isinstance(part, dict) else None
+        ttls.append(_ttl_of(marker) if isinstance(marker, dict) else None)
+        raw = _block_bytes(part)
+        hasher.update(len(raw).to_bytes(4, "little"))
+        hasher.update(raw)
+        offset += text_bytes(part)
+        blocks.append((offset, int.from_bytes(hasher.copy().digest(), "little")))
+        own.append(hash(raw))
+        if count < HEAD_BLOCKS and kept < KEEP_TEXT_BYTES:
+            # A text block's own text, so a span's offset is where the user would look for it.
+            text = part.get("text") if isinstance(part, dict) else None
+            shown = text.encode() if isinstance(text, str) else raw
+            texts.append(shown[: KEEP_TEXT_BYTES - kept])
+            kept += len(texts[-1])
+        count += 1
+    markers = tuple((start + j, t) for j, t in enumerate(ttls) if t is not None) if any(ttls) else ()
+    return _Segment(hasher, offset, count, kept, tuple(blocks), markers, lead, hash(tuple(own)), tuple(texts))
+
+
+def _head_parts(body: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     tools = body.get("tools")
     config = body.get("toolConfig")
     if not isinstance(tools, list) and isinstance(config, dict):
         tools = config.get("tools")
-    for tool in tools if isinstance(tools, list) else []:
-        add(tool)
-    n_tools = len(items)
     system = body.get("system")
-    for part in [system] if isinstance(system, str) else system if isinstance(system, list) else []:
-        add(part)
-    n_system = len(items) - n_tools
-    messages = body.get("messages")
-    messages = messages if isinstance(messages, list) else []
-    bounds: list[int] = []  # index of each message's first block
-    for message in messages:
-        bounds.append(len(items))
-        content = message.get("content") if isinstance(message, dict) else None
-        for part in [content] if isinstance(content, str) else content if isinstance(content, list) else []:
-            add(part)
-    hasher = hashlib.blake2b(digest_size=4)
-    blocks: dict[int, tuple[int, int]] = {}
+    return (
+        tools if isinstance(tools, list) else [],
+        [system] if isinstance(system, str) else system if isinstance(system, list) else [],
+    )
+
+
+def _parts(message: Any) -> list[Any]:
+    content = message.get("content") if isinstance(message, dict) else None
+    return [content] if isinstance(content, str) else content if isinstance(content, list) else []
+
+
+def _assemble(head: tuple[_Segment, _Segment], turns: list[_Segment], keep_text: bool) -> TurnPrint:
+    segs = [*head, *turns]
+    markers: list[tuple[int, str]] = []
     texts: list[bytes] = []
-    own: list[int] = []  # hash of each block alone
-    kept = 0
-    offset = 0
-    for i, (block, _) in enumerate(items):
-        raw = _block_bytes(block)
-        hasher.update(len(raw).to_bytes(4, "little"))
-        hasher.update(raw)
-        offset += text_bytes(block)
-        blocks[i] = (offset, int.from_bytes(hasher.copy().digest(), "little"))
-        own.append(hash(raw))
-        if keep_text and i < HEAD_BLOCKS and kept < KEEP_TEXT_BYTES:
-            # A text block's own text, so a span's offset is where the user would look for it.
-            text = block.get("text") if isinstance(block, dict) else None
-            shown = text.encode() if isinstance(text, str) else raw
-            texts.append(shown[: KEEP_TEXT_BYTES - kept])
-            kept += len(texts[-1])
-    markers = [(i, ttl) for i, (_, ttl) in enumerate(items) if ttl is not None]
-    ends = [*bounds[1:], len(items)] if bounds else []
-    message_hashes = [hash(tuple(own[a:b])) for a, b in zip(bounds, ends, strict=True)]
-    return TurnPrint(n_tools, n_system, blocks, len(items), markers, len(messages), texts, message_hashes)
+    # Few segments (most requests) in one pass; many (a long conversation) in C-speed passes.
+    for seg in segs if len(segs) <= 8 else [s for s in segs if s.markers or s.lead is not None or s.texts]:
+        if seg.lead is not None:
+            start = seg.count - len(seg.blocks)  # blocks before this segment
+            if start > 0:
+                if markers and markers[-1][0] == start - 1:
+                    markers[-1] = (start - 1, seg.lead)
+                else:
+                    markers.append((start - 1, seg.lead))
+        if seg.markers:
+            markers.extend(seg.markers)
+        if keep_text and seg.texts:
+            texts.extend(seg.texts)
+    blocks = dict(enumerate(chain.from_iterable([seg.blocks for seg in segs])))
+    tools, system = head
+    return TurnPrint(
+        tools.count, system.count - tools.count, blocks, segs[-1].count, markers, len(turns), texts,
+        [s.own for s in turns],
+    )
+
+
+def turn_print(body: dict[str, Any], *, keep_text: bool = False) -> TurnPrint:
+    """The fingerprint of an Anthropic Messages or Bedrock Converse body."""
+    tools, system = _head_parts(body)
+    first = _segment(None, tools)
+    head = (first, _segment(first, system))
+    messages = body.get("messages")
+    segs: list[_Segment] = []
+    prev = head[1]
+    for message in messages if isinstance(messages, list) else []:
+        prev = _segment(prev, _parts(message))
+        segs.append(prev)
+    return _assemble(head, segs, keep_text)
+
+
+def turn_print_of(info: RequestInfo, history: History = HISTORY) -> TurnPrint:
+    """``turn_print(info.body, keep_text=True)``, with the segments of turns an earlier request of the
+    conversation already had taken from ``history`` instead of hashed again."""
+    body = info.body
+    messages = body.get("messages")
+    if not isinstance(messages, list) or info.prompt_bytes < history.min_bytes:
+        return turn_print(body, keep_text=True)  # a short body is not remembered: no walk to pay for
+    seen = history.walk(info, "messages", messages)
+    new: list[tuple[Node, Any, int]] = []
+    head = seen.root.extra
+    if not isinstance(head, tuple):
+        tools, system = _head_parts(body)
+        first = _segment(None, tools)
+        head = (first, _segment(first, system))
+        new.append((seen.root, head, head[0].nbytes + head[1].nbytes))
+    segs = [node.extra for node in seen.nodes]
+    if None in segs:  # turns no request of this conversation had before
+        for i in range(segs.index(None), len(segs)):
+            if segs[i] is None:
+                seg = segs[i] = _segment(segs[i - 1] if i else head[1], _parts(messages[i]))
+                new.append((seen.nodes[i], seg, seg.nbytes))
+    if new and seen.root.stored:
+        history.attach(seen, new)
+    return _assemble(head, cast(list[_Segment], segs), True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,14 @@ from decimal import Decimal
 from fnmatch import fnmatchcase
 from typing import Any
 
-from tokenfuse.caching.doctor import TTL_SECONDS, Cause, TurnPrint, diagnose, first_differing_span, turn_print
+from tokenfuse.caching.doctor import (
+    TTL_SECONDS,
+    Cause,
+    TurnPrint,
+    diagnose,
+    first_differing_span,
+    turn_print_of,
+)
 from tokenfuse.caching.inject import Injection, inject, min_cacheable_tokens, supports
 from tokenfuse.config import CachingConfig, parse_duration
 from tokenfuse.limits.context import RequestContext
@@ -136,7 +143,7 @@ class AutoCache:
         memo = self._prints.get(id(info))
         if memo is not None and memo[0] is info.body:
             return memo[1]
-        fp = turn_print(info.body, keep_text=True)
+        fp = turn_print_of(info)
         self._prints[id(info)] = (info.body, fp)
         while len(self._prints) > 64:
             del self._prints[next(iter(self._prints))]

@@ -69,13 +69,14 @@ class Prompt:
     hash costs one ``hash(bytes)``.
     """
 
-    __slots__ = ("_body", "_head", "_items", "_raw", "info")
+    __slots__ = ("_body", "_head", "_head_items", "_items", "_raw", "info")
 
     def __init__(self, body: dict[str, Any], raw: bytes, info: RequestInfo | None = None) -> None:
         self._body = body
         self._raw = raw
         self.info = info  # the parsed request, for guards that need its route (cache doctor)
         self._head: int | None = None
+        self._head_items: list[Any] = []  # the head's items, frozen: item() reuses them
         self._items: list[Any] | None = None
 
     @property
@@ -95,48 +96,57 @@ class Prompt:
     def head(self) -> int:
         if self._head is None:
             items = self.items
-            parts = [_bare(self._body.get(k)) for k in _HEAD_KEYS]
+            body = self._body
+            parts = [_frozen_bare(body.get(k)) for k in _HEAD_KEYS]
             # OpenAI puts the system prompt in the list: the head runs to the first other item.
             for item in items[:_MAX_HEAD_ITEMS]:
-                parts.append(_bare(item))
+                parts.append(_frozen_bare(item))
                 if not (isinstance(item, dict) and item.get("role") in ("system", "developer")):
                     break
-            self._head = _fingerprint(parts)
+            self._head_items = parts[len(_HEAD_KEYS) :]
+            self._head = hash(tuple(parts))
         return self._head
 
     def item(self, index: int) -> int:
-        return _fingerprint(_bare(self.items[index]))
+        if 0 <= index < len(self._head_items):
+            return hash(self._head_items[index])
+        return hash(_frozen_bare(self.items[index]))
 
 
-def _fingerprint(value: Any) -> int:
-    # hash() of nested tuples: a few times cheaper than serialising, and in-process only.
-    return hash(_frozen(value))
+# Fingerprints are hash() of nested tuples: a few times cheaper than serialising, and in-process
+# only. A dict becomes the tuple of its (key, value) pairs, a list the tuple of its values.
 
 
 def _frozen(value: Any) -> Any:
-    if isinstance(value, dict):
-        return tuple((k, _frozen(v)) for k, v in value.items())
+    cls = value.__class__
+    if cls is str or cls is int:
+        return value
+    if cls is dict or (cls is not list and isinstance(value, dict)):
+        return tuple([(k, v if v.__class__ is str else _frozen(v)) for k, v in value.items()])
+    if cls is list or isinstance(value, list):
+        return tuple([v if v.__class__ is str else _frozen(v) for v in value])
+    return value
+
+
+def _frozen_bare(value: Any) -> Any:
+    """``value`` frozen without its cache markers, two levels deep (where clients put them): its
+    own ``cache_control``, and in its list (or its ``content`` list) each element's ``cache_control``
+    and every ``cachePoint`` element. Frozen and stripped in one pass, without copying dicts."""
     if isinstance(value, list):
-        return tuple(_frozen(v) for v in value)
-    return value
-
-
-def _bare(value: Any) -> Any:
-    """``value`` without cache markers, two levels deep (where clients put them)."""
-    if isinstance(value, list):
-        return [_bare_block(v) for v in value if not (isinstance(v, dict) and "cachePoint" in v)]
+        return tuple([_frozen_block(v) for v in value if not _is_cache_point(v)])
     if isinstance(value, dict):
-        value = _bare_block(value)
-        content = value.get("content")
-        if isinstance(content, list):
-            value = {**value, "content": [_bare_block(b) for b in content if not _is_cache_point(b)]}
+        return tuple([
+            (k, tuple([_frozen_block(b) for b in v if not _is_cache_point(b)])
+             if k == "content" and isinstance(v, list) else _frozen(v))
+            for k, v in value.items() if k != "cache_control"
+        ])
     return value
 
 
-def _bare_block(value: Any) -> Any:
-    if isinstance(value, dict) and "cache_control" in value:
-        return {k: v for k, v in value.items() if k != "cache_control"}
-    return value
+def _frozen_block(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple([(k, _frozen(v)) for k, v in value.items() if k != "cache_control"])
+    return _frozen(value)
 
 
 def _is_cache_point(value: Any) -> bool:

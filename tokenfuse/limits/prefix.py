@@ -12,21 +12,24 @@ conversation").
 A conversation is the request's turn list (``messages``, or a Responses
 ``input`` list) after a *head*: every other top-level member of the body except
 those that cannot change the input (output limits, sampling, streaming). The
-key of "head + first k turns" is a chained digest, scoped to the principal,
-protocol, route and model, so any change to the system prompt, the tools or an
-earlier turn misses and falls back to bytes. Cache markers (``cache_control``,
-``cachePoint``) are not text the provider counts; they are left out of the
-digest because agents move them to the newest turn every time.
+key of "head + first k turns" is a chained digest over the protocol, route,
+model, head and turns (``tokenfuse/history.py``, which remembers it per turn so
+a conversation's earlier turns are not hashed again), scoped to the principal,
+so any change to the system prompt, the tools or an earlier turn misses and
+falls back to bytes. Cache markers (``cache_control``, ``cachePoint``) are not
+text the provider counts; they are left out of the digest because agents move
+them to the newest turn every time.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
-from tokenfuse.protocols.base import DOCUMENT_TOKEN_BOUND, IMAGE_TOKEN_BOUND, RequestInfo, _scan, dumps
+from tokenfuse.history import HISTORY, History, Node
+from tokenfuse.protocols.base import DOCUMENT_TOKEN_BOUND, IMAGE_TOKEN_BOUND, RequestInfo, _scan
 from tokenfuse.usage import Usage
 
 # Tokens a turn may cost beyond the bytes of its JSON: role header, separators,
@@ -36,40 +39,6 @@ from tokenfuse.usage import Usage
 # spends 30+ bytes on `{"role":..,"content":..}`, so this is a margin on a margin.
 OVERHEAD_PER_TURN = 16
 MAX_ENTRIES = 20_000
-
-# Members that choose how the answer is generated, never what the input is.
-FREE_KEYS = frozenset(
-    {
-        "max_tokens",
-        "max_completion_tokens",
-        "max_output_tokens",
-        "stream",
-        "stream_options",
-        "metadata",
-        "temperature",
-        "top_p",
-        "top_k",
-    }
-)
-# The common prefix of both marker keys: one scan finds either.
-_MARKER = b'"cache'
-
-
-def _strip(value: Any) -> Any:
-    """``value`` without cache markers: ``cache_control`` keys and ``{"cachePoint": ...}`` elements."""
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k != "cache_control"}
-    if isinstance(value, list):
-        return [_strip(v) for v in value if not (isinstance(v, dict) and len(v) == 1 and "cachePoint" in v)]
-    return value
-
-
-def _encode(value: Any) -> bytes:
-    raw = dumps(value)
-    if _MARKER in raw:
-        raw = dumps(_strip(value))
-    return raw
-
 
 def _turns(info: RequestInfo) -> tuple[str, list[Any]] | None:
     body = info.body
@@ -88,49 +57,64 @@ def media_bound(value: Any) -> int:
     return images * IMAGE_TOKEN_BOUND + documents * DOCUMENT_TOKEN_BOUND
 
 
-@dataclass(frozen=True, slots=True)
+class _Keys(Sequence[bytes]):
+    """``chain[k]``: the principal's key of head + first k turns, made when read (a lookup reads
+    a few from the end). The principal's name, a separator, then the fixed-length digest: no two
+    (principal, prefix) pairs give the same key, and no hashing is spent on scoping."""
+
+    __slots__ = ("_nodes", "_scope")
+
+    def __init__(self, scope: str, nodes: tuple[Node, ...]) -> None:
+        self._scope = scope.encode("utf-8", "surrogatepass") + b"\0"
+        self._nodes = nodes  # the head's, then each turn's
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(index, slice):
+            return [self._scope + node.digest for node in self._nodes[index]]
+        return self._scope + self._nodes[index].digest
+
+
+@dataclass(slots=True)  # not frozen: built per request, and a frozen init costs a microsecond more
 class Conversation:
     """A request seen as head + turns: ``chain[k]`` is the key of head + first k turns."""
 
-    chain: tuple[bytes, ...]
-    turns: tuple[Any, ...]
-    sizes: tuple[int, ...]  # bytes of each turn's JSON, markers left out
+    chain: Sequence[bytes]
+    turns: Sequence[Any]
+    nodes: tuple[Node, ...]  # one per turn (tokenfuse/history.py)
 
     @property
     def key(self) -> bytes:
         """The key this whole request is remembered under."""
         return self.chain[-1]
 
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Bytes of each turn's JSON, markers left out."""
+        return tuple(node.size for node in self.nodes)
+
     def suffix_bound(self, k: int) -> int:
         """Upper bound on the input tokens of turns k.. when they follow a known prefix."""
         rest = range(k, len(self.turns))
-        return sum(self.sizes[i] + media_bound(self.turns[i]) + OVERHEAD_PER_TURN for i in rest)
+        return sum(self.nodes[i].size + media_bound(self.turns[i]) + OVERHEAD_PER_TURN for i in rest)
 
 
-def conversation(info: RequestInfo, scope: str) -> Conversation | None:
+def conversation(info: RequestInfo, scope: str, history: History = HISTORY) -> Conversation | None:
     """The request as a conversation, or None when it has no turn list."""
     found = _turns(info)
     if found is None:
         return None
     name, turns = found
-    head = {k: v for k, v in info.body.items() if k != name and k not in FREE_KEYS}
-    # SHA-256 runs on the CPU's SHA extensions where present: twice blake2b's speed here.
-    h = hashlib.sha256()
-    for part in (scope, info.protocol, info.route, info.model, name):
-        h.update(part.encode("utf-8", "surrogatepass") + b"\0")
-    raw = _encode(head)
-    h.update(len(raw).to_bytes(8, "little"))
-    h.update(raw)
-    chain = [h.digest()]
-    sizes = []
-    for turn in turns:
-        raw = _encode(turn)
-        sizes.append(len(raw))
-        # The length prefix keeps turn boundaries apart ("ab"+"c" vs "a"+"bc").
-        h.update(len(raw).to_bytes(8, "little"))
-        h.update(raw)
-        chain.append(h.digest())
-    return Conversation(tuple(chain), tuple(turns), tuple(sizes))
+    seen = history.walk(info, name, turns)
+    return Conversation(_Keys(scope, (seen.root, *seen.nodes)), tuple(turns), seen.nodes)
 
 
 class PrefixBounds:

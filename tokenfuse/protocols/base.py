@@ -80,6 +80,11 @@ class Canonical:
                 self._members.pop(k, None)
         self._joined = None
 
+    @property
+    def members(self) -> Mapping[str, bytes]:
+        """Each top-level member's encoding (``"key":value``), for reading only."""
+        return self._members
+
     def encode(self) -> bytes:
         joined = self._joined
         if joined is None:
