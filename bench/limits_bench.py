@@ -1,6 +1,16 @@
 """What enforcing budgets costs a request, and how close to a cap real workloads get.
 
     python bench/limits_bench.py [--ops 20000] [--redis redis://127.0.0.1:6379/15] [--skip-redis] [--upstream-ms 20]
+    python bench/limits_bench.py --cpu [--ops 20000] [--rounds 3] [--profile redis]
+
+``--cpu`` (issue 14): CPU per request of budget enforcement, shaped like the
+gateway: every request is its own task that reserves, lets its "response" go
+(the client then sends its next request) and settles afterwards, on uvloop as
+``tokenfuse serve`` runs. Reported: process CPU (time.process_time, all
+threads) per request with no budget, one budget and five budgets, on memory and
+Redis counters, at 1 and 32 clients, in interleaved rounds (medians). The
+Redis server's own CPU is not included (it is another process, as in
+bench/gateway_cpu.py). ``--profile redis`` prints a cProfile of one Redis run.
 
 Part 1, latency: one reserve + settle pair per request, with 5 budgets matching
 every request (principal/month USD, model glob/day requests, workflow/hour
@@ -159,13 +169,113 @@ async def headroom(store: str, kind: str, cap: Decimal, concurrency: int = 16) -
     return spent / cap, admitted, refused
 
 
-async def main() -> int:
+async def cpu_per_request(lim: Limiter, ops: int, clients: int) -> float:
+    """Process CPU µs per request: reserve, response, settle, each request its own task."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def request(answered: asyncio.Future[None]) -> None:
+        adm = await lim.reserve(CTX, BOUND)
+        answered.set_result(None)  # the gateway answers before it settles
+        await lim.settle(adm, USAGE, COST)
+
+    async def client(n: int) -> None:
+        for _ in range(n):
+            answered: asyncio.Future[None] = loop.create_future()
+            task = loop.create_task(request(answered))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            await answered
+
+    await asyncio.gather(*(client(50) for _ in range(clients)))  # warm-up
+    while tasks:
+        await asyncio.gather(*list(tasks))
+    per = ops // clients
+    c0 = time.process_time()
+    await asyncio.gather(*(client(per) for _ in range(clients)))
+    while tasks:
+        await asyncio.gather(*list(tasks))
+    return (time.process_time() - c0) / (per * clients) * 1e6
+
+
+def cpu_main(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvloop
+
+    logging.getLogger("tokenfuse.limits").setLevel(logging.ERROR)  # each fresh prefix is "seeded"
+
+    tmp = tempfile.mkdtemp()
+    store = f"sqlite:///{tmp}/bench.db"
+    one = [{"name": "one", "match": {"principal": "alice"}, "window": "day", "limit": {"usd": 10**6}}]
+    cells = [
+        (label, counters, name, budgets, clients)
+        for clients in (1, 32)
+        for name, budgets in (("0", []), ("1", one), ("5", FIVE))
+        for label, counters in (("memory", "memory"), ("redis", args.redis))
+        if not (name == "0" and label == "redis")
+    ]
+    results: dict[tuple[str, str, int], list[float]] = {}
+
+    async def run(label: str, counters: str, budgets: list[dict[str, Any]], clients: int, prof: bool) -> float:
+        prefix = f"tfbench:{uuid.uuid4().hex[:8]}"
+        lim = await Limiter.create(config(budgets, counters, store), prefix=prefix, seed_grace_s=0.0)
+        try:
+            if prof:
+                import cProfile
+                import pstats
+
+                pr = cProfile.Profile()
+                pr.enable()
+                us = await cpu_per_request(lim, args.ops, clients)
+                pr.disable()
+                pstats.Stats(pr).sort_stats("tottime").print_stats(35)
+                return us
+            return await cpu_per_request(lim, args.ops, clients)
+        finally:
+            if label == "redis":
+                from tokenfuse.limits.redis import RedisCounters
+
+                backend = lim._backend
+                assert isinstance(backend, RedisCounters)
+                await backend.flush_prefix()
+            await lim.close()
+
+    if args.profile:
+        uvloop.run(run("redis", args.redis, one if args.profile == "redis" else FIVE, 32, True))
+        return 0
+    for _ in range(args.rounds):
+        for label, counters, name, budgets, clients in cells:
+            us = uvloop.run(run(label, counters, budgets, clients, False))
+            results.setdefault((label, name, clients), []).append(us)
+    print("| clients | budgets | memory µs/request | Redis µs/request | Redis − memory | Redis / memory |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for clients in (1, 32):
+        base = statistics.median(results[("memory", "0", clients)])
+        print(f"| {clients} | 0 | {base:.0f} | | | |")
+        for name in ("1", "5"):
+            mem = statistics.median(results[("memory", name, clients)])
+            red = statistics.median(results[("redis", name, clients)])
+            print(f"| {clients} | {name} | {mem:.0f} | {red:.0f} | {red - mem:.0f} | {red / mem:.2f} |")
+    return 0
+
+
+def cli() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ops", type=int, default=20_000)
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     ap.add_argument("--skip-redis", action="store_true")
     ap.add_argument("--upstream-ms", type=float, default=20.0, help="simulated upstream time per request")
+    ap.add_argument("--cpu", action="store_true", help="CPU per request, gateway-shaped (issue 14)")
+    ap.add_argument("--rounds", type=int, default=3, help="--cpu: interleaved rounds (medians reported)")
+    ap.add_argument("--profile", choices=("redis", "redis5"), help="--cpu: cProfile one Redis run instead")
     args = ap.parse_args()
+    if args.cpu:
+        return cpu_main(args)
+    return asyncio.run(main(args))
+
+
+async def main(args: argparse.Namespace) -> int:
     tmp = tempfile.mkdtemp()
     store = f"sqlite:///{tmp}/bench.db"
 
@@ -204,4 +314,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    raise SystemExit(cli())

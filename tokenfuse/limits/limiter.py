@@ -13,6 +13,12 @@ misbehaves: a Redis that lost its data is re-seeded from the ledger before
 anything is admitted (`_sync`), reservations still in flight are held again
 (`_rehold`), and with ``on_counter_failure: open`` an outage admits at most a
 share of the last headroom Redis reported (`_open_entries`).
+
+With Redis, settles travel in batches: a settle waits in ``_outbox`` (its
+reservation still held in Redis, so the counters can only over-count
+meanwhile) until the end of the event-loop turn; a reserve made in that turn
+carries the waiting settles in its own script call, and whatever is left then
+goes in one call (`_exchange`; docs/limits.md, "How settles travel").
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ from tokenfuse.limits.rebuild import ledger_seeds
 from tokenfuse.usage import Usage
 
 if TYPE_CHECKING:
-    from tokenfuse.limits.redis import RedisCounters
+    from tokenfuse.limits.redis import RedisCounters, Reserved, ReserveOp, SettleOp
 
 
 def redacted(url: str) -> str:
@@ -83,6 +89,9 @@ SEED_POLL_S = 0.02
 MAX_SYNCS = 3
 # Fail-open trusts a budget's last headroom reported by Redis for this long only.
 OPEN_SNAPSHOT_MAX_AGE_S = 10.0
+# Settles sent in one script call at most (a burst is split, so that one call
+# does not hold Redis for long).
+SETTLE_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +132,17 @@ class _Held:
     amount: Vec
     origin: tuple[Entry, ...]  # the budgets' own counters
     expiry: float
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """A settle (or release) waiting for its trip to Redis."""
+
+    held: _Held
+    actual: Vec
+    t: float
+    want: bool
+    done: asyncio.Future[None] | None
 
 
 @dataclass(slots=True)
@@ -208,11 +228,14 @@ class Limiter:
         self._memory = backend if isinstance(backend, MemoryCounters) else None
         self._fallback = fallback
         self._redis: RedisCounters | None = None
+        self._reserve_op: type[ReserveOp]
+        self._settle_op: type[SettleOp]
         if self._memory is None:
-            from tokenfuse.limits.redis import RedisCounters
+            from tokenfuse.limits.redis import RedisCounters, ReserveOp, SettleOp
 
             if isinstance(backend, RedisCounters):
                 self._redis = backend
+                self._reserve_op, self._settle_op = ReserveOp, SettleOp
         self._on_settle = on_settle
         self._closed_mode = config.on_counter_failure == "closed"
         self._ttl = float(config.reservation_ttl_s)
@@ -226,6 +249,8 @@ class Limiter:
         self._last_loud = -LOUD_LOG_EVERY_S
         self._replay: list[tuple[tuple[Entry, ...], str, Vec, float, Vec]] = []
         self._flushing = False
+        self._outbox: list[_Outgoing] = []
+        self._outbox_due_handle: asyncio.Handle | None = None
         self._pending: dict[str, asyncio.Future[None]] = {}
         # Redis only: the epoch of the counters this replica counts on, its
         # reservations in flight (to hold again if Redis loses them), and, for
@@ -479,9 +504,11 @@ class Limiter:
         if t < self._down_until:
             raise _BreakerOpen("the counter store failed moments ago")
         assert self._redis is not None
-        got = await self._redis.reserve_in(
-            self._epoch or "", ent, res_id, amount, t, self._ttl, want_used=self._fallback is not None
-        )
+        op = self._reserve_op(self._epoch or "", ent, res_id, amount, t, self._ttl, self._fallback is not None)
+        got = await self._exchange(self._take_outbox(), op)
+        assert got is not None
+        if isinstance(got, CountersLost):
+            raise got
         self._heard = time.monotonic()
         # Usage still waiting to be replayed is not in these figures: do not
         # take them as the last known headroom until it is written.
@@ -679,7 +706,22 @@ class Limiter:
     async def _finish(self, held: _Held, actual: Vec, t: float) -> None:
         want = self._on_settle is not None and actual != ZERO
         readings: list[Reading] | None
+        # No longer held again if Redis loses it: a re-hold racing this settle would
+        # hold it again after the settle dropped it. If Redis lost it, the settle
+        # counts the usage in full instead (settle.lua).
         self._live.pop(held.res_id, None)
+        if held.backend is self._redis and self._redis is not None:
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            self._outbox.append(_Outgoing(held, actual, t, want, done))
+            if len(self._outbox) >= SETTLE_BATCH:
+                spawn(self._send_outbox())
+            elif self._outbox_due_handle is None:
+                self._outbox_due_handle = loop.call_soon(self._outbox_due)
+            # Returns once Redis has it, as a settle always did: a reserve of this
+            # loop turn carried it, or it went with the turn's other settles.
+            await done
+            return
         if isinstance(held.backend, MemoryCounters):
             readings = held.backend.settle_now(held.entries, held.res_id, actual, t, want)
             if held.backend is not self._backend:
@@ -707,6 +749,79 @@ class Limiter:
             except Exception:
                 log.exception("on_settle callback failed")
 
+    # -- settles on their way to Redis --------------------------------------------------
+
+    def _take_outbox(self) -> list[_Outgoing]:
+        batch, self._outbox = self._outbox, []
+        return batch
+
+    def _outbox_due(self) -> None:
+        self._outbox_due_handle = None
+        if self._outbox:
+            spawn(self._send_outbox())
+
+    async def _send_outbox(self) -> None:
+        """Send the waiting settles on their own (no reserve came to carry them)."""
+        batch = self._take_outbox()
+        if batch:
+            try:
+                await self._exchange(batch, None)
+            except CountersUnavailable:
+                pass  # queued for replay by _exchange
+
+    async def _exchange(
+        self, batch: list[_Outgoing], reserve: ReserveOp | None
+    ) -> Reserved | CountersLost | None:
+        """One script call: ``batch``'s settles, then ``reserve`` if given.
+
+        Returns the reserve's answer (Reserved or CountersLost). Whatever
+        happens, every settle of the batch is then done with: applied, queued
+        for replay (Redis unreachable), or, if the caller was cancelled, left
+        to Redis: applied if the call had gone out, else its reservation is
+        charged at its bound when its TTL passes (never under-counted).
+        """
+        redis = self._redis
+        assert redis is not None
+        make = self._settle_op
+        ops = [make(o.held.entries, o.held.res_id, o.actual, o.held.amount, o.t, o.want) for o in batch]
+        try:
+            readings, got = await redis.exchange(ops, reserve)
+        except CountersUnavailable as exc:
+            if batch:
+                self._trip(batch[0].t, f"{exc}; the usage will be written when it answers")
+                for o in batch:
+                    # Its reservation is in the last figures Redis reported, so the
+                    # fail-open share already accounts for it.
+                    if o.actual != ZERO:
+                        self._queue_replay(o.held.entries, o.held.res_id, o.actual, o.t, o.held.amount)
+                    self._done(o, None)
+            raise
+        except BaseException:
+            for o in batch:
+                self._done(o, None)
+            raise
+        for o, r in zip(batch, readings, strict=True):
+            self._done(o, r)
+        return got
+
+    def _done(self, o: _Outgoing, readings: list[Reading] | None) -> None:
+        held = o.held
+        if o.want and readings is not None and self._on_settle is not None:
+            statuses = [
+                self._status(ow, e, r, held.at) for ow, e, r in zip(held.owners, held.entries, readings, strict=True)
+            ]
+            try:
+                self._on_settle(statuses)
+            except Exception:
+                log.exception("on_settle callback failed")
+        if o.done is not None and not o.done.done():
+            o.done.set_result(None)
+
+    async def flush(self) -> None:
+        """Send the settles waiting for a reserve now (status reads, shutdown)."""
+        if self._outbox:
+            await self._send_outbox()
+
     # -- counter-store failure -----------------------------------------------------------
 
     def _trip(self, t: float, why: str) -> None:
@@ -731,12 +846,17 @@ class Limiter:
     async def _flush_replay(self) -> None:
         try:
             while self._replay:
-                entries, res_id, actual, t, amount = self._replay[0]
+                chunk = self._replay[:SETTLE_BATCH]
                 try:
-                    await self._backend.settle(entries, res_id, actual, t, False, amount)
+                    if self._redis is not None:
+                        make = self._settle_op
+                        await self._redis.exchange([make(e, r, a, amt, t, False) for e, r, a, t, amt in chunk])
+                    else:
+                        for entries, res_id, actual, t, amount in chunk:
+                            await self._backend.settle(entries, res_id, actual, t, False, amount)
                 except CountersUnavailable:
                     return
-                self._replay.pop(0)
+                del self._replay[: len(chunk)]
         finally:
             self._flushing = False
 
@@ -906,6 +1026,7 @@ class Limiter:
 
     async def snapshot(self, now: float | None = None) -> list[BudgetStatus]:
         t = time.time() if now is None else now
+        await self.flush()  # this replica's own settles are not left showing as reserved
         budgets = self.budgets
         entries = [b.entry(t) for b in budgets]
         try:
@@ -937,6 +1058,7 @@ class Limiter:
 
     async def session_snapshot(self, limit: int = 10) -> list[dict[str, object]]:
         t = time.time()
+        await self.flush()
         try:
             found = await self._backend.sessions(t)
         except CountersUnavailable:
@@ -969,6 +1091,11 @@ class Limiter:
     async def close(self) -> None:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._outbox_due_handle is not None:
+            self._outbox_due_handle.cancel()
+            self._outbox_due_handle = None
+        # Settles still waiting go now (what Redis cannot take joins the replay below).
+        await self.flush()
         if self._replay and not self._flushing:
             self._flushing = True
             await self._flush_replay()

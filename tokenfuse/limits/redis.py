@@ -6,6 +6,10 @@ per-counter sorted set scored by expiry and purged inside the scripts, so a
 replica that dies mid-request stops holding headroom once its TTL passes.
 Scripts are sent by SHA (EVALSHA; the client loads them on NOSCRIPT).
 
+The request path uses one call, `exchange`: the settles this replica has
+waiting, then the next reserve (lua/batch.lua), written on one pipelined
+connection (`pipe.py`) rather than through redis-py's per-command machinery.
+
 Keys: ``<prefix>:<entry key>`` (hash per counter), ``<prefix>:held`` and
 ``<prefix>:heldinfo`` (reservations in flight), ``<prefix>:epoch`` (written when
 the counters are seeded from the ledger; a Redis that restarted empty or was
@@ -25,8 +29,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
+from tokenfuse.limits import pipe
 from tokenfuse.limits.counters import (
     NDIMS,
     CountersLost,
@@ -63,7 +68,48 @@ def _expiry_args(e: Entry) -> tuple[int, int]:
     return at, rel
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made for every request, and a frozen dataclass's __init__ costs
+# microseconds (object.__setattr__ per field).
+@dataclass(slots=True)
+class SettleOp:
+    """One settle (or release: ``actual`` all zeros) carried by `exchange`."""
+
+    entries: Sequence[Entry]
+    res_id: str
+    actual: Vec
+    amount: Vec  # what was reserved
+    now: float
+    want: bool  # return the counters' figures after it
+
+
+@dataclass(slots=True)
+class ReserveOp:
+    """The reserve carried by `exchange`, against the counters of ``epoch``."""
+
+    epoch: str
+    entries: Sequence[Entry]
+    res_id: str
+    amount: Vec
+    now: float
+    ttl_s: float
+    want_used: bool = False
+
+
+class _Wire:
+    """An entry's key and static arguments, framed for the wire once."""
+
+    __slots__ = ("key", "spec")
+
+    def __init__(self, key: bytes, spec: bytes) -> None:
+        self.key = key
+        self.spec = spec
+
+
+def _csv(v: Vec) -> bytes:
+    return pipe.bulk(",".join(map(str, v)))
+
+
+@dataclass(slots=True)
 class Reserved:
     """A reserve's answer: why it was refused, or (when asked) each counter's
     spent + reserved after the reservation, the last known use of each budget."""
@@ -110,7 +156,11 @@ class RedisCounters:
             retry=Retry(NoBackoff(), 1),
         )
         self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._pool = pool
+        # The hot path's connection (plain redis:// URLs; others use the pool).
+        self._pipe = pipe.Pipe(url, timeout_s=timeout_s) if pipe.supported(url) else None
         self._specs: dict[Entry, str] = {}
+        self._wires: dict[Entry, _Wire] = {}
         # The epoch this client last saw (None before it knows one).
         self.epoch: str | None = None
         self._held = f"{prefix}:held"
@@ -123,6 +173,10 @@ class RedisCounters:
         self._seed = self._r.register_script(_script("seed"))
         self._rehold = self._r.register_script(_script("rehold"))
         self._unlock = self._r.register_script(_UNLOCK)
+        self._batch_lua = _script("batch")
+        self._batch = self._r.register_script(self._batch_lua)
+        held, info, ep = pipe.bulk(self._held), pipe.bulk(self._info), pipe.bulk(self._epoch)
+        self._batch_head = [pipe.bulk(b"EVALSHA"), pipe.bulk(self._batch.sha), b"", held, info, ep]
 
     def _keys(self, entries: Sequence[Entry]) -> list[str]:
         p = self.prefix
@@ -146,6 +200,111 @@ class RedisCounters:
             )
             self._specs[e] = spec
         return spec
+
+    def _wire(self, e: Entry) -> _Wire:
+        w = self._wires.get(e)
+        if w is None:
+            if len(self._wires) > 10_000:
+                self._wires.clear()
+            w = self._wires[e] = _Wire(pipe.bulk(f"{self.prefix}:{e.key}"), pipe.bulk(self._spec(e)))
+        return w
+
+    async def exchange(
+        self, settles: Sequence[SettleOp], reserve: ReserveOp | None = None
+    ) -> tuple[list[list[Reading] | None], Reserved | CountersLost | None]:
+        """Apply ``settles`` in order, then try ``reserve``, in one atomic script call.
+
+        Returns each settle's figures (None unless it asked and changed
+        something), and the reserve's answer: Reserved, or CountersLost when the
+        counters are not those of its epoch (the settles were applied all the
+        same), or None without a reserve. Raises CountersUnavailable when Redis
+        cannot be reached; the settles may then have been applied or not.
+        """
+        bulk = pipe.bulk
+        index: dict[_Wire, int] = {}
+        keys: list[bytes] = []
+        specs: list[bytes] = []
+
+        def counter(e: Entry) -> int:
+            w = self._wire(e)
+            i = index.get(w)
+            if i is None:
+                i = index[w] = len(keys) + 1
+                keys.append(w.key)
+                specs.append(w.spec)
+            return i
+
+        tail: list[bytes] = []
+        if reserve is not None:
+            for e in reserve.entries:
+                counter(e)
+            n = len(keys)  # the reserve's counters come first: 1..n
+            tail = [
+                bulk(str(int(reserve.now * 1000))),
+                bulk(reserve.res_id),
+                bulk(str(int((reserve.now + reserve.ttl_s) * 1000))),
+                _csv(reserve.amount),
+                bulk(reserve.epoch),
+                b"$1\r\n1\r\n" if reserve.want_used else b"$1\r\n0\r\n",
+                bulk(str(n)),
+            ]
+        middle: list[bytes] = [bulk(str(len(settles)))]
+        for op in settles:
+            idx = ",".join(str(counter(e)) for e in op.entries)
+            middle += (
+                bulk(op.res_id),
+                bulk(str(int(op.now * 1000))),
+                b"$1\r\n1\r\n" if op.want else b"$1\r\n0\r\n",
+                _csv(op.actual),
+                _csv(op.amount),
+                bulk(idx),
+            )
+        head = self._batch_head.copy()
+        head[2] = bulk(str(3 + len(keys)))
+        parts = [*head, *keys, bulk(str(len(keys))), *specs, *middle, *tail]
+        res = await self._send(pipe.command(parts))
+        settled, answer = res
+        readings: list[list[Reading] | None] = []
+        for op, raw in zip(settles, settled, strict=True):
+            readings.append([_reading(r) for r in raw] if op.want and len(raw) == len(op.entries) else None)
+        if reserve is None:
+            return readings, None
+        code = int(answer[0])
+        if code == 0:
+            used = [tuple(int(x) for x in r.split(b",")) for r in answer[1:]] if reserve.want_used else None
+            return readings, Reserved(None, used)
+        if code < 0:
+            return readings, CountersLost(answer[1].decode() if code == -2 else None)
+        return readings, Reserved(Shortfall(code - 1, int(answer[1]) - 1, int(answer[2]), int(answer[3])))
+
+    async def _send(self, packed: bytes) -> Any:
+        """One EVALSHA of the batch script; loads the script once if Redis does not know it."""
+        try:
+            for _ in range(2):
+                reply = await self._raw(packed)
+                if not isinstance(reply, ResponseError):
+                    return reply
+                if not str(reply).startswith("NOSCRIPT"):
+                    raise reply
+                await self._r.script_load(self._batch_lua)
+            raise ResponseError("the batch script could not be loaded")
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise CountersUnavailable(f"Redis at {redacted(self.url)}: {type(exc).__name__}: {exc}") from exc
+
+    async def _raw(self, packed: bytes) -> Any:
+        if self._pipe is not None:
+            return await self._pipe.call(packed)
+        # TLS, sockets, URL options: a pooled redis-py connection, with the
+        # command packed here all the same.
+        conn = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            try:
+                return await conn.read_response()
+            except ResponseError as err:
+                return err
+        finally:
+            await self._pool.release(conn)
 
     async def reserve(
         self, entries: Sequence[Entry], res_id: str, amount: Vec, now: float, ttl_s: float
@@ -342,5 +501,7 @@ class RedisCounters:
         return n
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
         await self._r.aclose()
         await self._r.connection_pool.disconnect()

@@ -132,3 +132,118 @@ local function expire(h, at, rel, marked)
     redis.call('PEXPIRE', h, fmt(rel))
   end
 end
+
+-- Replace reservation `id` by usage `u` on counters `hs` (hash names) with
+-- parsed specs `ps` ("bucket_ms,nbuckets,pexpireat_ms,pexpire_ms,..."); `a` is
+-- what was reserved (all zeros in `u`: a release). If the reservation expired
+-- and was charged, the charge is replaced by the usage; if the store does not
+-- know it (lost or forgotten), the usage counts in full and "S" marks the id.
+-- Returns each counter's figures after the update when `want`, else {}; {} too
+-- when the id was settled already (nothing changes).
+local function settle_one(held, info, id, now, want, u, a, hs, ps)
+  -- 'H': still held; 'C': expired and charged at the reserved amounts; nil: lost or
+  -- forgotten, so nothing is held and the usage counts in full; 'S': settled already.
+  local mode = nil
+  local x = redis.call('HGET', info, id)
+  if x then
+    mode = string.sub(x, 1, 1)
+  end
+  if mode == 'S' then return {} end
+  if mode == 'H' or mode == 'C' then
+    redis.call('HDEL', info, id)
+    redis.call('ZREM', held, id)
+  else
+    -- No reservation to drop (the store lost it, or it was forgotten): count the
+    -- usage in full, and leave a mark so that a replica re-holding its
+    -- reservations after a data loss does not hold this one again.
+    redis.call('HSET', info, id, 'S')
+    redis.call('ZADD', held, fmt(now + CHARGED_KEEP_MS), id)
+  end
+  local delta = u
+  if mode == 'C' then
+    delta = {}
+    for d = 1, N do delta[d] = u[d] - a[d] end
+  end
+  local out = {}
+  for i = 1, #hs do
+    local h, p = hs[i], ps[i]
+    local v, marked = figures(h)
+    local args = {}
+    for d = 1, N do
+      if delta[d] ~= 0 then
+        args[#args + 1] = 's' .. d
+        args[#args + 1] = fmt(v[d] + delta[d])
+      end
+      if mode == 'H' and a[d] ~= 0 then
+        args[#args + 1] = RFIELDS[d]
+        args[#args + 1] = fmt(math.max(0, v[N + d] - a[d]))
+      end
+    end
+    if #args > 0 then redis.call('HSET', h, unpack(args)) end
+    if p[1] > 0 then
+      roll(h, now, p[1], p[2])
+      add_bucket(h, math.floor(now / p[1]), delta)
+    end
+    expire(h, p[3], p[4], marked)
+    if want then out[#out + 1] = redis.call('HMGET', h, unpack(FIELDS)) end
+  end
+  return out
+end
+
+-- Reserve amounts `astr` ("a1,...,a7") under `id` against counters `hs` with
+-- parsed specs `ps` ("bucket_ms,nbuckets,pexpireat_ms,pexpire_ms,keep_limits,
+-- l1,...,l7"), on all of them or on none, provided the epoch marker is `epoch`.
+-- Returns {0} when admitted (with `want_used`: {0, "used1,...,used7" per
+-- counter}, spent + reserved after this reservation), else {counter, dim,
+-- spent, reserved} (1-based); {-1} when the epoch marker is missing (the
+-- counters were lost and must be seeded again), {-2, epoch} when it is not the
+-- epoch the caller knows (another replica re-seeded them).
+local function reserve_one(held, info, epoch_key, now, id, expiry, astr, epoch, want_used, hs, ps)
+  local a = nums(astr)
+  local current = redis.call('GET', epoch_key)
+  if not current then return {-1} end
+  if current ~= epoch then return {-2, current} end
+  local figs, marks = {}, {}
+  purge(held, info, now)
+  for i = 1, #hs do
+    local h, p = hs[i], ps[i]
+    roll(h, now, p[1], p[2])
+    local v, marked = figures(h)
+    figs[i], marks[i] = v, marked
+    for d = 1, N do
+      local cap = p[5 + d]
+      if cap >= 0 and v[d] + v[N + d] + a[d] > cap then
+        return {i, d, fmt(v[d]), fmt(v[N + d])}
+      end
+    end
+  end
+  local where = {'H', astr}
+  local out = {0}
+  for i = 1, #hs do
+    local h, p, v = hs[i], ps[i], figs[i]
+    local args = {}
+    for d = 1, N do
+      if a[d] ~= 0 then
+        args[#args + 1] = RFIELDS[d]
+        args[#args + 1] = fmt(v[N + d] + a[d])
+      end
+    end
+    if p[5] == 1 then
+      local lim = {}
+      for d = 1, N do lim[d] = fmt(p[5 + d]) end
+      args[#args + 1] = 'L'
+      args[#args + 1] = table.concat(lim, ',')
+    end
+    if #args > 0 then redis.call('HSET', h, unpack(args)) end
+    expire(h, p[3], p[4], marks[i])
+    where[#where + 1] = fmt(p[1]) .. ',' .. fmt(p[2]) .. ',' .. h
+    if want_used then
+      local used = {}
+      for d = 1, N do used[d] = fmt(v[d] + v[N + d] + a[d]) end
+      out[#out + 1] = table.concat(used, ',')
+    end
+  end
+  redis.call('ZADD', held, expiry, id)
+  redis.call('HSET', info, id, table.concat(where, '\n'))
+  return out
+end
