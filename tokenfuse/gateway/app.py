@@ -765,6 +765,11 @@ class Gateway:
             self.watcher.trip("model", req.ctx.model, reason)
 
     async def _settle(self, req: _Request) -> None:
+        self._priced(req)
+        await self._settle_counters(req)
+
+    def _priced(self, req: _Request) -> None:
+        """Price the metered usage; an answer past its reserved output stops the model."""
         self._price(req)
         if (
             req.bound is not None and not req.usage.estimated
@@ -772,6 +777,8 @@ class Gateway:
             and req.route.route not in ZERO_COST_ROUTES
         ):
             self._overran(req, req.usage.output)
+
+    async def _settle_counters(self, req: _Request) -> None:
         if req.admission is not None and self.limiter is not None:
             await self.limiter.settle(req.admission, req.usage, req.cost)
             req.admission = None
@@ -845,19 +852,26 @@ class Gateway:
             # Aborting the connection is how the client learns the stream is incomplete.
             raise _StreamAborted(req.reason or why)
         req.usage = usage
-        await self._settle(req)
-        if client_gone:
-            req.outcome, req.reason = "client_abort", "client disconnected mid-stream; metered to the end of the stream"
-            return
-        tail = meter.finish()
-        trailer = b""
-        if req.route.protocol in ("openai", "anthropic"):
-            # An SSE comment: ignored by every SSE client, readable by humans and tools.
-            trailer = f": x-tokenfuse-cost-usd={format_cost(req.cost)} request-id={req.id}\n\n".encode()
+        self._priced(req)
+        # The reservation keeps the cap safe until this settles, so the client gets
+        # its last event without waiting for the counter round trip.
         try:
-            await send({"type": "http.response.body", "body": tail + trailer, "more_body": False})
-        except OSError:
-            req.outcome, req.reason = "client_abort", "client disconnected at the end of the stream"
+            if client_gone:
+                req.outcome, req.reason = (
+                    "client_abort", "client disconnected mid-stream; metered to the end of the stream"
+                )
+                return
+            tail = meter.finish()
+            trailer = b""
+            if req.route.protocol in ("openai", "anthropic"):
+                # An SSE comment: ignored by every SSE client, readable by humans and tools.
+                trailer = f": x-tokenfuse-cost-usd={format_cost(req.cost)} request-id={req.id}\n\n".encode()
+            try:
+                await send({"type": "http.response.body", "body": tail + trailer, "more_body": False})
+            except OSError:
+                req.outcome, req.reason = "client_abort", "client disconnected at the end of the stream"
+        finally:
+            await self._settle_counters(req)
 
     async def _send_whole(
         self, send: Send, req: _Request, status: int, headers: list[tuple[str, str]], body: bytes
