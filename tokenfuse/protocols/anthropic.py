@@ -18,6 +18,7 @@ from typing import Any
 from tokenfuse.protocols.base import (
     ProtocolError,
     RequestInfo,
+    TextScanner,
     as_int,
     body_changed,
     describe,
@@ -29,7 +30,7 @@ from tokenfuse.protocols.base import (
     parse_body,
     require_list,
     require_model,
-    string_values_bytes,
+    text_keys,
 )
 from tokenfuse.protocols.estimate import tokens_from_bytes
 from tokenfuse.protocols.sse import SSEParser
@@ -197,29 +198,44 @@ def usage_from_response(route: str, body: bytes, headers: Mapping[str, str]) -> 
 # --- streams --------------------------------------------------------------
 
 TEXT_KEYS = (b"text", b"thinking", b"partial_json")
+_TEXT_PATTERN = text_keys(TEXT_KEYS)
 
 
 class StreamMeter:
-    """Meters one Anthropic SSE stream; forwards every byte unchanged."""
+    """Meters one Anthropic SSE stream; forwards every byte unchanged.
 
-    __slots__ = ("_fields", "_final", "_info", "_parser", "text_bytes", "text_events")
+    Chunks of the common shape take `SSEParser.feed_simple` and are read in
+    place, by offsets; the rest take the general parser, with the same result."""
+
+    __slots__ = ("_fields", "_final", "_info", "_parser", "_scanner", "text_bytes", "text_events")
 
     def __init__(self, info: RequestInfo) -> None:
         self._info = info
         self._parser = SSEParser()
+        self._scanner = TextScanner(_TEXT_PATTERN)
         self._fields = UsageFields()
         self._final = False
         self.text_bytes = 0
         self.text_events = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        for ev in self._parser.feed(chunk):
-            self._observe(ev.event, ev.data)
+        simple = self._parser.feed_simple(chunk)
+        observe = self._observe
+        if simple is None:
+            for ev in self._parser.feed(chunk):
+                if ev.data:
+                    observe(ev.event, ev.data, 0, len(ev.data))
+            return chunk
+        data, events = simple
+        for event, start, end in events:
+            if start != end:
+                observe(event, data, start, end)
         return chunk
 
     def finish(self) -> bytes:
         for ev in self._parser.finish():
-            self._observe(ev.event, ev.data)
+            if ev.data:
+                self._observe(ev.event, ev.data, 0, len(ev.data))
         return b""
 
     def _text(self, n: int) -> None:
@@ -227,22 +243,22 @@ class StreamMeter:
             self.text_bytes += n
             self.text_events += 1
 
-    def _observe(self, event: bytes | None, data: bytes | None) -> None:
-        if not data:
-            return
+    def _observe(self, event: bytes | None, data: bytes, start: int, end: int) -> None:
+        """Record what the event with non-empty data ``data[start:end]`` carries."""
         if event == b"content_block_delta":
-            self._text(string_values_bytes(data, TEXT_KEYS))
+            self._text(self._scanner.count(data, start, end))
             return
         if event is None:
             # The `event:` line is optional in SSE; fall back to the payload's type.
-            if b'"content_block_delta"' in data:
-                self._text(string_values_bytes(data, TEXT_KEYS))
+            find = data.find
+            if find(b'"content_block_delta"', start, end) >= 0:
+                self._text(self._scanner.count(data, start, end))
                 return
-            if b'"message_start"' not in data and b'"message_delta"' not in data:
+            if find(b'"message_start"', start, end) < 0 and find(b'"message_delta"', start, end) < 0:
                 return
-        elif event not in (b"message_start", b"message_delta"):
+        elif event != b"message_start" and event != b"message_delta":
             return
-        obj = loads_object(data)
+        obj = loads_object(data[start:end])
         if obj is None:
             return
         kind = obj.get("type")

@@ -564,32 +564,104 @@ def loads_object(data: bytes) -> dict[str, Any] | None:
 _KEY_PATTERNS: dict[tuple[bytes, ...], re.Pattern[bytes]] = {}
 
 
-def string_values_bytes(data: bytes, keys: tuple[bytes, ...]) -> int:
-    """UTF-8 bytes of the string values of `keys` anywhere in a JSON text.
-
-    Finds `"key":"...` by scanning, not by parsing: it runs on every streamed
-    event. Only literals containing an escape are decoded.
-    """
+def text_keys(keys: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    """What a TextScanner searches for: `"key":"` for one of `keys`, then the
+    string's body up to its first quote or backslash as group 1."""
     pattern = _KEY_PATTERNS.get(keys)
     if pattern is None:
         alternatives = b"|".join(re.escape(k) for k in keys)
-        pattern = _KEY_PATTERNS[keys] = re.compile(b'"(?:' + alternatives + rb')"\s*:\s*"')
-    total = 0
-    pos = 0
-    while True:
-        m = pattern.search(data, pos)
-        if m is None:
-            return total
-        end = _string_end(data, m.end())
-        if end < 0:
-            return total
-        total += _literal_bytes(data[m.end() : end])
-        pos = end + 1
+        pattern = _KEY_PATTERNS[keys] = re.compile(b'"(?:' + alternatives + rb')"\s*:\s*"([^"\\]*+)')
+    return pattern
 
 
-def _string_end(data: bytes, start: int) -> int:
-    """Index of the closing quote of a JSON string whose body starts at `start`."""
-    k = data.find(b'"', start)
+def string_values_bytes(data: bytes, keys: tuple[bytes, ...], start: int = 0, end: int | None = None) -> int:
+    """UTF-8 bytes of the string values of `keys` anywhere in the JSON text
+    ``data[start:end]`` (read in place: no copy of the slice).
+
+    Finds `"key":"...` by scanning, not by parsing: it runs on every streamed
+    event. Only literals containing an escape are decoded. Counting stops at a
+    string with no closing quote."""
+    return TextScanner(text_keys(keys)).count(data, start, len(data) if end is None else end)
+
+
+class TextScanner:
+    """`string_values_bytes` over the events of one stream.
+
+    A stream's text events mostly begin alike, up to their text: OpenAI chat
+    chunks repeat id, model and fingerprint up to `"delta":{"content":"`,
+    Anthropic deltas `{"type":"content_block_delta","index":0,"delta":{"type":
+    "text_delta","text":"`. The scanner remembers the last event's bytes up to
+    its first string value; an event that begins with the same bytes has its
+    first value at the same place (whether the search matches at a position
+    before it depends on no byte past that value's opening quote), so it is read
+    from there instead of searched for.
+
+    With `absent`, `clean` tells the caller, after each `count`, where in the
+    event a search for `absent` may start: no occurrence begins before it.
+    Without `remember`, nothing is remembered, for streams whose events differ
+    early (Responses events number themselves)."""
+
+    __slots__ = ("_absent", "_prefix", "_prefix_clean", "_remember", "_search", "clean")
+
+    def __init__(self, keys: re.Pattern[bytes], absent: bytes = b"", *, remember: bool = True) -> None:
+        self._search = keys.search
+        self._absent = absent
+        self._remember = remember
+        self._prefix = b""
+        # Where a search for `absent` may start, relative to the remembered
+        # prefix; -1 until an event begins with it (many are never reused).
+        self._prefix_clean = 0
+        self.clean = 0
+
+    def count(self, data: bytes, start: int, end: int) -> int:
+        """UTF-8 bytes of the values in ``data[start:end]``."""
+        prefix = self._prefix
+        if prefix and data.startswith(prefix, start, end):
+            s = start + len(prefix)
+            clean = self._prefix_clean
+            if clean < 0:  # the first event to begin with this prefix
+                absent = self._absent
+                # An occurrence of `absent` may begin in the prefix and end past it.
+                clean = self._prefix_clean = (
+                    0 if not absent or absent in prefix else max(len(prefix) - len(absent) + 1, 0)
+                )
+            self.clean = start + clean
+            e = data.find(b'"', s, end)
+            if e < 0:
+                return 0
+            if data.find(b"\\", s, e) >= 0:
+                e = s  # an escape: read below
+        else:
+            self.clean = start
+            m = self._search(data, start, end)
+            if m is None:
+                return 0
+            s, e = m.span(1)
+            if self._remember:
+                self._prefix = data[start:s]
+                self._prefix_clean = -1
+        search = self._search
+        total = 0
+        while True:
+            if e >= end:  # the text ends inside the string
+                return total
+            if data[e] == 34:  # '"': a string without escapes
+                total += e - s
+            else:
+                e = _string_end(data, s, end)
+                if e < 0:
+                    return total
+                total += _literal_bytes(data[s:e])
+            m = search(data, e + 1, end)
+            if m is None:
+                return total
+            s, e = m.span(1)
+
+
+def _string_end(data: bytes, start: int, end: int) -> int:
+    """Index of the closing quote of a JSON string whose body starts at `start`;
+    -1 when it does not close before `end`."""
+    k = data.find(b'"', start, end)
     while k >= 0:
         backslashes = 0
         m = k - 1
@@ -598,7 +670,7 @@ def _string_end(data: bytes, start: int) -> int:
             m -= 1
         if backslashes % 2 == 0:
             return k
-        k = data.find(b'"', k + 1)
+        k = data.find(b'"', k + 1, end)
     return -1
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -23,6 +24,7 @@ from tokenfuse.protocols import anthropic, openai
 from tokenfuse.protocols.base import (
     ProtocolError,
     RequestInfo,
+    TextScanner,
     as_int,
     body_changed,
     compact_json,
@@ -35,8 +37,8 @@ from tokenfuse.protocols.base import (
     opt_limit,
     parse_body,
     require_list,
-    string_values_bytes,
     sub_object,
+    text_keys,
 )
 from tokenfuse.protocols.estimate import tokens_from_bytes
 from tokenfuse.protocols.eventstream import EventStreamDecoder, EventStreamError, encode_exception
@@ -423,7 +425,12 @@ _INVOKE_TEXT_KEYS = (
     b"content",
     b"reasoning_content",
 )
+_CONVERSE_TEXT = text_keys(_CONVERSE_TEXT_KEYS)
+_INVOKE_TEXT = text_keys(_INVOKE_TEXT_KEYS)
 _METRICS = b"amazon-bedrock-invocationMetrics"
+# A `chunk` payload as Bedrock writes it: the model's event base64-encoded, then
+# random padding. Read without a JSON parse; any other spelling is parsed.
+_PLAIN_CHUNK = re.compile(rb'\{"bytes":"([A-Za-z0-9+/=]*)"(?:,"p":"[A-Za-z0-9]*")?\}')
 
 
 class StreamMeter:
@@ -432,11 +439,12 @@ class StreamMeter:
     A CRC or framing error means the upstream broke the stream: parsing stops
     there and the usage falls back to what was seen, estimated."""
 
-    __slots__ = ("_broken", "_decoder", "_fields", "_final", "_info", "text_bytes", "text_events")
+    __slots__ = ("_broken", "_decoder", "_fields", "_final", "_info", "_scanner", "text_bytes", "text_events")
 
     def __init__(self, info: RequestInfo) -> None:
         self._info = info
         self._decoder = EventStreamDecoder()
+        self._scanner = TextScanner(_CONVERSE_TEXT if info.route == "converse_stream" else _INVOKE_TEXT)
         self._fields = anthropic.UsageFields()
         self._final: Usage | None = None
         self._broken = False
@@ -476,7 +484,7 @@ class StreamMeter:
 
     def _converse_event(self, kind: str | None, payload: bytes) -> None:
         if kind == "contentBlockDelta":
-            self._text(string_values_bytes(payload, _CONVERSE_TEXT_KEYS))
+            self._text(self._scanner.count(payload, 0, len(payload)))
         elif kind == "metadata":
             obj = loads_object(payload)
             u = obj.get("usage") if obj is not None else None
@@ -484,15 +492,20 @@ class StreamMeter:
                 self._final = converse_usage(u)
 
     def _invoke_chunk(self, payload: bytes) -> None:
-        outer = loads_object(payload)
-        encoded = outer.get("bytes") if outer is not None else None
-        if not isinstance(encoded, str):
-            return
         try:
-            inner = base64.b64decode(encoded, validate=True)
+            plain = _PLAIN_CHUNK.fullmatch(payload)
+            if plain is not None:
+                # The same value as the JSON parse below would read: no escapes.
+                inner = binascii.a2b_base64(plain.group(1), strict_mode=True)
+            else:
+                outer = loads_object(payload)
+                encoded = outer.get("bytes") if outer is not None else None
+                if not isinstance(encoded, str):
+                    return
+                inner = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             return
-        self._text(string_values_bytes(inner, _INVOKE_TEXT_KEYS))
+        self._text(self._scanner.count(inner, 0, len(inner)))
         has_metrics = _METRICS in inner
         if not has_metrics and b"message_start" not in inner and b"message_delta" not in inner:
             return

@@ -16,6 +16,7 @@ from typing import Any
 from tokenfuse.protocols.base import (
     ProtocolError,
     RequestInfo,
+    TextScanner,
     as_int,
     body_changed,
     describe,
@@ -28,11 +29,11 @@ from tokenfuse.protocols.base import (
     parse_body,
     require_list,
     require_model,
-    string_values_bytes,
     sub_object,
+    text_keys,
 )
 from tokenfuse.protocols.estimate import tokens_from_bytes
-from tokenfuse.protocols.sse import SSEParser
+from tokenfuse.protocols.sse import SimpleEvent, SSEEvent, SSEParser
 from tokenfuse.usage import Usage
 
 ROUTES: tuple[str, ...] = ("chat.completions", "responses", "embeddings")
@@ -245,15 +246,21 @@ def usage_from_response(route: str, body: bytes, headers: Mapping[str, str]) -> 
 
 _CHAT_TEXT_KEYS = (b"content", b"reasoning_content", b"reasoning", b"refusal", b"arguments")
 _RESPONSES_TEXT_KEYS = (b"delta",)
+_CHAT_TEXT = text_keys(_CHAT_TEXT_KEYS)
+_RESPONSES_TEXT = text_keys(_RESPONSES_TEXT_KEYS)
 _RESPONSES_FINAL = ("response.completed", "response.incomplete", "response.failed")
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*,')
 
 
-def _has_usage(data: bytes) -> bool:
-    """Cheap test for a `"usage": <not null>` member, before any JSON parse."""
-    i = data.find(b'"usage"')
-    n = len(data)
+def _has_usage(data: bytes, start: int = 0, end: int | None = None) -> bool:
+    """Cheap test for a `"usage": <not null>` member in ``data[start:end]``, before any JSON parse."""
+    n = len(data) if end is None else end
+    find = data.find
+    i = find(b'"usage"', start, n)
     while i >= 0:
+        if data.startswith(b":null", i + 7, n):  # the compact null member, as sent
+            i = find(b'"usage"', i + 8, n)
+            continue
         j = i + 7
         while j < n and data[j] in b" \t\r\n":
             j += 1
@@ -261,22 +268,25 @@ def _has_usage(data: bytes) -> bool:
             j += 1
             while j < n and data[j] in b" \t\r\n":
                 j += 1
-            if data[j : j + 4] != b"null":
+            if not data.startswith(b"null", j, n):
                 return True
-        i = data.find(b'"usage"', j)
+        i = find(b'"usage"', j, n)
     return False
 
 
 _COMPACT_USAGE_NULL = b',"usage":null'
+# The compact null member and the byte after it, as include_usage adds it.
+_NULL_MEMBERS = (b',"usage":null}', b',"usage":null,')
 
 
 def _strip_usage_null(raw: bytes) -> bytes:
     """Remove the `"usage":null` member include_usage adds to every chunk.
 
     The top-level member is serialised last, so the last match is the one.
-    Runs on every event: the compact form OpenAI sends is found by `rfind`
-    (quotes inside JSON strings are escaped, so it cannot be part of a value);
-    the regex is the fallback for other spacing."""
+    The compact form OpenAI sends is found by `rfind` (quotes inside JSON
+    strings are escaped, so it cannot be part of a value); the regex is the
+    fallback for other spacing. Returns `raw` itself when there is nothing to
+    remove."""
     i = raw.rfind(_COMPACT_USAGE_NULL)
     if i >= 0:
         end = i + len(_COMPACT_USAGE_NULL)
@@ -293,73 +303,136 @@ def _strip_usage_null(raw: bytes) -> bytes:
 
 
 class StreamMeter:
-    """Meters one OpenAI SSE stream; strips the usage chunk the gateway asked for."""
+    """Meters one OpenAI SSE stream; strips the usage chunk the gateway asked for.
 
-    __slots__ = ("_final", "_info", "_parser", "_strip", "text_bytes", "text_events")
+    Chunks of the common shape take `SSEParser.feed_simple` and are read in
+    place, by offsets; the rest take the general parser. Both give the same
+    bytes out, counts and usage (tests/protocols/test_stream_fast_path.py)."""
+
+    __slots__ = ("_final", "_info", "_parser", "_responses", "_strip", "_text", "text_bytes", "text_events")
 
     def __init__(self, info: RequestInfo) -> None:
         self._info = info
+        self._responses = info.route == "responses"
         self._strip = info.route == "chat.completions" and not info.wants_usage_chunk
         self._parser = SSEParser(keep_raw=self._strip)
+        # Responses events differ from their start on (`sequence_number`): no prefix to remember.
+        if self._responses:
+            self._text = TextScanner(_RESPONSES_TEXT, b'"usage"', remember=False)
+        else:
+            self._text = TextScanner(_CHAT_TEXT, b'"usage"')
         self._final: Usage | None = None
         self.text_bytes = 0
         self.text_events = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        events = self._parser.feed(chunk)
+        simple = self._parser.feed_simple(chunk)
+        if simple is None:
+            return self._relay(self._parser.feed(chunk), chunk)
+        data, events = simple
+        if self._strip:
+            return self._strip_simple(data, events)
+        observe = self._observe
+        for _, start, end in events:
+            observe(data, start, end)
+        return chunk
+
+    def finish(self) -> bytes:
+        out = self._relay(self._parser.finish(), b"")
+        if not self._strip:
+            return out
+        out += self._parser.pending
+        self._parser = SSEParser(keep_raw=True)
+        return out
+
+    def _relay(self, events: list[SSEEvent], chunk: bytes) -> bytes:
+        """The general path: what to relay of `chunk`, which completed `events`."""
+        observe = self._observe
         if not self._strip:
             for ev in events:
-                self._observe(ev.data)
+                if ev.data is not None:
+                    observe(ev.data, 0, len(ev.data))
             return chunk
         out = []
         for ev in events:
-            if self._observe(ev.data):
+            if ev.data is not None and observe(ev.data, 0, len(ev.data)):
                 continue
             out.append(_strip_usage_null(ev.raw))
         return b"".join(out)
 
-    def finish(self) -> bytes:
-        events = self._parser.finish()
-        if not self._strip:
-            for ev in events:
-                self._observe(ev.data)
-            return b""
-        out = [_strip_usage_null(ev.raw) for ev in events if not self._observe(ev.data)]
-        out.append(self._parser.pending)
-        self._parser = SSEParser(keep_raw=True)
-        return b"".join(out)
-
-    def _observe(self, data: bytes | None) -> bool:
-        """Record what the event carries; True when it is the usage-only chunk to drop."""
-        if not data or data == b"[DONE]":
-            return False
-        route = self._info.route
-        if route == "responses":
-            n = string_values_bytes(data, _RESPONSES_TEXT_KEYS)
+    def _strip_simple(self, data: bytes, events: list[SimpleEvent]) -> bytes:
+        """What to relay of simple `events` in `data`: each event's raw bytes
+        with `"usage":null` stripped, the usage-only chunk dropped; the same as
+        `_relay`, copying only around what changes."""
+        pieces: list[bytes] = []
+        done = 0  # data[:done] is in `pieces` or dropped
+        raw = 0  # where the current event's raw bytes begin
+        find = data.find
+        scanner = self._text
+        for name, start, end in events:
+            n = scanner.count(data, start, end)
             if n:
                 self.text_bytes += n
                 self.text_events += 1
-            if _has_usage(data):
-                obj = loads_object(data)
-                if obj is not None and obj.get("type") in _RESPONSES_FINAL:
-                    resp = obj.get("response")
-                    u = resp.get("usage") if isinstance(resp, dict) else None
-                    if isinstance(u, dict):
-                        self._final = usage_of(route, u)
-            return False
-        n = string_values_bytes(data, _CHAT_TEXT_KEYS)
+            # The first "usage" of the event's raw bytes (an `event:` line included).
+            k = find(b'"usage"', raw if name is not None else scanner.clean, end)
+            if k < 0:
+                pass  # no usage, nothing to strip
+            elif k > start and data[k - 1 : k + 13] in _NULL_MEMBERS and find(b'"usage"', k + 7, end) < 0:
+                # Only the compact null member: no usage, and that member to strip
+                # (what _strip_usage_null finds).
+                pieces.append(data[done : k - 1])
+                done = k + 12
+            elif _has_usage(data, start, end) and self._usage(data, start, end):
+                if raw > done:
+                    pieces.append(data[done:raw])
+                done = end + 2
+            else:
+                whole = data[raw : end + 2]
+                stripped = _strip_usage_null(whole)
+                if stripped is not whole:
+                    pieces.append(data[done:raw])
+                    pieces.append(stripped)
+                    done = end + 2
+            raw = end + 2
+        if not done:
+            return data if raw == len(data) else data[:raw]
+        pieces.append(data[done:raw])
+        return b"".join(pieces)
+
+    def _observe(self, data: bytes, start: int, end: int) -> bool:
+        """Record what the event ``data[start:end]`` carries; True when it is
+        the usage-only chunk to drop."""
+        scanner = self._text
+        n = scanner.count(data, start, end)
         if n:
             self.text_bytes += n
             self.text_events += 1
-        if not _has_usage(data):
-            return False
-        obj = loads_object(data)
+        # No "usage" begins before `clean`. Most events have none, or only the
+        # compact null member include_usage adds: decided here without a call.
+        k = data.find(b'"usage"', scanner.clean, end)
+        if k >= 0 and data.startswith(b":null", k + 7, end):
+            k = data.find(b'"usage"', k + 8, end)
+        return k >= 0 and _has_usage(data, k, end) and self._usage(data, start, end)
+
+    def _usage(self, data: bytes, start: int, end: int) -> bool:
+        """Record the usage the event ``data[start:end]`` carries, which has a
+        `"usage"` member that is not null; True when it is the usage-only chunk
+        to drop."""
+        obj = loads_object(data[start:end])
         if obj is None:
+            return False
+        if self._responses:
+            if obj.get("type") in _RESPONSES_FINAL:
+                resp = obj.get("response")
+                u = resp.get("usage") if isinstance(resp, dict) else None
+                if isinstance(u, dict):
+                    self._final = usage_of("responses", u)
             return False
         u = obj.get("usage")
         if not isinstance(u, dict):
             return False
-        self._final = usage_of(route, u)
+        self._final = usage_of(self._info.route, u)
         return self._strip and obj.get("choices") == []
 
     def usage(self, complete: bool) -> Usage:
