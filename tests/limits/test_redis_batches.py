@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.limits.conftest import bound, by_name, ctx, make_config
 from tests.limits.flaky_tcp import FlakyTCP
+from tests.limits.test_redis import _ENTRIES, _op
 from tokenfuse.limits.budgets import BudgetStatus
 from tokenfuse.limits.counters import CountersLost, Entry, Vec
 from tokenfuse.limits.limiter import Limiter
@@ -58,24 +59,6 @@ def record_calls(lim: Limiter) -> list[tuple[int, bool]]:
 
 
 # -- the Lua side: one call does what the single-operation scripts do -------------------------
-
-_ENTRIES = (
-    Entry("b:fixed:1", (5_000, 6, -1, -1, -1, 400, -1), expire_at=_T0 + 10**6),
-    Entry("b:roll:r", (8_000, 10, -1, -1, -1, -1, -1), rolling_bucket_s=60, rolling_buckets=10, idle_s=10**6),
-    Entry("s:agent", (-1, 4, -1, -1, -1, -1, -1), idle_s=10**6, keep_limits=True),
-)
-_op = st.one_of(
-    st.tuples(
-        st.just("reserve"),
-        st.lists(st.sampled_from(range(3)), min_size=1, max_size=3, unique=True),
-        st.integers(0, 3_000),
-        st.integers(0, 200),
-    ),
-    st.tuples(st.just("settle"), st.integers(0, 30), st.integers(0, 3_000), st.integers(0, 200)),
-    st.tuples(st.just("release"), st.integers(0, 30), st.just(0), st.just(0)),
-    st.tuples(st.just("wait"), st.integers(1, 400), st.just(0), st.just(0)),
-)
-
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(_op, max_size=30))
