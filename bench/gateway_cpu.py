@@ -20,8 +20,9 @@ Per code version it starts fresh gateways (CPU 0) against one simulator (CPU 1):
   Poisson and bursty (10 at once) arrivals, the simulator directly and then the
   gateway for each cell; "added" is the difference per percentile.
 * workers: saturation with ``server.workers`` 1 and 2 on Redis counters
-  (workers > 1 refuse memory counters), unpinned (both cores), beside the
-  simulator's own figure.
+  (workers > 1 refuse memory counters), without and with one budget, unpinned
+  (both cores), against ``bench/fixed_upstream.py`` (a fixed answer at a fifth
+  of the simulator's CPU) and beside that upstream's own figure.
 
 See bench/README.md and docs/benchmarks.md.
 """
@@ -97,8 +98,8 @@ def cpu_variants(b: gb.Bench, sim: gs.Proc, root: Path, tag: str, redis_ok: bool
 
 def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per variant: the round with the median CPU per request, plus the range over rounds."""
-    out = []
-    for i in range(len(rounds[0])):
+    out: list[dict[str, Any]] = []
+    for i in range(len(rounds[0]) if rounds else 0):
         runs = sorted((r[i] for r in rounds), key=lambda x: x["server_cpu_us_per_req"] or 0.0)
         mid = dict(runs[len(runs) // 2])
         mid["cpu_range"] = (runs[0]["server_cpu_us_per_req"], runs[-1]["server_cpu_us_per_req"])
@@ -143,24 +144,50 @@ def open_loop(b: gb.Bench, port: int, shape: gs.Shape, conns: int, rate: float, 
     return result
 
 
-def workers(b: gb.Bench, sim: gs.Proc, root: Path, tag: str) -> list[dict[str, Any]]:
-    """1 vs 2 worker processes on Redis counters, not pinned: each worker may use either core."""
+def start_fixed_upstream(workdir: Path) -> gs.Proc:
+    """bench/fixed_upstream.py, unpinned: the cheapest upstream this machine can run (see its docstring)."""
+    port = gs.free_port()
+    log = workdir / "fixed-upstream.log"
+    popen = gs._spawn("fixed-upstream", [gs.PY, str(HERE / "fixed_upstream.py"), "--port", str(port)], log)
+    proc = gs.Proc("fixed-upstream", popen, port, log)
+    gs.wait_ready(port, gs.shapes()["openai"], popen, 30.0, 0.02)
+    return proc
+
+
+def workers(b: gb.Bench, root: Path, tag: str) -> list[dict[str, Any]]:
+    """1 vs 2 worker processes, unpinned (each may use either core), against the fixed-answer upstream.
+
+    The simulator would take 50-100 µs of the same two cores per request; the fixed upstream takes
+    about a fifth of that, which leaves the second core to the second worker as far as this machine
+    allows. Without budgets (the counters are Redis but unused) and with one Redis budget.
+    """
     shape = gs.shapes()["openai"]
     rows = []
     unpinned = gb.Bench(b.plan, b.workdir, pin=False)
-    for n in (1, 2):
-        db = b.workdir / f"{tag}-workers{n}.db"
-        cfg = gs.gateway_config(sim.url, db, gb.REDIS_URL, 1, server_extra=f", workers: {n}")
-        gw = gs.start_gateway(cfg, b.workdir, f"{tag}-workers{n}", None, root)
-        try:
-            time.sleep(1.0)  # every worker bound and warm
-            r = unpinned.saturate(gw, shape)
-        finally:
-            gw.stop()
-            gb.redis_cleanup()
-        r.update(workers=n)
-        rows.append(r)
-        gb.log(f"{tag} workers={n}: {r['achieved_rps']} req/s, {r['server_cpu_us_per_req']} us/req")
+    up = start_fixed_upstream(b.workdir)
+    try:
+        direct = unpinned.saturate(up, shape)
+        direct.update(variant="fixed upstream (direct)", workers=0)
+        rows.append(direct)
+        gb.log(f"{tag} fixed upstream direct: {direct['achieved_rps']} req/s, "
+               f"{direct['server_cpu_us_per_req']} us/req")
+        for budgets in (0, 1):
+            for n in (1, 2):
+                db = b.workdir / f"{tag}-workers{n}-b{budgets}.db"
+                cfg = gs.gateway_config(up.url, db, gb.REDIS_URL, budgets, server_extra=f", workers: {n}")
+                gw = gs.start_gateway(cfg, b.workdir, f"{tag}-workers{n}-b{budgets}", None, root)
+                try:
+                    time.sleep(1.0)  # every worker bound and warm
+                    r = unpinned.saturate(gw, shape)
+                finally:
+                    gw.stop()
+                    gb.redis_cleanup()
+                label = "no budget" if budgets == 0 else "1 budget, Redis counters"
+                r.update(variant=label, workers=n)
+                rows.append(r)
+                gb.log(f"{tag} workers={n} {label}: {r['achieved_rps']} req/s, {r['server_cpu_us_per_req']} us/req")
+    finally:
+        up.stop()
     return rows
 
 
@@ -243,7 +270,7 @@ def render(res: dict[str, Any]) -> str:
         out.append(f"| simulator (direct), {r['shape']} | " + " | ".join(
             f"{r['server_cpu_us_per_req']:.0f} | {r['achieved_rps']:,.0f}" for _ in tags) + " |")
     first = res["versions"][tags[0]]["cpu"]
-    for i, r in enumerate(first):
+    for i, r in enumerate(first):  # empty with --rounds 0
         cells = []
         for t in tags:
             rows = res["versions"][t]["cpu"]
@@ -257,7 +284,7 @@ def render(res: dict[str, Any]) -> str:
     out.append("| req/s | arrivals | direct p50 / p99 | " + " | ".join(
         f"{t} p50 / p99 | {t} **added** p50 / p99" for t in tags) + " |")
     out.append("|---:|---|---:|" + "---:|---:|" * len(tags))
-    lat0 = res["versions"][tags[0]]["latency"]
+    lat0 = res["versions"][tags[0]].get("latency", [])
     for i, r in enumerate(lat0):
         d = r["direct"]
         cells = []
@@ -270,11 +297,16 @@ def render(res: dict[str, Any]) -> str:
         w = res["versions"][t].get("workers")
         if not w:
             continue
-        out.append(f"#### {t}: worker processes (Redis counters, 1 budget, unpinned, wrk -c64)\n")
-        out.append("| workers | req/s | × 1 worker | p50 ms | p99 ms | CPU µs/req | errors |")
-        out.append("|---:|---:|---:|---:|---:|---:|---:|")
+        out.append(f"#### {t}: worker processes (fixed-answer upstream, unpinned, wrk -t1 -c64)\n")
+        out.append("| variant | workers | req/s | × 1 worker | p50 ms | p99 ms | CPU µs/req | errors |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        one: dict[str, float] = {}
         for r in w:
-            out.append(f"| {r['workers']} | {r['achieved_rps']:,.0f} | {r['achieved_rps'] / w[0]['achieved_rps']:.2f} | "
+            if r["workers"] == 1:
+                one[r["variant"]] = r["achieved_rps"]
+            base = one.get(r["variant"])
+            ratio = f"{r['achieved_rps'] / base:.2f}" if base and r["workers"] else ""
+            out.append(f"| {r['variant']} | {r['workers'] or '–'} | {r['achieved_rps']:,.0f} | {ratio} | "
                        f"{gb._f(r['p50_ms'])} | {gb._f(r['p99_ms'])} | {gb._f(r['server_cpu_us_per_req'], 0)} | "
                        f"{r['errors']} |")
         out.append("")
@@ -308,7 +340,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-workers", action="store_true")
     p.add_argument("--no-latency", action="store_true")
     p.add_argument("--profile", action="store_true", help="py-spy each CPU variant in the first round (slower)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved CPU rounds per checkout (median shown)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved CPU rounds per checkout (median shown; 0 skips the CPU cells)")
     p.add_argument("--nice", type=int, default=0)
     args = p.parse_args(argv)
     roots = [Path(r).resolve() for r in args.root] or [gs.ROOT]
@@ -352,14 +384,14 @@ def main(argv: list[str]) -> int:
             if not args.no_latency:
                 v["latency"] = latency(b, sim, root, tag)
             if not args.no_workers and redis_ok and _supports_workers(root):
-                v["workers"] = workers(b, sim, root, tag)
+                v["workers"] = workers(b, root, tag)
             res["versions"][tag] = v
         res["profiles"] = b.results.get("profiles", [])
     finally:
         sim.stop()
     res["machine"] += f"; load average after {gb._loadavg()}"
     (workdir / "results.json").write_text(json.dumps(res, indent=2))
-    text = render(res) if not args.no_latency else json.dumps(res, indent=1)
+    text = render(res)
     (workdir / "results.md").write_text(text)
     print(text)
     gb.log(f"raw results in {workdir}")
