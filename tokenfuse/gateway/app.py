@@ -23,7 +23,7 @@ from tokenfuse.asgi import Receive, Scope, Send
 from tokenfuse.caching.verify import AutoCache, cache_saved_usd
 from tokenfuse.config import Config, KeyConfig
 from tokenfuse.control.keys import RuntimeKeys, RuntimeKeyStore
-from tokenfuse.gateway import routes
+from tokenfuse.gateway import gctune, routes
 from tokenfuse.gateway.headers import forwardable
 from tokenfuse.gateway.httpclient import ConnectError, ConnectionBroken, HTTPClient, Response
 from tokenfuse.gateway.identity import AuthError, Identity, KeyRing
@@ -176,7 +176,10 @@ class Gateway:
 
     async def reload(self, path: str | None = None) -> ReloadResult:
         """Re-read the config file and swap it in; on any error keep the running one (SIGHUP, admin API)."""
-        return await self.reloader.reload(path)
+        result = await self.reloader.reload(path)
+        if result.ok:
+            gctune.after_reload()
+        return result
 
     # -- lifecycle -----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import uvicorn
 
 from tokenfuse.aio import spawn
 from tokenfuse.config import Config, ConfigError, load_config
+from tokenfuse.gateway import gctune
 
 log = logging.getLogger("tokenfuse.gateway")
 
@@ -28,6 +30,11 @@ class GatewayServer(uvicorn.Server):
     cancelled at the deadline and the ledger was flushed. SIGINT still re-raises.
     SIGHUP reloads the config file without a restart.
     """
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            gctune.enable()  # after the lifespan: what start-up built is frozen (gateway/gctune.py)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
